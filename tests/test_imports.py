@@ -44,7 +44,8 @@ def run_fresh(code: str) -> subprocess.CompletedProcess:
 
 def test_import_common_pulls_in_no_framework():
     modules = sorted(
-        p.stem for p in (ROOT / "packages/common/src/common").glob("*.py")
+        p.stem
+        for p in (ROOT / "packages/common/src/common").glob("*.py")
         if p.stem not in FRAMEWORK_ADAPTERS | {"__main__"}
     ) + ["trackers"]
     imports = "; ".join(f"import common.{m}" for m in modules if m != "__init__")

@@ -39,8 +39,11 @@ def test_member_layout(name: str):
 
 
 def test_every_package_has_an_owner():
-    owned = {line.split()[0] for line in (ROOT / "CODEOWNERS").read_text().splitlines()
-             if line.strip() and not line.startswith("#")}
+    owned = {
+        line.split()[0]
+        for line in (ROOT / "CODEOWNERS").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for name in PACKAGES:
         assert f"/packages/{name}/" in owned
 

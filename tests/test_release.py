@@ -21,9 +21,13 @@ def git(cwd: Path, *args: str) -> str:
 def workspace(tmp_path: Path) -> Path:
     """A one-member uv workspace under git, with common copied from this checkout."""
     root = tmp_path / "ws"
-    shutil.copytree(ROOT / "packages" / "common", root / "packages" / "common",
-                    ignore=shutil.ignore_patterns("tests", "__pycache__", "*.egg-info"))
-    (root / "pyproject.toml").write_text(textwrap.dedent("""
+    shutil.copytree(
+        ROOT / "packages" / "common",
+        root / "packages" / "common",
+        ignore=shutil.ignore_patterns("tests", "__pycache__", "*.egg-info"),
+    )
+    (root / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [project]
         name = "ws"
         version = "0"
@@ -32,11 +36,14 @@ def workspace(tmp_path: Path) -> Path:
         package = false
         [tool.uv.workspace]
         members = ["packages/*"]
-    """))
+    """)
+    )
     subprocess.run([release.UV, "lock", "--quiet"], cwd=root, check=True)
     git(root, "init", "--quiet", "--initial-branch=main")
     git(root, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "Add the common toolkit")
+    git(
+        root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "Add the common toolkit"
+    )
     git(root, "config", "user.name", "Release Bot")
     git(root, "config", "user.email", "bot@example.com")
     return root

@@ -75,7 +75,9 @@ def find_package(root: Path, name: str) -> Package:
     folder = root / "packages" / name
     if not (folder / "pyproject.toml").is_file():
         known = sorted(p.parent.name for p in (root / "packages").glob("*/pyproject.toml"))
-        raise ReleaseError(f"no package '{name}' under {root / 'packages'}; known packages: {', '.join(known)}")
+        raise ReleaseError(
+            f"no package '{name}' under {root / 'packages'}; known packages: {', '.join(known)}"
+        )
     return Package(name, folder)
 
 
@@ -103,7 +105,8 @@ def set_version(pyproject: Path, old: str, new: str) -> None:
 def workspace_dependencies(root: Path, package: Package) -> list[Package]:
     """Workspace members `package` depends on (directly or not), so their wheels are built alongside."""
     by_distribution = {
-        p.distribution: p for p in (find_package(root, f.parent.name) for f in root.glob("packages/*/pyproject.toml"))
+        p.distribution: p
+        for p in (find_package(root, f.parent.name) for f in root.glob("packages/*/pyproject.toml"))
     }
     found: dict[str, Package] = {}
     pending = [package]
@@ -130,7 +133,9 @@ def changes_since_last_tag(root: Path, package: Package) -> list[str]:
     span = f"{tags[0]}..HEAD" if tags else "HEAD"
     log = subprocess.run(
         ["git", "log", "--format=%s", span, "--", str(package.folder.relative_to(root))],
-        cwd=root, capture_output=True, text=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
     )
     return [line for line in log.stdout.splitlines() if line.strip()] if log.returncode == 0 else []
 
@@ -153,8 +158,11 @@ def prepend_changelog(changelog: Path, entry: str) -> None:
 
 def build(root: Path, packages: list[Package], out_dir: Path) -> list[Path]:
     for package in packages:
-        run([UV, "build", "--package", package.distribution, "--out-dir", str(out_dir)], root,
-            f"building {package.distribution}")
+        run(
+            [UV, "build", "--package", package.distribution, "--out-dir", str(out_dir)],
+            root,
+            f"building {package.distribution}",
+        )
     return sorted(out_dir.glob("*.whl"))
 
 
@@ -166,27 +174,42 @@ def verify(package: Package, wheel_dir: Path, work: Path) -> None:
     wheel = next(wheel_dir.glob(f"{package.distribution.replace('-', '_')}-{package.version}-*.whl"), None)
     if wheel is None:
         raise ReleaseError(f"no wheel for {package.distribution} {package.version} in {wheel_dir}")
-    run([UV, "pip", "install", "--python", python, "--find-links", str(wheel_dir), str(wheel)], work,
-        f"installing {wheel.name} into a clean venv")
+    run(
+        [UV, "pip", "install", "--python", python, "--find-links", str(wheel_dir), str(wheel)],
+        work,
+        f"installing {wheel.name} into a clean venv",
+    )
     run([python, "-c", f"import {package.name}"], work, f"importing {package.name}")
     run([python, "-m", package.cli_module, "--help"], work, f"python -m {package.cli_module} --help")
 
 
-def release(root: Path, name: str, part: str, *, message: str | None = None, dry_run: bool = False,
-            today: dt.date | None = None, log=print) -> str:
+def release(
+    root: Path,
+    name: str,
+    part: str,
+    *,
+    message: str | None = None,
+    dry_run: bool = False,
+    today: dt.date | None = None,
+    log=print,
+) -> str:
     package = find_package(root, name)
     old = package.version
     new = bump(old, part)
     tag = f"{name}/v{new}"
     if run(["git", "tag", "--list", tag], root, "git tag").strip():
         raise ReleaseError(f"tag {tag} already exists")
-    entry = changelog_entry(new, [message] if message else changes_since_last_tag(root, package),
-                            today or dt.date.today())
+    entry = changelog_entry(
+        new, [message] if message else changes_since_last_tag(root, package), today or dt.date.today()
+    )
     log(f"{package.distribution}: {old} -> {new} (tag {tag}){' [dry run]' if dry_run else ''}")
     log(entry.rstrip())
 
-    originals = {path: path.read_text() for path in (package.pyproject, package.changelog, root / "uv.lock")
-                 if path.exists()}
+    originals = {
+        path: path.read_text()
+        for path in (package.pyproject, package.changelog, root / "uv.lock")
+        if path.exists()
+    }
     try:
         if not dry_run:
             set_version(package.pyproject, old, new)
@@ -216,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", help="folder name under packages/, e.g. dtgcnn")
     parser.add_argument("part", choices=PARTS, help="which part of the version to bump")
-    parser.add_argument("-m", "--message", help="changelog line (default: commit subjects since the last tag)")
-    parser.add_argument("--dry-run", action="store_true", help="build and verify only; write, commit, tag nothing")
+    parser.add_argument(
+        "-m", "--message", help="changelog line (default: commit subjects since the last tag)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build and verify only; write, commit, tag nothing"
+    )
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:

@@ -8,14 +8,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from common.checkpoint import load_checkpoint
 from common import demo
+from common.checkpoint import load_checkpoint
 from common.demo import DemoConfig, train
 
 
 def small(tmp_path, name: str, **kw) -> DemoConfig:
-    return replace(DemoConfig(samples=128, epochs=4, batch_size=16, save_every_steps=3),
-                   output_dir=str(tmp_path / name), **kw)
+    return replace(
+        DemoConfig(samples=128, epochs=4, batch_size=16, save_every_steps=3),
+        output_dir=str(tmp_path / name),
+        **kw,
+    )
 
 
 def test_demo_learns_and_writes_the_run_folder(tmp_path):
@@ -66,8 +69,10 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch
     done = load_checkpoint(tmp_path / "reference/checkpoints/last.npz")
     resumed = load_checkpoint(tmp_path / "interrupted/checkpoints/last.npz")
     np.testing.assert_array_equal(done["w"], resumed["w"])
-    history = [json.loads((tmp_path / f"{n}/metrics_history.json").read_text())["metrics"]
-               for n in ("reference", "interrupted")]
+    history = [
+        json.loads((tmp_path / f"{n}/metrics_history.json").read_text())["metrics"]
+        for n in ("reference", "interrupted")
+    ]
     assert history[0].keys() == history[1].keys()
     for name in history[0]:
         assert [(e["step"], e["value"]) for e in history[0][name]] == [

@@ -68,8 +68,14 @@ def train(cfg: DemoConfig, resume: str | None = None) -> dict[str, float]:
     w = np.random.normal(scale=0.01, size=cfg.features)
     schedule = build_schedule(cfg.schedule, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     stopper = EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience)
-    manager = CheckpointManager(run.checkpoints, last="last.npz", best="best-{epoch:02d}-{val_loss:.4f}.npz",
-                                monitor="val_loss", mode="min", step_file="last_step.npz")
+    manager = CheckpointManager(
+        run.checkpoints,
+        last="last.npz",
+        best="best-{epoch:02d}-{val_loss:.4f}.npz",
+        monitor="val_loss",
+        mode="min",
+        step_file="last_step.npz",
+    )
     epoch, batch_in_epoch, global_step = 0, 0, 0
     if resume:
         state = load_checkpoint(resume)
@@ -84,9 +90,17 @@ def train(cfg: DemoConfig, resume: str | None = None) -> dict[str, float]:
     trackers.log_params(config_to_dict(cfg))
 
     def state(next_epoch: int, next_batch: int) -> dict:
-        return {"w": w, "schedule": schedule.state_dict(), "early_stopping": stopper.state_dict(),
-                "manager": manager.state_dict(), "rng": capture_rng_state(), "epoch": next_epoch,
-                "batch_in_epoch": next_batch, "global_step": global_step, "config": config_to_dict(cfg)}
+        return {
+            "w": w,
+            "schedule": schedule.state_dict(),
+            "early_stopping": stopper.state_dict(),
+            "manager": manager.state_dict(),
+            "rng": capture_rng_state(),
+            "epoch": next_epoch,
+            "batch_in_epoch": next_batch,
+            "global_step": global_step,
+            "config": config_to_dict(cfg),
+        }
 
     with GracefulStop() as stop:
         while epoch < cfg.epochs and not stopper.should_stop:
@@ -102,19 +116,28 @@ def train(cfg: DemoConfig, resume: str | None = None) -> dict[str, float]:
                 if stop.requested or global_step % cfg.save_every_steps == 0:
                     manager.save_step(state(epoch, batch + 1), epoch=epoch, step=global_step)
                 if stop.requested:
-                    log.info("stopped by %s; resume with: python -m common.demo --resume %s",
-                             stop.signal_name, manager.latest())
+                    log.info(
+                        "stopped by %s; resume with: python -m common.demo --resume %s",
+                        stop.signal_name,
+                        manager.latest(),
+                    )
                     trackers.close()
                     return {}
             batch_in_epoch = 0
             metrics = {"val_loss": mse(w, x_val, y_val), "train_loss": mse(w, x_train, y_train)}
-            trackers.log_metrics({"train/loss": metrics["train_loss"], "val/loss": metrics["val_loss"]},
-                                 step=global_step)
+            trackers.log_metrics(
+                {"train/loss": metrics["train_loss"], "val/loss": metrics["val_loss"]}, step=global_step
+            )
             stopper.update(metrics)
             epoch += 1
             manager.save(state(epoch, 0), epoch=epoch, metrics=metrics)
-            log.info("epoch %d  train_loss %.4f  val_loss %.4f  lr %.4f", epoch, metrics["train_loss"],
-                     metrics["val_loss"], schedule.lr)
+            log.info(
+                "epoch %d  train_loss %.4f  val_loss %.4f  lr %.4f",
+                epoch,
+                metrics["train_loss"],
+                metrics["val_loss"],
+                schedule.lr,
+            )
     trackers.close()
     plot_history(run.path("metrics_history.json"), run.plots / "training_curves.png")
     log.info("done: best val_loss %.4f in %s; outputs in %s", manager.best_value, manager.best_path, run.root)

@@ -1,0 +1,610 @@
+"""Crash-safe, pickle-free checkpoints of nested state trees, and a retention manager.
+
+File format (format 1). A checkpoint is a real uncompressed `.npz` archive, so
+`np.load(path, allow_pickle=False)` opens it:
+- one `<name>.npy` member per array (written with `np.lib.format.write_array(allow_pickle=False)`);
+- `__trainyard__.npy`: a uint8 array holding UTF-8 JSON
+  `{"format": 1, "skeleton": <tree, arrays replaced by {"__array__": member}>, "sha256": <hex over every
+  other member's name and bytes, in name order>, "created": <ISO time>}`;
+- the zip archive comment `trainyard-sha256:<hex>`: the SHA-256 of every byte of the file before that hex.
+  The member hash alone would miss a flipped byte in zip headers that zipfile does not check (timestamps,
+  local-header sizes); the trailer makes any flipped byte anywhere, and any truncation, a refused load.
+
+Skeleton encoding (JSON cannot say "tuple", "int key" or "NaN"): lists are JSON arrays; dicts whose keys are
+all plain strings are JSON objects; other dicts are {"__dict__": [[key, value], ...]} (int and str keys
+round-trip exactly); tuples are {"__tuple__": [...]}; NaN/inf are {"__float__": "nan"}; numpy scalars are
+0-d members with {"__array__": m, "scalar": true}. Python ints of any size are JSON ints (numpy PCG64 state
+holds 128-bit ints).
+
+Loading never unpickles: arrays are read with allow_pickle=False and the skeleton is JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import string
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from common.errors import CheckpointError, ConfigError
+
+FORMAT = 1
+META_MEMBER = "__trainyard__.npy"
+TRAILER_PREFIX = b"trainyard-sha256:"
+_DIGEST_HEX_LEN = 64
+_TEMP_MARK = ".trainyard-"  # in every temp file name, so leftovers of a killed writer are recognisable
+_CHUNK = 1 << 20
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read the umask: set it and put it back, once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+class _Encoder:
+    """Turns a state tree into a JSON skeleton plus {member name: array}."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def encode(self, node: Any, path: str) -> Any:
+        # bool before int (bool is an int); np.generic before float (np.float64 is a float).
+        if node is None or isinstance(node, (bool, str)):
+            return node
+        if isinstance(node, np.generic):
+            return {"__array__": self._add(np.asarray(node), path), "scalar": True}
+        if isinstance(node, int):
+            return int(node)
+        if isinstance(node, float):
+            return node if math.isfinite(node) else {"__float__": repr(node)}
+        if isinstance(node, np.ndarray):
+            return {"__array__": self._add(node, path)}
+        if isinstance(node, tuple):
+            return {"__tuple__": [self.encode(v, f"{path}.{i}") for i, v in enumerate(node)]}
+        if isinstance(node, list):
+            return [self.encode(v, f"{path}.{i}") for i, v in enumerate(node)]
+        if isinstance(node, dict):
+            return self._encode_dict(node, path)
+        hint = ""
+        if type(node).__module__.split(".")[0] in ("torch", "mlx"):
+            hint = " Convert framework tensors first (common.torch_support / common.mlx_support)."
+        raise CheckpointError(
+            f"Cannot save the value at '{path or '<root>'}' in a checkpoint: {type(node).__name__} is not one "
+            f"of dict, list, tuple, None, bool, int, float, str or numpy array.{hint}"
+        )
+
+    def _encode_dict(self, node: dict, path: str) -> Any:
+        for key in node:
+            if not isinstance(key, (str, int, np.integer)):
+                raise CheckpointError(
+                    f"Cannot save the dict at '{path or '<root>'}' in a checkpoint: key {key!r} is a "
+                    f"{type(key).__name__}; only str and int keys are supported."
+                )
+        plain = all(isinstance(k, str) and not k.startswith("__") for k in node)
+        if plain:
+            return {k: self.encode(v, _join(path, k)) for k, v in node.items()}
+        return {"__dict__": [[_plain_key(k), self.encode(v, _join(path, k))] for k, v in node.items()]}
+
+    def _add(self, array: np.ndarray, path: str) -> str:
+        if array.dtype.hasobject:
+            raise CheckpointError(
+                f"Cannot save the array at '{path or '<root>'}': dtype {array.dtype} holds Python objects, "
+                "which would need pickle to store."
+            )
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.strip(".")) or "array"
+        stem = stem[:120]
+        name, n = f"{stem}.npy", 1
+        while name in self.arrays or name == META_MEMBER:
+            n += 1
+            name = f"{stem}~{n}.npy"
+        self.arrays[name] = array
+        return name
+
+
+def _plain_key(key: str | int) -> str | int:
+    # bool and numpy integer keys become plain ints (JSON would write a bool key as true).
+    return key if isinstance(key, str) else int(key)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(node, list):
+        return [_decode(v, arrays) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if "__array__" in node:
+        array = arrays[node["__array__"]]
+        return array[()] if node.get("scalar") else array
+    if "__tuple__" in node:
+        return tuple(_decode(v, arrays) for v in node["__tuple__"])
+    if "__dict__" in node:
+        return {key: _decode(v, arrays) for key, v in node["__dict__"]}
+    if "__float__" in node:
+        return float(node["__float__"])
+    return {k: _decode(v, arrays) for k, v in node.items()}
+
+
+def _array_refs(node: Any) -> Iterator[str]:
+    if isinstance(node, list):
+        for v in node:
+            yield from _array_refs(v)
+    elif isinstance(node, dict):
+        if "__array__" in node:
+            yield node["__array__"]
+        else:
+            for v in node.values():
+                yield from _array_refs(v)
+
+
+class _HashingWriter(io.RawIOBase):
+    """File-like sink that feeds a hash while forwarding writes (write_array streams large arrays)."""
+
+    def __init__(self, sink, digest) -> None:
+        self._sink, self._digest = sink, digest
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        return self._sink.write(data)
+
+
+class _HashingReader(io.RawIOBase):
+    def __init__(self, source, digest) -> None:
+        self._source, self._digest = source, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._digest.update(data)
+        return data
+
+
+# --------------------------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write `state` to `path` atomically; return the path.
+
+    The archive is written to a temporary file in the same folder (os.replace is atomic only within one
+    filesystem), flushed and fsynced, renamed over `path`, and the folder is fsynced so the rename itself
+    survives a power cut. A crash at any instant leaves the previous file intact.
+    """
+    path = Path(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"A checkpoint state must be a dict, got {type(state).__name__} for {path}.")
+    encoder = _Encoder()
+    skeleton = encoder.encode(state, "")
+    with _atomic_target(path) as fh:
+        _write_archive(fh, encoder.arrays, skeleton)
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_target(path: Path) -> Iterator[IO[bytes]]:
+    """A temp file beside `path`; on a clean exit it is fsynced and renamed over `path`, else removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TEMP_MARK}", suffix=".tmp")
+    try:
+        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the mode a plain open() would
+        with os.fdopen(fd, "w+b") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_archive(fh, arrays: dict[str, np.ndarray], skeleton: Any) -> None:
+    members_digest = hashlib.sha256()
+    placeholder = TRAILER_PREFIX + b"0" * _DIGEST_HEX_LEN
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):  # name order: the member hash is defined over it
+            array = arrays[name]
+            members_digest.update(name.encode())
+            # zip64 only when needed: zipfile must know up front that a streamed member may pass 2 GiB.
+            with archive.open(name, "w", force_zip64=array.nbytes > (1 << 30)) as member:
+                np.lib.format.write_array(
+                    _HashingWriter(member, members_digest), np.asanyarray(array), allow_pickle=False
+                )
+        meta = {
+            "format": FORMAT,
+            "skeleton": skeleton,
+            "sha256": members_digest.hexdigest(),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        text = json.dumps(meta, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.frombuffer(text, dtype=np.uint8), allow_pickle=False)
+        archive.writestr(META_MEMBER, buffer.getvalue())
+        archive.comment = placeholder
+    # The comment is the last thing in a zip: hash everything before the hex and write the hex in place.
+    end = fh.tell()
+    fh.seek(0)
+    file_digest = hashlib.sha256()
+    remaining = end - _DIGEST_HEX_LEN
+    while remaining > 0:
+        chunk = fh.read(min(_CHUNK, remaining))
+        file_digest.update(chunk)
+        remaining -= len(chunk)
+    fh.seek(end - _DIGEST_HEX_LEN)
+    fh.write(file_digest.hexdigest().encode("ascii"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms without directory handles (Windows): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by `save_checkpoint`, verifying it byte for byte first.
+
+    Raises CheckpointError (one paragraph naming the file and the problem) for a missing, truncated,
+    corrupted or foreign file. Never unpickles.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"No checkpoint at {path}: the file does not exist.{_alternatives_hint(path)}")
+    if not path.is_file():
+        raise CheckpointError(f"Cannot load checkpoint {path}: it is not a regular file.")
+    try:
+        _verify_file_digest(path)
+    except OSError as exc:
+        raise CheckpointError(f"Cannot read checkpoint {path}: {exc.strerror or exc}.") from exc
+    try:
+        return _read_archive(path)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, TypeError,
+            AttributeError) as exc:  # fmt: skip
+        # The whole-file digest matched, so this is not damage: the file is another format or version.
+        raise CheckpointError(
+            f"Cannot read checkpoint {path}: its integrity hash is intact but its contents are not a "
+            f"Trainyard format-{FORMAT} checkpoint ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _verify_file_digest(path: Path) -> None:
+    size = path.stat().st_size
+    trailer_len = len(TRAILER_PREFIX) + _DIGEST_HEX_LEN
+    with path.open("rb") as fh:
+        head = fh.read(4)
+        if size >= trailer_len:
+            fh.seek(size - trailer_len)
+            trailer = fh.read(trailer_len)
+        else:
+            trailer = b""
+        if not trailer.startswith(TRAILER_PREFIX):
+            if head != b"PK\x03\x04":
+                problem = "it is not a checkpoint archive (not a zip/npz file)"
+                if size == 0:
+                    problem = "the file is empty"
+            else:
+                problem = (
+                    "its integrity trailer is missing: the file is truncated, or it is a zip/npz that was not "
+                    "written by common.checkpoint.save_checkpoint"
+                )
+            raise CheckpointError(f"Cannot load checkpoint {path}: {problem}.{_alternatives_hint(path)}")
+        recorded = trailer[len(TRAILER_PREFIX) :]
+        digest = hashlib.sha256()
+        fh.seek(0)
+        remaining = size - _DIGEST_HEX_LEN
+        while remaining > 0:
+            chunk = fh.read(min(_CHUNK, remaining))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+    if digest.hexdigest().encode("ascii") != recorded:
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupted: the SHA-256 of its bytes does not match the one recorded when "
+            f"it was written (the file was damaged or modified afterwards).{_alternatives_hint(path)}"
+        )
+
+
+def _read_archive(path: Path) -> dict:
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        if META_MEMBER not in names:
+            raise CheckpointError(
+                f"Cannot load checkpoint {path}: it has no {META_MEMBER} member, so it is a plain npz archive "
+                "rather than a Trainyard checkpoint."
+            )
+        with archive.open(META_MEMBER) as fh:
+            meta_bytes = np.lib.format.read_array(fh, allow_pickle=False)
+        meta = json.loads(np.asarray(meta_bytes, dtype=np.uint8).tobytes().decode("utf-8"))
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"Cannot load checkpoint {path}: it is format {meta.get('format')!r}, this version of "
+                f"trainyard-common reads format {FORMAT}."
+            )
+        wanted = set(_array_refs(meta["skeleton"]))
+        members = sorted(names - {META_MEMBER})
+        if missing := wanted - set(members):
+            raise CheckpointError(f"Checkpoint {path} is incomplete: members {sorted(missing)} are missing.")
+        digest = hashlib.sha256()
+        arrays: dict[str, np.ndarray] = {}
+        for name in members:
+            digest.update(name.encode())
+            with archive.open(name) as fh:
+                arrays[name] = np.lib.format.read_array(_HashingReader(fh, digest), allow_pickle=False)
+    if digest.hexdigest() != meta["sha256"]:
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupted: the SHA-256 over its array members does not match the one "
+            f"recorded in {META_MEMBER}.{_alternatives_hint(path)}"
+        )
+    return _decode(meta["skeleton"], arrays)
+
+
+def _is_temp_file(p: Path) -> bool:
+    return p.name.startswith(".") and _TEMP_MARK in p.name and p.name.endswith(".tmp")
+
+
+def _alternatives_hint(path: Path) -> str:
+    """' Other checkpoints in <folder>: a, b. ...' so a broken `last` points the user at best/periodic files."""
+    folder = path.parent
+    if not folder.is_dir():
+        return ""
+    suffix = path.suffix
+    others = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p != path and not _is_temp_file(p) and (not suffix or p.suffix == suffix)
+    ]
+    if not others:
+        return ""
+    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    listed = ", ".join(p.name for p in others[:4])
+    return (
+        f" Other checkpoints in {folder} (newest first): {listed}; resume from one of them instead "
+        "(for example the previous periodic or the best checkpoint)."
+    )
+
+
+# ------------------------------------------------------------------------------------------ retention
+
+
+def _template_fields(template: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+
+
+def _template_glob(template: str) -> str:
+    """'best-{epoch:02d}-{val_loss:.3f}.ckpt' -> 'best-*-*.ckpt' (to find files written before a restart)."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        parts.append(literal.replace("[", "[[]").replace("*", "[*]").replace("?", "[?]"))
+        if field is not None:
+            parts.append("*")
+    return "".join(parts)
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    with _atomic_target(dst) as fh, src.open("rb") as source:
+        shutil.copyfileobj(source, fh, _CHUNK)
+
+
+class CheckpointManager:
+    """Writes a run's checkpoints under file-name templates and applies the retention policies.
+
+    - `last`: written on every `save` (a fixed name, or a template whose previous file is then removed);
+    - `best` with `monitor`/`mode`/`top_k`: the top_k files by the monitored metric; NaN/inf never count;
+    - `periodic` every `every_n_epochs` epochs (never deleted);
+    - `step_file` by `save_step` for mid-epoch checkpoints (only the newest kept).
+    Templates are formatted with epoch=, step= and the metrics (a "/" in a metric name becomes "_").
+
+    If the saved state has a "manager" entry (the exact-resume recipe), it is replaced by this manager's
+    bookkeeping *after* this save, so a resumed run knows about the file written by the save it resumes from.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        last: str | None = "last.ckpt",
+        best: str | None = None,
+        monitor: str | None = None,
+        mode: str = "min",
+        top_k: int = 1,
+        every_n_epochs: int | None = None,
+        periodic: str | None = None,
+        step_file: str | None = None,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ConfigError(f"Checkpoint mode must be 'min' or 'max', got {mode!r}.")
+        if best is not None and not monitor:
+            raise ConfigError(
+                f"A best-checkpoint template ({best!r}) needs `monitor`: the metric to rank by."
+            )
+        if top_k < 1:
+            raise ConfigError(f"Checkpoint top_k must be at least 1, got {top_k}.")
+        if best is not None and top_k > 1 and not _template_fields(best):
+            raise ConfigError(
+                f"top_k={top_k} needs a best template with a field such as {{epoch}} in it; with the fixed "
+                f"name {best!r} every kept file would overwrite the one before."
+            )
+        if every_n_epochs is not None and (every_n_epochs < 1 or periodic is None):
+            raise ConfigError(
+                "every_n_epochs must be a positive int and needs a `periodic` file template such as "
+                f"'checkpoint_epoch_{{epoch:04d}}.npz' (got every_n_epochs={every_n_epochs}, periodic={periodic!r})."
+            )
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.last, self.best, self.monitor, self.mode = last, best, monitor, mode
+        self.top_k, self.every_n_epochs, self.periodic, self.step_file = (
+            top_k,
+            every_n_epochs,
+            periodic,
+            step_file,
+        )
+        self._kept: list[tuple[float, int, str]] = []  # (value, epoch, file name), best first
+        self._last_name: str | None = None
+        self._step_name: str | None = None
+        self._remove_stale_temp_files()
+
+    # -- public API -------------------------------------------------------------------------------------
+
+    @property
+    def best_path(self) -> Path | None:
+        return self.directory / self._kept[0][2] if self._kept else None
+
+    @property
+    def best_value(self) -> float | None:
+        return self._kept[0][0] if self._kept else None
+
+    def save(self, state: dict, *, epoch: int, metrics: dict[str, float] | None = None) -> list[Path]:
+        """End-of-epoch save: `last`, the periodic file when due, `best` when the metric makes the top_k."""
+        metrics = dict(metrics or {})
+        fields = {"epoch": epoch, "step": state.get("global_step", 0) if isinstance(state, dict) else 0}
+        fields.update({k.replace("/", "_"): v for k, v in metrics.items()})
+        targets: list[Path] = []
+        dropped: list[str] = []
+        value = self._monitored(metrics)
+        if self.best is not None and value is not None and self._qualifies(value):
+            name = self._format(self.best, fields)
+            kept = [entry for entry in self._kept if entry[2] != name] + [(value, epoch, name)]
+            kept.sort(key=lambda e: e[0], reverse=self.mode == "max")
+            dropped = [e[2] for e in kept[self.top_k :]]
+            self._kept = kept[: self.top_k]
+            targets.append(self.directory / name)
+        previous_last = self._last_name
+        if self.last is not None:
+            self._last_name = self._format(self.last, fields)
+            targets.append(self.directory / self._last_name)
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
+            targets.append(self.directory / self._format(self.periodic, fields))
+        if previous_last and previous_last != self._last_name:
+            dropped.append(previous_last)
+        written = self._write(state, targets)
+        self._delete_unused(dropped)
+        return written
+
+    def save_step(self, state: dict, *, epoch: int, step: int) -> Path:
+        """Mid-epoch periodic checkpoint to `step_file` (the previous step file is removed if renamed)."""
+        if self.step_file is None:
+            raise ConfigError("save_step needs a `step_file` template, e.g. 'last_step.ckpt'.")
+        previous = self._step_name
+        self._step_name = self._format(self.step_file, {"epoch": epoch, "step": step})
+        (path,) = self._write(state, [self.directory / self._step_name])
+        if previous and previous != self._step_name:
+            self._delete_unused([previous])
+        return path
+
+    def latest(self) -> Path | None:
+        """The newest `last` or step file on disk (for `--resume auto`); None when there is none."""
+        candidates = []
+        for template in (self.last, self.step_file):
+            if template is not None:
+                candidates += [
+                    p for p in self.directory.glob(_template_glob(template)) if not _is_temp_file(p)
+                ]
+        candidates = [p for p in candidates if p.is_file()]
+        return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
+
+    def state_dict(self) -> dict:
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "kept": [[value, epoch, name] for value, epoch, name in self._kept],
+            "last_name": self._last_name,
+            "step_name": self._step_name,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("monitor") != self.monitor or d.get("mode") != self.mode:
+            raise CheckpointError(
+                f"The checkpoint ranked best files by {d.get('monitor')!r} ({d.get('mode')}), this run by "
+                f"{self.monitor!r} ({self.mode}); resume with the same monitor and mode."
+            )
+        self._kept = [(float(v), int(e), str(n)) for v, e, n in d.get("kept", [])][: self.top_k]
+        self._last_name = d.get("last_name")
+        self._step_name = d.get("step_name")
+
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    def _monitored(self, metrics: dict[str, float]) -> float | None:
+        if self.monitor is None:
+            return None
+        for key in (self.monitor, self.monitor.replace("/", "_")):
+            if key in metrics:
+                value = float(metrics[key])
+                return value if math.isfinite(value) else None  # NaN/inf never counts as best
+        return None  # not evaluated this epoch
+
+    def _qualifies(self, value: float) -> bool:
+        if len(self._kept) < self.top_k:
+            return True
+        worst = self._kept[-1][0]
+        return value < worst if self.mode == "min" else value > worst
+
+    def _format(self, template: str, fields: dict[str, Any]) -> str:
+        try:
+            name = template.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"Cannot fill the checkpoint file template {template!r} ({type(exc).__name__}: {exc}); "
+                f"available fields: {', '.join(sorted(fields))}."
+            ) from exc
+        if "/" in name or name in ("", ".", ".."):
+            raise ConfigError(f"Checkpoint template {template!r} gave {name!r}, which is not a file name.")
+        return name
+
+    def _write(self, state: dict, targets: list[Path]) -> list[Path]:
+        if not targets:
+            return []
+        if isinstance(state, dict) and "manager" in state:
+            state = {**state, "manager": self.state_dict()}
+        unique = list(dict.fromkeys(targets))
+        save_checkpoint(unique[0], state)
+        for target in unique[1:]:  # serialise once, copy the bytes for the other names
+            _atomic_copy(unique[0], target)
+        return unique
+
+    def _delete_unused(self, names: list[str]) -> None:
+        in_use = {name for _, _, name in self._kept} | {self._last_name, self._step_name}
+        for name in names:
+            if name not in in_use:
+                (self.directory / name).unlink(missing_ok=True)
+
+    def _remove_stale_temp_files(self) -> None:
+        # A writer killed mid-save leaves its temp file behind; they are never loadable checkpoints and can
+        # be as large as the model, so a new run in the same folder removes them.
+        for p in self.directory.iterdir():
+            if _is_temp_file(p):
+                p.unlink(missing_ok=True)

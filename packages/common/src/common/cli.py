@@ -1,0 +1,85 @@
+"""Command-line plumbing shared by every package's click commands.
+
+`run_cli` turns user-facing errors into one clear paragraph and an exit status instead of a traceback;
+`typed_options` tells which click options the user actually typed, so click's defaults never override a
+value from the YAML config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+import click
+from click.core import ParameterSource
+
+from common.errors import TrainyardError
+
+EXIT_USAGE = 2  # bad input: the same status click uses for usage errors
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+# Set to 1 to see the full traceback of a TrainyardError (for debugging Trainyard itself).
+TRACEBACK_ENV = "TRAINYARD_TRACEBACK"
+
+_USER_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
+
+
+def run_cli(command: click.Command, args: Sequence[str] | None = None) -> None:
+    """Run a click command the Trainyard way; use as `if __name__ == "__main__": run_cli(main)`.
+
+    - a TrainyardError or click usage error (bad option, bad value) prints one paragraph "error: <message>"
+      on stderr, with no traceback, and exits 2;
+    - other click errors print the same way and exit with their own status (1 for a file error);
+    - Ctrl-C (KeyboardInterrupt, click's Abort) exits 130 with a one-line note;
+    - `--help` prints the help and exits 0; a command that returns a non-zero int exits with it.
+    Returns normally when the command succeeds (so tests can call it in-process).
+    Any other exception is a bug in Trainyard and keeps its traceback.
+    """
+    try:
+        result = command.main(list(args) if args is not None else None, standalone_mode=False)
+    except TrainyardError as exc:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        _fail(str(exc) or type(exc).__name__, EXIT_USAGE)
+    except click.UsageError as exc:
+        hint = ""
+        if exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        _fail(exc.format_message() + hint, EXIT_USAGE)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    # click returns the exit code of an explicit ctx.exit(n) (or --help's 0) as the result.
+    if isinstance(result, int) and not isinstance(result, bool) and result != 0:
+        sys.exit(result)
+
+
+def typed_options(ctx: click.Context, mapping: dict[str, str]) -> dict[str, object]:
+    """`{dotted_config_key: value}` for the params in `mapping` (click param name -> dotted config key) that
+    the user actually gave (command line, environment variable or prompt), never click's defaults.
+
+    Tuples from `multiple=True`/`nargs` options become lists, the shape config list fields expect.
+    """
+    chosen: dict[str, object] = {}
+    for param_name, dotted_key in mapping.items():
+        if param_name not in ctx.params:
+            # A typo in the mapping is a bug in the calling package, not bad user input.
+            raise ValueError(
+                f"typed_options: command {ctx.command.name!r} has no parameter {param_name!r} "
+                f"(its parameters: {', '.join(sorted(ctx.params))})"
+            )
+        if ctx.get_parameter_source(param_name) in _USER_SOURCES:
+            value = ctx.params[param_name]
+            chosen[dotted_key] = list(value) if isinstance(value, tuple) else value
+    return chosen
+
+
+def _fail(message: str, code: int) -> None:
+    # One paragraph: blank lines inside a message would split it, so squeeze them out.
+    text = re.sub(r"\n\s*\n", "\n", message.strip())
+    print(f"error: {text}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,90 @@
+"""MLX adapter: model parameters and optimizer state <-> numpy state trees for `common.checkpoint`.
+
+MLX keeps parameters and optimizer state as nested dicts/lists of `mx.array` (`model.parameters()`,
+`optimizer.state`), so conversion is a tree walk. numpy has no bfloat16: such arrays are stored as float32
+(exact, bf16 is a truncated float32) inside a small marker dict {"__mlx_dtype__": "bfloat16", "array": ...}
+and cast back on load. Importing this module imports mlx; only MLX users import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from common.errors import CheckpointError
+
+_DTYPE_KEY = "__mlx_dtype__"
+# dtypes numpy cannot hold, and the numpy dtype that carries them exactly.
+_WIDENED = {mx.bfloat16: ("bfloat16", mx.float32)}
+_NARROWED = {"bfloat16": mx.bfloat16}
+
+
+def to_numpy_tree(tree: Any) -> Any:
+    """mx arrays (anywhere in dicts/lists/tuples) -> numpy arrays; other leaves unchanged."""
+    if isinstance(tree, mx.array):
+        if tree.dtype in _WIDENED:
+            name, carrier = _WIDENED[tree.dtype]
+            return {_DTYPE_KEY: name, "array": np.array(tree.astype(carrier))}
+        return np.array(tree)
+    if isinstance(tree, dict):
+        return {k: to_numpy_tree(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_numpy_tree(v) for v in tree)
+    return tree
+
+
+def from_numpy_tree(tree: Any) -> Any:
+    """numpy arrays and scalars -> mx arrays (restoring widened dtypes such as bfloat16); inverse of to_numpy_tree."""
+    if isinstance(tree, (np.ndarray, np.generic)):
+        return mx.array(tree)
+    if isinstance(tree, dict):
+        if _DTYPE_KEY in tree:
+            name = tree[_DTYPE_KEY]
+            if name not in _NARROWED:
+                raise CheckpointError(f"Checkpoint holds an MLX array of unknown dtype {name!r}.")
+            return mx.array(tree["array"]).astype(_NARROWED[name])
+        return {k: from_numpy_tree(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(from_numpy_tree(v) for v in tree)
+    return tree
+
+
+def model_state(model) -> dict:
+    """All of `model.parameters()` (trainable or frozen, e.g. norm statistics) as a numpy tree."""
+    return to_numpy_tree(model.parameters())
+
+
+def load_model_state(model, state: dict) -> None:
+    """Load `model_state` output into `model`; names and shapes must match exactly."""
+    arrays = tree_flatten(from_numpy_tree(state))
+    try:
+        model.load_weights(arrays, strict=True)
+    except ValueError as exc:  # load_weights lists the extra / missing / mis-shaped parameters
+        raise CheckpointError(
+            f"The checkpoint's model weights do not fit this {type(model).__name__}: {' '.join(str(exc).split())} "
+            "Was it saved from a model built with another configuration?"
+        ) from exc
+    mx.eval(model.parameters())
+
+
+def optimizer_state(optimizer) -> dict:
+    """`optimizer.state` (step, learning rate, per-parameter moments) as a numpy tree."""
+    return to_numpy_tree(optimizer.state)
+
+
+def load_optimizer_state(optimizer, state: dict) -> None:
+    """Set `optimizer.state` from `optimizer_state` output.
+
+    MLX's state setter marks the optimizer uninitialised; its next update merges in state only for
+    parameters missing from the loaded tree, so loaded moments and step are used as they are.
+    """
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(
+            "The checkpoint's optimizer state is not an MLX optimizer state (no 'step' entry); was it saved "
+            "from a torch optimizer?"
+        )
+    optimizer.state = from_numpy_tree(state)
+    mx.eval(optimizer.state)

@@ -1,0 +1,113 @@
+"""MlflowTracker, read back with MlflowClient (each local store costs a few seconds of schema setup)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from common.runs import RunFolder  # noqa: E402
+from common.trackers import MlflowTracker, build_trackers  # noqa: E402
+from common.trackers.factory import MLFLOW_RUN_ID_FILE  # noqa: E402
+from common.trackers.mlflow import MAX_PARAM_VALUE  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.store")
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_env(monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """Its `mlruns/` store is shared by the module: creating a store's schema is the slow part here."""
+    return RunFolder(tmp_path_factory.mktemp("runs") / "first")
+
+
+def history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_params_metrics_and_artifacts_in_the_run_folder_store(tmp_path, first_run, caplog):
+    trackers = build_trackers(
+        first_run, mlflow={"experiment": "mae_large", "run_name": "trial", "tags": {"version": "v1.0"}}
+    )
+    tracker = trackers.trackers[1]
+    assert isinstance(tracker, MlflowTracker)
+    store = first_run.path("mlruns")
+    assert tracker.tracking_uri == f"sqlite:///{store.resolve() / 'mlflow.db'}"
+    long_text = "x" * (MAX_PARAM_VALUE + 10)
+    with caplog.at_level(logging.WARNING, logger="trainyard.trackers"):
+        tracker.log_params({"model": {"dim": 8, "depths": [2, 2]}, "lr": 1e-3, "notes": long_text})
+        tracker.log_params({"lr": 1e-3})  # same value again: fine
+        tracker.log_params({"lr": 2e-3})  # params are write-once in MLflow: warned, not fatal
+    assert any("truncated" in r.getMessage() for r in caplog.records)
+    assert any("already logged" in r.getMessage() for r in caplog.records)
+    for step in range(1, 6):
+        tracker.log_metrics({"train/loss": 1.0 / step, "val acc": step / 10, "bad#name": 1.0}, step=step)
+    (tmp_path / "curves.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "last.npz").write_bytes(b"weights")
+    tracker.log_artifact(tmp_path / "curves.png")
+    tracker.log_artifact(tmp_path / "curves.png", name="plots/training_curves.png")
+    tracker.log_artifact(tmp_path / "ckpt")
+    run_id = tracker.run_id
+    trackers.close()
+
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "trial"
+    assert run.data.tags["version"] == "v1.0"
+    assert client.get_experiment(run.info.experiment_id).name == "mae_large"
+    params = run.data.params
+    assert params["model.dim"] == "8" and params["model.depths"] == "[2, 2]" and params["lr"] == "0.001"
+    assert len(params["notes"]) == MAX_PARAM_VALUE and params["notes"].endswith(
+        f"[truncated from {MAX_PARAM_VALUE + 10} characters]"
+    )
+    assert history(client, run_id, "train/loss") == [(s, 1.0 / s) for s in range(1, 6)]
+    assert history(client, run_id, "val acc") == [(s, s / 10) for s in range(1, 6)]
+    assert history(client, run_id, "bad_name") == [(s, 1.0) for s in range(1, 6)]
+    top = sorted(a.path for a in client.list_artifacts(run_id))
+    assert top == ["ckpt", "curves.png", "plots"]
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/training_curves.png"]
+    assert [a.path for a in client.list_artifacts(run_id, "ckpt")] == ["ckpt/last.npz"]
+    # Artifacts live in the run folder too, next to the database.
+    assert list((store / "artifacts").rglob("training_curves.png"))
+
+
+def test_env_tracking_uri_wins_and_a_resumed_run_continues_its_mlflow_run(tmp_path, first_run, monkeypatch):
+    uri = f"sqlite:///{first_run.path('mlruns', 'mlflow.db')}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run = RunFolder(tmp_path / "run")
+
+    first = build_trackers(
+        run, mlflow={"experiment": "egnn", "tracking_uri": f"sqlite:///{tmp_path}/other.db"}
+    )
+    assert first.trackers[1].tracking_uri == uri
+    assert [type(t).__name__ for t in first.trackers] == ["JsonHistory", "MlflowTracker"]
+    first.log_params({"lr": 0.1, "resume": None})
+    for step in range(1, 5):
+        first.log_metrics({"loss": float(step)}, step=step)
+    first.close()
+    assert not run.path("mlruns").exists() and not (tmp_path / "other.db").exists()  # the env store was used
+    run_id = run.path(MLFLOW_RUN_ID_FILE).read_text()
+
+    resumed = build_trackers(run, mlflow={"experiment": "egnn"}, resume_step=4)
+    assert resumed.trackers[1].run_id == run_id
+    resumed.log_params({"lr": 0.1, "resume": "last.ckpt", "epochs": 3})  # a changed param must not break it
+    assert [type(t).__name__ for t in resumed.trackers] == ["JsonHistory", "MlflowTracker"]
+    for step in range(5, 8):
+        resumed.log_metrics({"loss": float(step)}, step=step)
+    resumed.close()
+
+    client = MlflowClient(tracking_uri=uri)
+    assert history(client, run_id, "loss") == [(s, float(s)) for s in range(1, 8)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).data.params == {"lr": "0.1", "resume": "None", "epochs": "3"}
+    assert len(client.search_runs([client.get_experiment_by_name("egnn").experiment_id])) == 1
