@@ -1,0 +1,11 @@
+"""dtgcnn: Dynamic-Topology GCN (MLX) for 3D-mesh identity embeddings. See README.md.
+
+Importing the package first puts a fast CBLAS under MLX on Linux (see `dtgcnn.blas`): this must run
+before anything imports `mlx.core`, so keep this module free of mlx imports.
+"""
+
+from dtgcnn.blas import use_fast_blas
+
+__version__ = "0.1.0"
+
+BLAS = use_fast_blas()

@@ -1,0 +1,171 @@
+"""`python -m dtgcnn.bench`: training throughput of DT-GCNN against the machine's measured matmul peak.
+
+Prints, in one run: the float32 matmul peak measured by NumPy, MLX's 1000x1000 matmul time (which BLAS it
+runs on), the median train step (forward + backward + AdamW) -> samples/s, forward ms per batch, peak
+memory, FLOPs per sample (as run, and for the textbook per-edge MLP that DGCNN implementations execute),
+achieved GFLOP/s and its share of the NumPy peak. With --compare-reference (default) the same step is
+timed again in a subprocess on MLX's bundled reference BLAS (DTGCNN_FAST_BLAS=0) for the speed-up.
+
+Yardstick sizes (issue 3): k=20, 1024 points, fusion width 1024 (DGCNN's emb_dims), batch 16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import click
+
+import dtgcnn  # noqa: F401  (fast BLAS before mlx)
+from common.cli import run_cli
+
+YARDSTICK_SAMPLES_PER_S = 1.5  # the authors' PyTorch DGCNN on the project's 2-core CPU (issue 3)
+
+
+def numpy_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of float32 n x n matmul GFLOP/s through NumPy's own BLAS (the machine's practical peak)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def mlx_matmul_seconds(n: int = 1000, repeats: int = 5) -> float:
+    import mlx.core as mx
+
+    a = mx.random.normal((n, n))
+    mx.eval(a @ a)
+    return _median([_timed(lambda: mx.eval(a @ a)) for _ in range(repeats)])
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup: int, jit: bool) -> dict:
+    """Median seconds of a full training step and of a training-mode forward, plus peak MLX memory."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    import numpy as np
+
+    from dtgcnn.config import TrainConfig
+    from dtgcnn.engine import Stepper
+    from dtgcnn.model import DTGCNN, ModelSpec, flops_per_sample
+
+    mx.set_default_device(mx.cpu)
+    cfg = TrainConfig(k=k, fusion_dim=1024, jit_compile=jit, batch_size=batch_size)
+    spec = ModelSpec.from_config(cfg, in_channels=6, num_classes=max(2, batch_size // 4))
+    mx.random.seed(0)
+    model = DTGCNN(spec)
+    opt = optim.AdamW(learning_rate=1e-3, weight_decay=cfg.weight_decay)
+    stepper = Stepper(model, opt, cfg, debug_dir=None)
+    rng = np.random.default_rng(0)
+    pts = rng.standard_normal((batch_size, num_points, 3)).astype(np.float32)
+    pts /= np.linalg.norm(pts, axis=-1, keepdims=True)
+    x = np.concatenate([pts, pts], axis=-1)  # points on a sphere, normals = positions
+    y = np.repeat(np.arange(batch_size // 4), 4).astype(np.int32)[:batch_size]
+    compile_s = _timed(lambda: stepper.micro_step(x, y, step=0))
+    for _ in range(max(0, warmup - 1)):
+        stepper.micro_step(x, y, step=0)
+    step_times = [_timed(lambda: stepper.micro_step(x, y, step=0)) for _ in range(steps)]
+    xa = mx.array(x)
+    mx.eval(model(xa)["embedding"])
+    fwd_times = [_timed(lambda: mx.eval(model(xa)["embedding"])) for _ in range(max(1, steps // 2))]
+    flops = flops_per_sample(spec, num_points)
+    naive = flops_per_sample(spec, num_points, naive_edges=True)
+    from mlx.utils import tree_flatten
+
+    return {
+        "first_step_s": compile_s, "step_s": _median(step_times), "forward_ms": 1e3 * _median(fwd_times),
+        "peak_memory_mb": mx.get_peak_memory() / 2**20, "train_gflop_per_sample": flops["train"] / 1e9,
+        "naive_train_gflop_per_sample": naive["train"] / 1e9,
+        "parameters": sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
+    }
+
+
+def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
+    out = {"blas": dtgcnn.BLAS.describe(), "numpy_peak_gflops": numpy_matmul_peak(),
+           "mlx_matmul_1000_s": mlx_matmul_seconds()}
+    out |= time_train_step(batch_size, num_points, k, steps, warmup, jit)
+    out["samples_per_s"] = batch_size / out["step_s"]
+    out["achieved_gflops"] = out["samples_per_s"] * out["train_gflop_per_sample"]
+    out["share_of_peak"] = out["achieved_gflops"] / out["numpy_peak_gflops"]
+    return out
+
+
+@click.command(help=__doc__)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--num-points", default=1024, show_default=True)
+@click.option("--k", default=20, show_default=True)
+@click.option("--steps", default=5, show_default=True, help="Timed steps (median).")
+@click.option("--warmup", default=2, show_default=True, help="Untimed steps first (compilation, allocator).")
+@click.option("--jit/--no-jit", default=True, show_default=True, help="mx.compile the step.")
+@click.option("--compare-reference/--no-compare-reference", default=True, show_default=True,
+              help="Also time the step on MLX's reference BLAS in a subprocess.")
+@click.option("--reference-steps", default=2, show_default=True)
+@click.option("--json-output", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+@click.option("--child", is_flag=True, hidden=True, help="Print one JSON line (used for the reference run).")
+def main(batch_size, num_points, k, steps, warmup, jit, compare_reference, reference_steps, json_output, child):
+    fast = measure(batch_size, num_points, k, steps, warmup, jit)
+    if child:
+        click.echo(json.dumps(fast))
+        return
+    ref = None
+    if compare_reference and dtgcnn.BLAS.fast:
+        env = {**os.environ, "DTGCNN_FAST_BLAS": "0"}
+        cmd = [sys.executable, "-m", "dtgcnn.bench", "--child", "--no-compare-reference", f"--batch-size={batch_size}",
+               f"--num-points={num_points}", f"--k={k}", f"--steps={reference_steps}", "--warmup=1",
+               "--jit" if jit else "--no-jit"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            ref = json.loads(proc.stdout.strip().splitlines()[-1])
+        else:
+            click.echo(f"reference-BLAS run failed:\n{proc.stderr[-2000:]}", err=True)
+    f = fast
+    lines = [
+        f"dtgcnn bench: batch {batch_size}, {num_points} points, k={k}, widths 64-64-128-256, fusion 1024, "
+        f"jit={'on' if jit else 'off'}",
+        f"  {f['blas']}",
+        f"  NumPy float32 matmul peak        {f['numpy_peak_gflops']:8.1f} GFLOP/s (measured now)",
+        f"  MLX 1000x1000 matmul             {f['mlx_matmul_1000_s'] * 1e3:8.1f} ms",
+        f"  parameters                       {f['parameters']:8d}",
+        f"  FLOPs/sample fwd+bwd (as run)    {f['train_gflop_per_sample']:8.2f} GFLOP "
+        f"(textbook per-edge MLP: {f['naive_train_gflop_per_sample']:.2f})",
+        f"  first step (compile + run)       {f['first_step_s']:8.2f} s",
+        f"  train step (median)              {f['step_s']:8.3f} s -> {f['samples_per_s']:.2f} samples/s "
+        f"({f['samples_per_s'] / YARDSTICK_SAMPLES_PER_S:.1f}x the PyTorch DGCNN yardstick of "
+        f"{YARDSTICK_SAMPLES_PER_S} samples/s)",
+        f"  forward (train mode, median)     {f['forward_ms']:8.1f} ms per batch",
+        f"  achieved                         {f['achieved_gflops']:8.1f} GFLOP/s = {100 * f['share_of_peak']:.1f}% of "
+        f"the NumPy peak (textbook-equivalent: "
+        f"{f['samples_per_s'] * f['naive_train_gflop_per_sample']:.1f} GFLOP/s)",
+        f"  peak MLX memory                  {f['peak_memory_mb']:8.0f} MiB",
+    ]
+    if ref is not None:
+        f["reference"] = ref
+        f["speedup_vs_reference_blas"] = f["samples_per_s"] / ref["samples_per_s"]
+        lines += [
+            f"  reference BLAS: 1000x1000 matmul {ref['mlx_matmul_1000_s'] * 1e3:.0f} ms, train step "
+            f"{ref['step_s']:.2f} s -> {ref['samples_per_s']:.3f} samples/s",
+            f"  speed-up over the reference BLAS {f['speedup_vs_reference_blas']:8.1f}x",
+        ]
+    click.echo("\n".join(lines))
+    if json_output:
+        with open(json_output, "w") as fh:
+            json.dump(f, fh, indent=2)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,233 @@
+"""`python -m egnn_com.bench`: training throughput, per-epoch time by graph size, startup, data-loading share.
+
+In one run it prints, per model (gcn, egnn) and graph size (the seed's table: small < 100 nodes, medium
+100-500, large 500+): training graphs/s, per-epoch time, forward ms per batch, data-loading share of step
+time, counted FLOPs per graph, achieved GFLOP/s and that as a share of this machine's float32 matmul peak
+(timed in the same run), and peak memory; plus the eight startup phases and time to the first step on
+demo-sized data. Timings are medians over epochs (or repeats) after a warm-up.
+
+FLOPs come from torch.utils.flop_counter, which counts matrix products only (linear layers, GCN's sparse
+aggregation is not counted): the message-passing gathers and scatters are real work the count leaves out.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from common.cli import run_cli
+from egnn_com.cliopts import option
+
+EPOCH_GRAPHS = {"small": 256, "medium": 64, "large": 32}  # enough batches that epoch-start latency is amortised
+
+
+class _Recorder:
+    """A Tracker that keeps epoch metrics in memory (the benchmark reads epoch_time_s, data_wait_share)."""
+
+    def __init__(self):
+        self.epochs: list[dict[str, float]] = []
+
+    def log_params(self, params):
+        pass
+
+    def log_metrics(self, metrics, step):
+        if "epoch_time_s" in metrics:
+            self.epochs.append(dict(metrics))
+
+    def log_artifact(self, path, name=None):
+        pass
+
+    def close(self):
+        pass
+
+
+def matmul_peak_gflops(device, repeats: int = 5) -> float:
+    """Median float32 GFLOP/s of a square matmul (1024 on CPU, 4096 on GPU): the machine's yardstick."""
+    import torch
+
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for i in range(repeats + 2):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_graphs(size: str, count: int, seed: int = 0) -> list:
+    """`count` in-memory graphs of a size class (validated like files are)."""
+    import torch
+
+    from egnn_com.data import validate_graph
+    from egnn_com.synthetic import SIZE_PRESETS, make_graph
+
+    lo, hi = SIZE_PRESETS[size]
+    return [validate_graph({k: torch.from_numpy(v) for k, v in make_graph(seed, i, min_nodes=lo, max_nodes=hi).items()},
+                           Path(f"<{size}:{i}>")) for i in range(count)]
+
+
+def bench_training(model_name: str, graphs: list, *, batch_size: int, hidden_dim: int, num_layers: int,
+                   epochs: int, num_workers: int, device, peak: float) -> dict:
+    """Train `epochs` + 1 warm-up epochs with the real Trainer; medians over the timed epochs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from common.config import load_config
+    from common.devices import peak_memory_mb
+    from common.schedules import build_schedule
+    from common.torch_support import parse_precision
+    from common.trackers import Trackers
+    from egnn_com.config import EgnnComConfig
+    from egnn_com.data import make_loader
+    from egnn_com.engine import Trainer
+    from egnn_com.metrics import mae_loss
+    from egnn_com.model import build_model
+
+    cfg = load_config(EgnnComConfig, overrides=[f"model.name={model_name}", f"model.hidden_dim={hidden_dim}",
+                                               f"model.num_layers={num_layers}", f"data.batch_size={batch_size}",
+                                               f"train.max_epochs={epochs + 1}", "train.save_every_n_steps=0"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model = build_model(cfg.model, graphs[0].num_node_features).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    train_loader = make_loader(graphs, batch_size=batch_size, train=True, seed=0, num_workers=num_workers,
+                               device=device)
+    val_loader = make_loader(graphs[:1], batch_size=batch_size, train=False, seed=0)
+    recorder = _Recorder()
+    trainer = Trainer(cfg, model=model, optimizer=optimizer, schedule=build_schedule(cfg.optim.schedule, [1e-3], 1),
+                      precision=parse_precision("32", device), device=device, train_loader=train_loader,
+                      val_loader=val_loader, manager=None, trackers=Trackers([recorder]),
+                      logger=_quiet_logger())
+    trainer.fit()
+    timed = recorder.epochs[1:] or recorder.epochs
+    epoch_s = statistics.median(e["epoch_time_s"] for e in timed)
+    graphs_per_epoch = len(train_loader) * batch_size
+
+    batch = next(iter(make_loader(graphs, batch_size=batch_size, train=False, seed=0))).to(device)
+    model.train()
+    with FlopCounterMode(display=False) as counter:  # one forward + backward
+        mae_loss(model(batch), batch.y).backward()
+    optimizer.zero_grad(set_to_none=True)
+    flops_per_graph = counter.get_total_flops() / batch.num_graphs
+    model.eval()
+    forward = []
+    with torch.no_grad():
+        for i in range(7):
+            _sync(device)
+            start = time.perf_counter()
+            model(batch)
+            _sync(device)
+            if i >= 2:
+                forward.append(time.perf_counter() - start)
+    graphs_per_s = graphs_per_epoch / epoch_s
+    achieved = flops_per_graph * graphs_per_s / 1e9
+    return {"model": model_name, "graphs_per_epoch": graphs_per_epoch, "epoch_s": epoch_s,
+            "graphs_per_s": graphs_per_s, "forward_ms": 1e3 * statistics.median(forward),
+            "data_share": statistics.median(e["data_wait_share"] for e in timed),
+            "gflop_per_graph": flops_per_graph / 1e9, "gflops": achieved, "peak_share": achieved / peak,
+            "mean_nodes": batch.num_nodes / batch.num_graphs, "mean_edges": batch.num_edges / batch.num_graphs,
+            "memory_mb": peak_memory_mb(device)}
+
+
+def _quiet_logger():
+    import logging
+
+    log = logging.getLogger("trainyard.bench")
+    log.setLevel(logging.WARNING)
+    return log
+
+
+def bench_startup(num_graphs: int, num_workers: int) -> dict:
+    """The eight startup phases and time to the first step of a real run on demo-sized data (fast_dev_run)."""
+    from common.config import load_config
+    from egnn_com.config import EgnnComConfig
+    from egnn_com.demo import DEMO_NODES
+    from egnn_com.pipeline import run_training
+    from egnn_com.synthetic import generate_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = generate_dataset(Path(tmp) / "data", num_graphs=num_graphs, min_nodes=DEMO_NODES[0],
+                                max_nodes=DEMO_NODES[1])
+        cfg = load_config(EgnnComConfig, "demo", package="egnn_com",
+                          overrides=["train.fast_dev_run=1", f"data.num_workers={num_workers}", "train.num_threads=0"])
+        cfg.data.data_dir = str(data)
+        out = run_training(cfg)
+    return {"phases": out.phases, "startup_s": sum(out.phases.values()), "first_step_s": out.time_to_first_step,
+            "num_graphs": num_graphs, "num_workers": num_workers}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@option("models", default="gcn,egnn", help="Comma-separated models.")
+@option("sizes", default="small,medium,large", help="Comma-separated size classes (small, medium, large).")
+@option("graphs", type=int, default=0,
+        help="Graphs per training epoch (0 = by size: " + ", ".join(f"{k} {v}" for k, v in EPOCH_GRAPHS.items()) + ").")
+@option("batch_size", type=int, default=16)
+@option("hidden_dim", type=int, default=64)
+@option("num_layers", type=int, default=4)
+@option("epochs", type=int, default=2, help="Timed epochs (after one warm-up epoch).")
+@option("num_workers", type=int, default=4, help="DataLoader workers for the timed epochs (the seed's default).")
+@option("device", default="auto")
+@option("threads", type=int, default=0, help="torch CPU threads (0 = torch's default).")
+@option("startup_graphs", type=int, default=200, help="Demo-sized dataset for the startup measurement.")
+@option("json_out", "--json", help="Also write all figures to this JSON file.")
+def main(models, sizes, graphs, batch_size, hidden_dim, num_layers, epochs, num_workers, device, threads,
+         startup_graphs, json_out):
+    """Benchmark gcn and egnn training on synthetic molecules of three size classes."""
+    start = time.perf_counter()
+    import torch  # timed: library import is reported apart from the startup phases
+    import torch_geometric  # noqa: F401
+
+    from common.devices import describe_device, torch_device
+
+    import_s = time.perf_counter() - start
+    if threads > 0:
+        torch.set_num_threads(threads)
+    dev = torch_device(device)
+    peak = matmul_peak_gflops(dev)
+    click.echo(f"device: {describe_device(dev)}; float32 matmul peak {peak:.1f} GFLOP/s; "
+               f"library import {import_s:.2f}s")
+    startup = bench_startup(startup_graphs, num_workers)
+    click.echo(f"startup on {startup_graphs} demo graphs: eight phases {startup['startup_s']:.3f}s "
+               f"({', '.join(f'{k} {v:.3f}' for k, v in startup['phases'].items())}); time to first step "
+               f"{startup['first_step_s']:.3f}s")
+    rows = []
+    header = (f"{'size':<7}{'model':<6}{'graphs':>7}{'nodes':>6}{'edges':>7}{'epoch s':>9}{'graphs/s':>10}{'fwd ms':>8}"
+              f"{'data %':>8}{'GFLOP/g':>9}{'GFLOP/s':>9}{'% peak':>8}{'mem MB':>8}")
+    click.echo(f"training: batch {batch_size}, hidden {hidden_dim}, {num_layers} layers, "
+               f"{num_workers} workers, median of {epochs} epochs after 1 warm-up\n{header}")
+    for size in sizes.split(","):
+        data = make_graphs(size, graphs or EPOCH_GRAPHS[size])
+        for name in models.split(","):
+            r = bench_training(name, data, batch_size=batch_size, hidden_dim=hidden_dim, num_layers=num_layers,
+                               epochs=epochs, num_workers=num_workers, device=dev, peak=peak)
+            r["size"] = size
+            rows.append(r)
+            mem = max(r["memory_mb"].values()) if r["memory_mb"] else float("nan")
+            click.echo(f"{size:<7}{name:<6}{r['graphs_per_epoch']:7d}{r['mean_nodes']:6.0f}{r['mean_edges']:7.0f}{r['epoch_s']:9.3f}"
+                       f"{r['graphs_per_s']:10.1f}{r['forward_ms']:8.2f}{100 * r['data_share']:7.1f}%"
+                       f"{r['gflop_per_graph']:9.4f}{r['gflops']:9.2f}{100 * r['peak_share']:7.1f}%{mem:8.0f}")
+    if json_out:
+        Path(json_out).write_text(json.dumps({"device": describe_device(dev), "matmul_peak_gflops": peak,
+                                              "import_s": import_s, "startup": startup, "training": rows},
+                                             indent=2))
+        click.echo(f"wrote {json_out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

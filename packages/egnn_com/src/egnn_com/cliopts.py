@@ -1,0 +1,13 @@
+"""Click helpers: every option answers to the seed's underscore spelling and the workspace's dashed one."""
+
+from __future__ import annotations
+
+import click
+
+
+def option(name: str, *extra: str, **kw):
+    """`--data_dir` and `--data-dir` for parameter `data_dir` (plus any `extra` spellings)."""
+    names = [f"--{name}"]
+    if "_" in name:
+        names.append(f"--{name.replace('_', '-')}")
+    return click.option(*names, *extra, name, **kw)

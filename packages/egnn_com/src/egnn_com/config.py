@@ -1,0 +1,93 @@
+"""Typed configuration schema for egnn_com, loaded with `common.config.load_config`.
+
+Defaults follow the seed (egnn-com-optimized-training.md): batch 16, hidden 128, 4 layers, lr 1e-3,
+weight decay 1e-5, ReduceLROnPlateau on val_loss (patience 10, factor 0.5, min lr 1e-6), 4 workers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from common.config import load_config
+from common.schedules import ScheduleConfig
+
+
+def _plateau() -> ScheduleConfig:
+    # The seed's scheduler: ReduceLROnPlateau(monitor=val_loss, patience=10, factor=0.5, min_lr=1e-6), per epoch.
+    return ScheduleConfig(name="plateau", factor=0.5, patience=10, min_lr=1e-6, mode="min", interval="epoch")
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "data/processed_sh"  # folder of per-graph .pt (tensor dict) or .npz files
+    val_fraction: float = 0.2  # share of graphs held out for validation (seeded split)
+    batch_size: int = 16  # graphs per training batch
+    num_workers: int = 4  # DataLoader worker processes (0 = load in the main process)
+    prefetch_factor: int = 4  # batches prefetched per worker (only when num_workers > 0)
+    strict: bool = False  # True: any invalid file is an error; False: skip and report it
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["gcn", "egnn"] = "gcn"  # gcn = the seed's GCN baseline; egnn = E(n)-equivariant network
+    hidden_dim: int = 128  # width of node embeddings
+    num_layers: int = 4  # message-passing layers (gcn: input + num_layers-2 hidden + output GCNConv)
+    dropout: float = 0.1  # dropout in the gcn MLP head (egnn is deterministic: no dropout)
+    pooling: Literal["mean", "add", "max"] = "mean"  # gcn global pooling (PyG global_*_pool)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adamw", "adam"] = "adamw"  # torch.optim optimizer (both with weight decay)
+    lr: float = 1e-3  # base learning rate
+    weight_decay: float = 1e-5  # L2 regularisation
+    gradient_clip_val: float = 1.0  # max global gradient norm (0 = no clipping)
+    schedule: ScheduleConfig = field(default_factory=_plateau)  # common LR schedule section
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 100  # epochs to train
+    precision: str = "32"  # 32 | 16 | bf16 | 16-mixed | bf16-mixed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    num_threads: int = 0  # torch CPU threads (0 = torch's default: one per core)
+    seed: int = 42  # seeds the split, data order and weights
+    output_dir: str | None = None  # run folder (default: runs/egnn_com_<timestamp>)
+    checkpoint_dir: str | None = None  # checkpoint folder (default: <output_dir>/checkpoints)
+    save_every_n_steps: int = 50  # mid-epoch checkpoint last-step.ckpt every N steps (0 = off)
+    fast_dev_run: int = 0  # N > 0: N train + N val batches, one epoch, no checkpoints or trackers
+    use_compile: bool = False  # wrap the model in torch.compile
+    cuda_warmup: bool = True  # run a few warm-up steps on CUDA before training (skipped in fast_dev_run)
+    debug: bool = False  # startup phase timings, per-file load report, model and loader details
+
+
+@dataclass
+class LoggingConfig:
+    use_wandb: bool = False  # also log to Weights & Biases (offline without WANDB_API_KEY)
+    wandb_project: str = "equivariant-center-of-mass"  # W&B project name
+    wandb_name: str | None = None  # W&B run name (auto when empty)
+    wandb_tags: list[str] = field(default_factory=list)  # W&B tags
+    tensorboard: bool = True  # TensorBoard event files in <output_dir>/tensorboard
+    log_every_n_steps: int = 1  # per-step metrics every N optimizer steps
+
+
+@dataclass
+class EgnnComConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def config_from_dict(saved: dict, *, cli: dict | None = None, overrides=()) -> EgnnComConfig:
+    """Rebuild the config stored in a checkpoint (validated and coerced like any YAML), then apply `cli`/overrides."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "checkpoint_config.yaml"
+        source.write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+        return load_config(EgnnComConfig, source, package="egnn_com", cli=cli, overrides=overrides)

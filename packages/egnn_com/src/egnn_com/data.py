@@ -1,0 +1,237 @@
+"""Graph files -> validated PyG `Data` objects, the seeded split, and the seed's optimised DataLoaders.
+
+A dataset folder holds one file per graph: a torch tensor dict (`.pt`, read with `torch.load(weights_only=True)`
+so no pickled code runs) or an `.npz` archive (read with `allow_pickle=False`). Keys:
+    x [N, F] float node features, pos [N, 3] float positions, edge_index [2, E] int64 (0 <= i < N),
+    mass [N] float > 0, y [3] or [1, 3] float target centre of mass (optional for prediction).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from common.errors import DataError
+from common.seeding import epoch_permutation
+
+GRAPH_SUFFIXES = (".pt", ".npz")
+REQUIRED_KEYS = ("x", "pos", "edge_index", "mass")
+TARGET_KEY = "y"
+
+
+class GraphFileError(DataError):
+    """One graph file is unreadable or invalid (the message names the file and the reason)."""
+
+
+def read_raw(path: Path) -> dict[str, torch.Tensor]:
+    """Read a graph file into a dict of tensors without executing pickled code."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: torch.from_numpy(np.array(archive[k])) for k in archive.files}
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else is truncated or foreign
+            raise GraphFileError(f"{path}: cannot be read (not a torch.save zip archive: corrupt or truncated)")
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except GraphFileError:
+        raise
+    except pickle.UnpicklingError as exc:  # weights_only refuses anything but tensors and plain containers
+        raise GraphFileError(f"{path}: refused by torch.load(weights_only=True): it holds pickled Python "
+                             f"objects, not only tensors") from exc
+    except Exception as exc:  # zip, npz and torch readers raise many types for damaged files
+        raise GraphFileError(f"{path}: cannot be read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else 'damaged file'})") from exc
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise GraphFileError(f"{path}: expected a dict of tensors, got {type(raw).__name__}")
+    return raw
+
+
+def validate_graph(raw: dict[str, torch.Tensor], path: Path, *, require_target: bool = True) -> Data:
+    """Check keys, shapes, dtypes and finiteness; return a float32 `Data(x, pos, edge_index, mass, y)`."""
+    keys = REQUIRED_KEYS + ((TARGET_KEY,) if require_target else ())
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise GraphFileError(f"{path}: missing key(s) {missing}; a graph file needs {list(keys)}")
+    x, pos, edge_index, mass = (raw[k] for k in REQUIRED_KEYS)
+
+    def bad(msg: str) -> GraphFileError:
+        return GraphFileError(f"{path}: {msg}")
+
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise bad(f"'x' has shape {tuple(x.shape)}, expected [N, F] with N >= 1 nodes and F >= 1 features")
+    n = x.shape[0]
+    if tuple(pos.shape) != (n, 3):
+        raise bad(f"'pos' has shape {tuple(pos.shape)}, expected [{n}, 3] ({n} nodes from 'x')")
+    if tuple(mass.shape) != (n,):
+        raise bad(f"'mass' has shape {tuple(mass.shape)}, expected [{n}]")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise bad(f"'edge_index' has shape {tuple(edge_index.shape)}, expected [2, E]")
+    if edge_index.dtype.is_floating_point or edge_index.dtype == torch.bool:
+        raise bad(f"'edge_index' has dtype {edge_index.dtype}, expected an integer type")
+    if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= n):
+        raise bad(f"'edge_index' refers to node {int(edge_index.max())} (or a negative one); nodes are 0..{n - 1}")
+    for name in ("x", "pos", "mass") + ((TARGET_KEY,) if TARGET_KEY in raw else ()):
+        t = raw[name]
+        if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.bool)):
+            raise bad(f"'{name}' has dtype {t.dtype}, expected a real number type")
+        if t.dtype.is_floating_point and not torch.isfinite(t).all():
+            raise bad(f"'{name}' contains NaN or inf")
+    if (mass <= 0).any():
+        raise bad("'mass' has a value <= 0; masses must be positive")
+    data = Data(x=x.float(), pos=pos.float(), edge_index=edge_index.long(), mass=mass.float())
+    if TARGET_KEY in raw:
+        y = raw[TARGET_KEY]
+        if y.numel() != 3:
+            raise bad(f"'y' has shape {tuple(y.shape)}, expected [3] or [1, 3] (a 3D centre of mass)")
+        data.y = y.float().reshape(1, 3)  # [1, 3] so a batch of B graphs stacks to [B, 3]
+    return data
+
+
+@dataclass
+class GraphDataset:
+    """Validated graphs in memory, with the load report."""
+
+    graphs: list[Data]
+    files: list[Path]  # files[i] holds graphs[i]
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    @property
+    def num_features(self) -> int:
+        return self.graphs[0].num_node_features
+
+
+def list_graph_files(paths: str | Path | list) -> list[Path]:
+    """Graph files in a folder (sorted), or the given file list; DataError when there are none."""
+    items = [Path(p) for p in (paths if isinstance(paths, list | tuple) else [paths])]
+    files: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix in GRAPH_SUFFIXES and p.is_file())
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"data path {item} does not exist. Create a dataset with "
+                            f"`python -m egnn_com.synthetic {item}` or point --data_dir at your processed graphs.")
+    if not files:
+        raise DataError(f"no graph files (*.pt, *.npz) in {', '.join(map(str, items))}. Create one with "
+                        f"`python -m egnn_com.synthetic {items[0]}`.")
+    return files
+
+
+def load_dataset(paths: str | Path | list, *, strict: bool = False, require_target: bool = True,
+                 logger: logging.Logger | None = None, debug: bool = False) -> GraphDataset:
+    """Load and validate every file; skip (or, if strict, refuse) invalid ones and report them.
+
+    All graphs must share one node-feature size: the most common one wins, files with another size fail.
+    """
+    log = logger or logging.getLogger("trainyard")
+    files = list_graph_files(paths)
+    good: list[tuple[Path, Data]] = []
+    failed: list[tuple[Path, str]] = []
+    for path in files:
+        try:
+            good.append((path, validate_graph(read_raw(path), path, require_target=require_target)))
+        except GraphFileError as exc:
+            failed.append((path, str(exc).removeprefix(f"{path}: ")))
+    if good:
+        width = Counter(d.num_node_features for _, d in good).most_common(1)[0][0]
+        for path, d in [g for g in good if g[1].num_node_features != width]:
+            failed.append((path, f"'x' has {d.num_node_features} features per node, the other files have {width}"))
+        good = [g for g in good if g[1].num_node_features == width]
+    if debug:
+        bad_files = {p for p, _ in failed}
+        for path in files:
+            log.debug("load %s: %s", path.name, "FAILED" if path in bad_files else "ok")
+    if failed:
+        shown = "; ".join(f"{p.name}: {why}" for p, why in failed[:5])
+        more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+        message = f"{len(failed)} of {len(files)} graph files are invalid: {shown}{more}"
+        if strict or not good:
+            raise DataError(message + ("" if good else ". No valid graph file is left to train on."))
+        log.warning("%s. Skipping them (use data.strict=true to make this an error).", message)
+    log.info("loaded %d of %d graph files from %s", len(good), len(files), paths)
+    return GraphDataset([d for _, d in good], [p for p, _ in good], failed)
+
+
+def dataset_stats(graphs: list[Data]) -> dict[str, float]:
+    """Graph, node and edge counts and feature sizes, for the log and the trackers."""
+    nodes = np.array([g.num_nodes for g in graphs])
+    edges = np.array([g.num_edges for g in graphs])
+    return {"num_graphs": len(graphs), "num_node_features": graphs[0].num_node_features,
+            "total_nodes": int(nodes.sum()), "total_edges": int(edges.sum()),
+            "mean_nodes": float(nodes.mean()), "min_nodes": int(nodes.min()), "max_nodes": int(nodes.max()),
+            "mean_edges": float(edges.mean()), "mean_degree": float(edges.sum() / max(nodes.sum(), 1))}
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split of range(n): (train_idx, val_idx), each sorted."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+    n_val = max(1, round(n * val_fraction))
+    if n - n_val < 1:
+        raise DataError(f"only {n} valid graph(s): too few to split into training and validation sets.")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class EpochSampler(Sampler[int]):
+    """Indices in the order `epoch_permutation(n, seed, epoch)` (or 0..n-1 unshuffled), from batch `start_batch`.
+
+    The order is a pure function of (seed, epoch), so a resumed run skips straight to the saved batch.
+    """
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool, batch_size: int):
+        self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
+        return iter(order[self.start_batch * self.batch_size:].tolist())
+
+    def __len__(self) -> int:
+        return max(0, self.n - self.start_batch * self.batch_size)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers only collate graphs; more threads would fight the training process
+
+
+def make_loader(graphs: list[Data], *, batch_size: int, train: bool, seed: int, num_workers: int = 0,
+                prefetch_factor: int = 4, device: torch.device | None = None) -> DataLoader:
+    """The seed's optimised PyG DataLoader; its `.sampler` is an EpochSampler (call set_epoch per epoch)."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}.")
+    if train and len(graphs) < batch_size:
+        raise DataError(f"the training split has {len(graphs)} graphs, fewer than one batch of {batch_size} "
+                        f"(training drops the last partial batch). Use a smaller --batch_size or more data.")
+    sampler = EpochSampler(len(graphs), seed=seed, shuffle=train, batch_size=batch_size)
+    workers = max(0, num_workers)
+    extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor,
+             "worker_init_fn": _worker_init} if workers > 0 else {}
+    # Its own generator: creating an iterator draws a worker base seed, which must not consume the global
+    # torch RNG (dropout draws from that, and a resumed run restores it mid-epoch).
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(graphs, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
+                      pin_memory=device is not None and device.type == "cuda", generator=generator, **extra)
+
+
+def describe_loader(loader: DataLoader) -> str:
+    """One line of the loader settings for the debug log."""
+    return (f"batch_size={loader.batch_size} num_workers={loader.num_workers} pin_memory={loader.pin_memory} "
+            f"persistent_workers={loader.persistent_workers} prefetch_factor={loader.prefetch_factor} "
+            f"drop_last={loader.drop_last} batches={len(loader)}")

@@ -1,0 +1,137 @@
+"""The two centre-of-mass regressors: the seed's GCN baseline and an E(n)-equivariant EGNN.
+
+Both take a PyG batch (x [N, F], pos [N, 3], edge_index [2, E], batch [N]) and return [B, 3].
+
+- `gcn` feeds raw coordinates to GCNConv as node features, so rotating or translating the input does NOT move
+  the prediction accordingly: it must learn the symmetry from data (the comparison the package is about).
+- `egnn` sees coordinates only through squared distances and relative vectors, and predicts a convex,
+  learned weighting of its (equivariantly updated) coordinates, so f(R x + t) = R f(x) + t by construction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GCNConv, MessagePassing, global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.utils import scatter, softmax
+
+from common.errors import ConfigError
+
+POOLING = {"mean": global_mean_pool, "add": global_add_pool, "max": global_max_pool}
+
+
+def _graph_index(batch) -> tuple[Tensor, int]:
+    """(node -> graph index [N], number of graphs); a lone `Data` is one graph."""
+    if getattr(batch, "batch", None) is None:
+        return torch.zeros(batch.num_nodes, dtype=torch.long, device=batch.x.device), 1
+    return batch.batch, batch.num_graphs
+
+
+class GCNCentreOfMass(nn.Module):
+    """Seed architecture: GCNConv input -> (num_layers - 2) hidden -> output, global pooling, MLP head to 3."""
+
+    def __init__(self, in_features: int, hidden_dim: int = 128, num_layers: int = 4, dropout: float = 0.1,
+                 pooling: str = "mean"):
+        super().__init__()
+        dims = [in_features + 3] + [hidden_dim] * num_layers  # +3: raw xyz appended to the node features
+        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.pool = POOLING[pooling]
+        self.head = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim // 2), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim // 2, hidden_dim // 4), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim // 4, 3),
+        )
+
+    def forward(self, batch) -> Tensor:
+        graph, num_graphs = _graph_index(batch)
+        h = torch.cat([batch.x, batch.pos], dim=-1)  # [N, F + 3]: coordinates as plain features
+        for i, conv in enumerate(self.convs):
+            h = conv(h, batch.edge_index)  # [N, hidden]
+            if i < len(self.convs) - 1:
+                h = torch.relu(h)
+        return self.head(self.pool(h, graph, num_graphs))  # [B, hidden] -> [B, 3]
+
+
+class EGNNLayer(MessagePassing):
+    """E(n)-equivariant graph convolution (Satorras, Hoogeboom & Welling 2021, eqs. 3-6).
+
+    PyG ships no EGNN layer, so this is written on `MessagePassing`:
+        m_ij  = phi_e(h_i, h_j, |x_i - x_j|^2)                 edge message, E(n)-invariant
+        x_i' = x_i + mean_j (x_i - x_j) / (|x_i - x_j| + 1) * phi_x(m_ij)   moves along relative vectors
+        h_i' = h_i + phi_h(h_i, mean_j m_ij)                   residual feature update
+    The relative vectors are normalised (the reference implementation's `norm_diff`) and aggregated with a
+    mean so that coordinate steps stay bounded for dense or large graphs.
+    """
+
+    def __init__(self, hidden_dim: int):
+        super().__init__(aggr="mean")
+        # phi_e's first layer W [h_i; h_j; d2] + b is split as (W_i h)_i + (W_j h)_j + w_d d2 + b: the two
+        # node terms are computed once per node [N, hidden] and gathered per edge, instead of a matmul over
+        # E >> N concatenated edge inputs (same function, about E/N times fewer FLOPs in that layer).
+        self.edge_dst = nn.Linear(hidden_dim, hidden_dim)  # W_i and the bias
+        self.edge_src = nn.Linear(hidden_dim, hidden_dim, bias=False)  # W_j
+        self.edge_dist = nn.Parameter(torch.empty(hidden_dim).uniform_(-1.0, 1.0) / (2 * hidden_dim + 1) ** 0.5)
+        self.edge_mlp = nn.Sequential(nn.SiLU(), nn.Linear(hidden_dim, hidden_dim), nn.SiLU())
+        last = nn.Linear(hidden_dim, 1, bias=False)
+        nn.init.xavier_uniform_(last.weight, gain=0.001)  # start near the identity map on coordinates
+        self.coord_mlp = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), last)
+        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.SiLU(),
+                                      nn.Linear(hidden_dim, hidden_dim))
+
+    def forward(self, h: Tensor, pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        # One propagate carries both: columns [:hidden] are messages, the last 3 the coordinate shift.
+        # a_dst, a_src [N, hidden]: the per-node terms of phi_e's first layer, gathered per edge by propagate.
+        out = self.propagate(edge_index, a_dst=self.edge_dst(h), a_src=self.edge_src(h), pos=pos)  # [N, hidden+3]
+        m, shift = out[:, :-3], out[:, -3:]
+        h = h + self.node_mlp(torch.cat([h, m.to(h.dtype)], dim=-1))  # [N, hidden]
+        return h, pos + shift.to(pos.dtype)  # [N, hidden], [N, 3]
+
+    def message(self, a_dst_i: Tensor, a_src_j: Tensor, pos_i: Tensor, pos_j: Tensor) -> Tensor:
+        rel = pos_i - pos_j  # [E, 3] target minus source
+        dist2 = (rel * rel).sum(-1, keepdim=True)  # [E, 1]
+        pre = a_dst_i + a_src_j + dist2.to(a_dst_i.dtype) * self.edge_dist.to(a_dst_i.dtype)  # [E, hidden]
+        m = self.edge_mlp(pre)  # [E, hidden]
+        shift = rel / (dist2.sqrt() + 1.0) * self.coord_mlp(m).to(rel.dtype)  # [E, 3]
+        return torch.cat([m.to(rel.dtype), shift], dim=-1)  # [E, hidden + 3]
+
+
+class EGNNCentreOfMass(nn.Module):
+    """Embed atom features, run EGNN layers, predict softmax(weights) . coordinates per graph."""
+
+    def __init__(self, in_features: int, hidden_dim: int = 128, num_layers: int = 4):
+        super().__init__()
+        self.embed = nn.Linear(in_features, hidden_dim)
+        self.layers = nn.ModuleList(EGNNLayer(hidden_dim) for _ in range(num_layers))
+        self.weight_head = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1))
+
+    def forward(self, batch) -> Tensor:
+        graph, num_graphs = _graph_index(batch)
+        h, pos = self.embed(batch.x), batch.pos  # [N, hidden], [N, 3]
+        for layer in self.layers:
+            h, pos = layer(h, pos, batch.edge_index)
+        # Weights are invariant and sum to 1 within each graph, so the output is an affine (convex)
+        # combination of equivariant points: rotation and translation pass through exactly.
+        w = softmax(self.weight_head(h).squeeze(-1).float(), graph, num_nodes=h.shape[0])  # [N]
+        return scatter(w.unsqueeze(-1).to(pos.dtype) * pos, graph, dim=0, dim_size=num_graphs, reduce="sum")  # [B, 3]
+
+
+def build_model(cfg, in_features: int) -> nn.Module:
+    """The model named by cfg.name ('gcn' | 'egnn') for node features of size `in_features`."""
+    if cfg.hidden_dim < 4:
+        raise ConfigError(f"model.hidden_dim must be >= 4 (the gcn head divides it by 4), got {cfg.hidden_dim}.")
+    if cfg.name == "gcn":
+        if cfg.num_layers < 2:
+            raise ConfigError(f"model.num_layers must be >= 2 for gcn (input and output GCNConv), got {cfg.num_layers}.")
+        return GCNCentreOfMass(in_features, cfg.hidden_dim, cfg.num_layers, cfg.dropout, cfg.pooling)
+    if cfg.name == "egnn":
+        if cfg.num_layers < 1:
+            raise ConfigError(f"model.num_layers must be >= 1 for egnn, got {cfg.num_layers}.")
+        return EGNNCentreOfMass(in_features, cfg.hidden_dim, cfg.num_layers)
+    raise ConfigError(f"model.name must be 'gcn' or 'egnn', got {cfg.name!r}.")
+
+
+def describe_model(model: nn.Module) -> str:
+    """Parameter count and the layer structure, for the debug log."""
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{type(model).__name__}: {params:,} parameters ({trainable:,} trainable)\n{model}"
