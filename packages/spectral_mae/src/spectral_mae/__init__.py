@@ -1,0 +1,1 @@
+"""spectral_mae: see README.md."""

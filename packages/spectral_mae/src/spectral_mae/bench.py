@@ -1,0 +1,172 @@
+"""Training-step benchmark: samples/s, tokens/s, FLOPs per sample, achieved GFLOP/s as a share of the
+machine's matmul peak (timed in the same run), forward ms per batch, peak memory.
+
+    python -m spectral_mae.bench                       # mae_tiny and mae_base at 500x500x30, + the MAE yardstick
+    python -m spectral_mae.bench --models mae_base --batch-size 1 --steps 3
+
+FLOPs are counted by torch.utils.flop_counter over one real forward+backward (matmuls and the fused
+scaled-dot-product attention kernels included); timings are medians over `--steps` steps after `--warmup`.
+The yardstick is the original MAE ViT-Base/16 (224x224x3, 16x16 patches, mask 0.75, decoder 512x8), built
+from the same code with 16x16x3 tokens, so both are measured by the same step on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common.cli import run_cli
+from common.devices import describe_device, peak_memory_mb, torch_device
+from spectral_mae.losses import MAESpectralLoss
+from spectral_mae.model import MaskedAutoencoderSpectral, build_model
+
+YARDSTICK = "mae_vit_base_patch16_224"
+YARDSTICK_ARCH = dict(img_size=224, patch_size=(16, 3), in_chans=3, embed_dim=768, encoder_depth=12,
+                      encoder_num_heads=12, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
+                      mask_ratio=0.75)
+
+
+@dataclass
+class BenchResult:
+    model: str
+    shape: str  # C x H x W
+    tokens: int  # tokens per sample (encoder sees (1 - mask_ratio) of them)
+    batch_size: int
+    step_s: float  # median training step (forward + backward + AdamW)
+    forward_ms: float  # median forward of one batch (no grad)
+    samples_per_s: float
+    tokens_per_s: float
+    gflop_per_sample: float  # forward + backward
+    achieved_gflops: float
+    share_of_peak: float
+    peak_memory_mb: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 8) -> float:
+    """Best fp32 GFLOP/s of a square matmul (max over repeats: the least disturbed by other processes)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b  # warm-up (thread pool, caches)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, steps: int, warmup: int,
+                device: torch.device, peak_gflops: float, amp: bool) -> BenchResult:
+    model = model.to(device).train()
+    loss_fn = MAESpectralLoss(model.groups, model.t)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    imgs = torch.randn(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def train_step() -> None:
+        with autocast:
+            pred, mask = model(imgs)
+            loss = loss_fn(pred, model.patchify(imgs), mask)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    counter = FlopCounterMode(display=False)
+    with counter:  # the first warm-up step also counts the FLOPs
+        train_step()
+    flops_per_sample = counter.get_total_flops() / batch_size
+    for _ in range(max(warmup - 1, 0)):
+        train_step()
+    step_times, forward_times = [], []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        train_step()
+        _sync(device)
+        step_times.append(time.perf_counter() - start)
+        with torch.no_grad(), autocast:
+            start = time.perf_counter()
+            model(imgs)
+            _sync(device)
+            forward_times.append(time.perf_counter() - start)
+    step = statistics.median(step_times)
+    achieved = flops_per_sample * batch_size / step / 1e9
+    memory = peak_memory_mb(device)
+    return BenchResult(
+        model=name, shape=f"{model.in_chans}x{model.img_size}x{model.img_size}", tokens=model.num_patches,
+        batch_size=batch_size, step_s=step, forward_ms=1000 * statistics.median(forward_times),
+        samples_per_s=batch_size / step, tokens_per_s=batch_size * model.num_patches / step,
+        gflop_per_sample=flops_per_sample / 1e9, achieved_gflops=achieved, share_of_peak=achieved / peak_gflops,
+        peak_memory_mb=memory.get("cuda_peak_mb", memory.get("rss_peak_mb", float("nan"))),
+    )
+
+
+def format_table(results: list[BenchResult], peak: float) -> str:
+    header = (f"{'model':<26}{'shape':>12}{'tokens':>8}{'batch':>6}{'step s':>9}{'fwd ms':>9}{'img/s':>8}"
+              f"{'tok/s':>9}{'GFLOP/img':>10}{'GFLOP/s':>9}{'peak%':>7}{'mem MB':>9}")
+    lines = [f"matmul peak (fp32, same run): {peak:.1f} GFLOP/s", header]
+    for r in results:
+        lines.append(f"{r.model:<26}{r.shape:>12}{r.tokens:>8}{r.batch_size:>6}{r.step_s:>9.2f}{r.forward_ms:>9.0f}"
+                     f"{r.samples_per_s:>8.2f}{r.tokens_per_s:>9.0f}{r.gflop_per_sample:>10.1f}"
+                     f"{r.achieved_gflops:>9.1f}{100 * r.share_of_peak:>6.0f}%{r.peak_memory_mb:>9.0f}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--models", default="mae_tiny,mae_base", show_default=True, help="Comma-separated variants.")
+@click.option("--img-size", default=500, show_default=True, help="Cube height/width (the seed's 500).")
+@click.option("--batch-size", default=2, show_default=True, help="Samples per step.")
+@click.option("--steps", default=3, show_default=True, help="Timed steps (median reported).")
+@click.option("--warmup", default=1, show_default=True, help="Untimed steps first (the first counts FLOPs).")
+@click.option("--yardstick/--no-yardstick", default=True, show_default=True,
+              help="Also time the original MAE ViT-B/16 (224x224, mask 0.75, batch 8) in the same run.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
+@click.option("--amp", is_flag=True, help="bf16 autocast.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
+def main(models, img_size, batch_size, steps, warmup, yardstick, device, amp, threads, json_path):
+    """Benchmark the spectral MAE training step (see the module docstring)."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch_device(device)
+    torch.manual_seed(0)
+    click.echo(f"device: {describe_device(dev)}, torch threads: {torch.get_num_threads()}")
+    peak = matmul_peak_gflops(dev)
+    results = []
+    if yardstick:
+        results.append(bench_model(YARDSTICK, MaskedAutoencoderSpectral(**YARDSTICK_ARCH), 8, steps, warmup, dev,
+                                   peak, amp))
+    for name in [m.strip() for m in models.split(",") if m.strip()]:
+        model = build_model(name, img_size=img_size)
+        results.append(bench_model(name, model, batch_size, steps, warmup, dev, peak, amp))
+        del model
+    # Timed again after the models, keeping the higher figure: a peak caught while the shared CPU was busy
+    # would flatter every share.
+    peak = max(peak, matmul_peak_gflops(dev))
+    for r in results:
+        r.share_of_peak = r.achieved_gflops / peak
+    click.echo(format_table(results, peak))
+    click.echo("peak memory is the process's peak RSS so far on CPU (cumulative), the CUDA allocator peak on GPU.")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"matmul_peak_gflops": peak, "results": [asdict(r) for r in results]},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,86 @@
+"""Build the model, loss, datasets and the de-normaliser from a resolved config (shared by train and evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from common.errors import ConfigError
+from spectral_mae.config import SpectralMAEConfig
+from spectral_mae.data import SegmentationDataset
+from spectral_mae.losses import MAESpectralLoss
+from spectral_mae.model import MaskedAutoencoderSpectral
+
+
+def check_config(cfg: SpectralMAEConfig) -> None:
+    """Value checks the type coercion cannot do; one ConfigError naming the key."""
+    m, h = cfg.model, cfg.hparams
+    spatial, spectral = m.patch_size
+    problems = []
+    if spatial < 1 or spectral < 1:
+        problems.append(f"model.patch_size={list(m.patch_size)} must be positive")
+    elif m.img_size % spatial:
+        problems.append(f"model.img_size={m.img_size} is not divisible by the spatial patch size {spatial}")
+    elif m.in_chans % spectral:
+        problems.append(f"model.in_chans={m.in_chans} is not divisible by the spectral patch size {spectral}")
+    if not 0.0 <= m.mask_ratio < 1.0:
+        problems.append(f"model.mask_ratio={m.mask_ratio} must be in [0, 1)")
+    for width, heads, key in ((m.embed_dim, m.encoder_num_heads, "embed_dim"),
+                              (m.decoder_embed_dim, m.decoder_num_heads, "decoder_embed_dim")):
+        if heads < 1 or width % heads or width % 4:
+            problems.append(f"model.{key}={width} must be divisible by its head count ({heads}) and by 4")
+    for key in ("epochs", "batch_size", "valid_interval", "accumulate_grad_batches"):
+        if getattr(h, key) < 1:
+            problems.append(f"hparams.{key}={getattr(h, key)} must be >= 1")
+    if h.overfit_batches < 0:
+        problems.append(f"hparams.overfit_batches={h.overfit_batches} must be >= 0")
+    if cfg.optimizer.lr <= 0:
+        problems.append(f"optimizer.lr={cfg.optimizer.lr} must be > 0")
+    if problems:
+        raise ConfigError("Invalid configuration: " + "; ".join(problems) + ".")
+
+
+def build_model_from_config(cfg: SpectralMAEConfig) -> MaskedAutoencoderSpectral:
+    m = cfg.model
+    return MaskedAutoencoderSpectral(
+        img_size=m.img_size, patch_size=tuple(m.patch_size), in_chans=m.in_chans, embed_dim=m.embed_dim,
+        encoder_depth=m.encoder_depth, encoder_num_heads=m.encoder_num_heads,
+        decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
+        decoder_num_heads=m.decoder_num_heads, mlp_ratio=m.mlp_ratio, mask_ratio=m.mask_ratio)
+
+
+def build_loss_from_config(cfg: SpectralMAEConfig) -> MAESpectralLoss:
+    spectral = cfg.model.patch_size[1]
+    return MAESpectralLoss(cfg.model.in_chans // spectral, spectral, mse_weight=cfg.loss.mse_weight,
+                           sam_weight=cfg.loss.sam_weight, variance_weight=cfg.loss.variance_weight,
+                           range_penalty_weight=cfg.loss.range_penalty_weight)
+
+
+def num_tokens(cfg: SpectralMAEConfig) -> int:
+    spatial, spectral = cfg.model.patch_size
+    return (cfg.model.in_chans // spectral) * (cfg.model.img_size // spatial) ** 2
+
+
+def build_dataset(cfg: SpectralMAEConfig, split: str, *, augment: bool, csv_file: str | Path | None = None,
+                  load_rgb: bool | None = None) -> SegmentationDataset:
+    d = cfg.dataset
+    return SegmentationDataset(
+        csv_file or d.csv_file, split, bands=cfg.model.in_chans, img_size=cfg.model.img_size,
+        patch_size=cfg.model.patch_size[0], stats_file=d.stats_file, normalize=d.normalize,
+        transform_type=d.transform_type if augment else "none",
+        load_rgb=d.load_rgb if load_rgb is None else load_rgb, num_tokens=num_tokens(cfg),
+        seed=cfg.general.seed, validate=d.check_values)
+
+
+class Denormalizer:
+    """Undo the per-band standardisation: x * std + mean on (B, C, H, W); identity without stats."""
+
+    def __init__(self, dataset: SegmentationDataset, device: torch.device):
+        self.mean = self.std = None
+        if dataset.mean is not None:
+            self.mean = torch.as_tensor(dataset.mean, device=device).view(1, -1, 1, 1)
+            self.std = torch.as_tensor(dataset.std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.mean is None else x.float() * self.std + self.mean
