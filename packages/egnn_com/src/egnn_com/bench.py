@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from common.benchmarking import torch_matmul_peak_gflops
 from common.cli import run_cli
 from egnn_com.cliopts import option
 
@@ -44,23 +45,6 @@ class _Recorder:
 
     def close(self):
         pass
-
-
-def matmul_peak_gflops(device, repeats: int = 5) -> float:
-    """Median float32 GFLOP/s of a square matmul (1024 on CPU, 4096 on GPU): the machine's yardstick."""
-    import torch
-
-    n = 4096 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    times = []
-    for i in range(repeats + 2):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def _sync(device):
@@ -199,7 +183,7 @@ def main(models, sizes, graphs, batch_size, hidden_dim, num_layers, epochs, num_
     if threads > 0:
         torch.set_num_threads(threads)
     dev = torch_device(device)
-    peak = matmul_peak_gflops(dev)
+    peak = torch_matmul_peak_gflops(dev, n=4096 if dev.type == "cuda" else 1024)
     click.echo(f"device: {describe_device(dev)}; float32 matmul peak {peak:.1f} GFLOP/s; "
                f"library import {import_s:.2f}s")
     startup = bench_startup(startup_graphs, num_workers)

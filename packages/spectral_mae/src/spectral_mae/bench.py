@@ -22,6 +22,7 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.benchmarking import torch_matmul_peak_gflops
 from common.cli import run_cli
 from common.devices import describe_device, peak_memory_mb, torch_device
 from spectral_mae.losses import MAESpectralLoss
@@ -52,21 +53,6 @@ class BenchResult:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 8) -> float:
-    """Best fp32 GFLOP/s of a square matmul (max over repeats: the least disturbed by other processes)."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b  # warm-up (thread pool, caches)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, steps: int, warmup: int,
@@ -147,7 +133,7 @@ def main(models, img_size, batch_size, steps, warmup, yardstick, device, amp, th
     dev = torch_device(device)
     torch.manual_seed(0)
     click.echo(f"device: {describe_device(dev)}, torch threads: {torch.get_num_threads()}")
-    peak = matmul_peak_gflops(dev)
+    peak = torch_matmul_peak_gflops(dev, repeats=8)
     results = []
     if yardstick:
         results.append(bench_model(YARDSTICK, MaskedAutoencoderSpectral(**YARDSTICK_ARCH), 8, steps, warmup, dev,
@@ -158,7 +144,7 @@ def main(models, img_size, batch_size, steps, warmup, yardstick, device, amp, th
         del model
     # Timed again after the models, keeping the higher figure: a peak caught while the shared CPU was busy
     # would flatter every share.
-    peak = max(peak, matmul_peak_gflops(dev))
+    peak = max(peak, torch_matmul_peak_gflops(dev, repeats=8))
     for r in results:
         r.share_of_peak = r.achieved_gflops / peak
     click.echo(format_table(results, peak))
