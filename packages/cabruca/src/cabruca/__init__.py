@@ -1,0 +1,1 @@
+"""cabruca: see README.md."""

@@ -1,0 +1,1 @@
+"""Trainyard monitoring dashboard (Streamlit): reads the run folders of every Trainyard package."""
