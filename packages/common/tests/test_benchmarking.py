@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from common.benchmarking import matmul_gflop, median_seconds, numpy_matmul_peak_gflops, torch_matmul_peak_gflops
+from common.benchmarking import (
+    matmul_gflop,
+    median_seconds,
+    numpy_matmul_peak_gflops,
+    torch_matmul_peak_gflops,
+)
 
 
 def test_median_runs_warmup_untimed_then_repeats_and_syncs():

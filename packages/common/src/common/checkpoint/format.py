@@ -38,6 +38,7 @@ from typing import IO, Any
 import numpy as np
 
 from common.errors import CheckpointError
+from common.runs import fsync_dir
 
 FORMAT = 1
 META_MEMBER = "__trainyard__.npy"
@@ -219,7 +220,7 @@ def _atomic_target(path: Path) -> Iterator[IO[bytes]]:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_archive(fh, arrays: dict[str, np.ndarray], skeleton: Any) -> None:
@@ -256,19 +257,6 @@ def _write_archive(fh, arrays: dict[str, np.ndarray], skeleton: Any) -> None:
         remaining -= len(chunk)
     fh.seek(end - _DIGEST_HEX_LEN)
     fh.write(file_digest.hexdigest().encode("ascii"))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory handles (Windows): the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
