@@ -412,3 +412,17 @@ def test_click_defaults_never_override_yaml(tmp_path):
     # a trailing dotted override beats the typed option
     result = runner.invoke(train_command, ["--config", str(path), "--lr", "0.2", "optim.lr=0.7"])
     assert result.output.strip() == "lr=0.7 epochs=5"
+
+
+def test_a_mapping_source_is_validated_and_coerced_like_a_file():
+    """The config stored in a checkpoint comes back as a dict: same coercion, same errors, then overrides."""
+    from dataclasses import dataclass as _dataclass
+
+    @_dataclass
+    class Small:
+        lr: float = 0.1
+        name: str = "x"
+
+    assert load_config(Small, {"lr": "1e-3", "name": "run"}, overrides=["name=other"]) == Small(0.001, "other")
+    with pytest.raises(ConfigError, match="the given config mapping"):
+        load_config(Small, {"lrr": 1})

@@ -204,10 +204,4 @@ def resolve_source(source: str | None) -> str | None:
 
 def from_dict(d: dict) -> CabrucaConfig:
     """Rebuild a config saved in a checkpoint (config_to_dict output), with the same coercion and checks."""
-    flat: dict[str, object] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
-    return load(None, cli=flat)
+    return load(d)

@@ -47,7 +47,7 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 
 def load_config(
     schema: type[T],
-    source: str | Path | None = None,
+    source: str | Path | Mapping[str, Any] | None = None,
     *,
     package: str | None = None,
     cli: Mapping[str, object] | None = None,
@@ -56,7 +56,8 @@ def load_config(
     """Build a `schema` instance from defaults, a YAML file or bundled config, groups, CLI options, overrides.
 
     `source`: a YAML path, or the name of a config bundled in `<package>/configs/` ("default_config" or
-    "default_config.yaml"). `cli`: {dotted key: value} of options the user typed (`common.cli.typed_options`).
+    "default_config.yaml"), or an already-parsed mapping such as the config stored in a checkpoint (validated
+    and coerced exactly like a file). `cli`: {dotted key: value} of options the user typed (`common.cli.typed_options`).
     `overrides`: "a.b=value" (value parsed as YAML, then coerced to the field type) or "group=name" choosing
     `<package>/configs/<group>/<name>.yaml` as section `group`. A leading "+" is ignored (Hydra habit).
     A YAML config may start with a Hydra-style `defaults: [{group: name}, ...]` list: those group files are
@@ -67,9 +68,12 @@ def load_config(
     groups, dotted = _split_overrides(overrides, package)
     layers: dict[str, Any] = {}
 
-    if source is not None:
+    if isinstance(source, Mapping):
+        data, where = dict(source), "the given config mapping"
+    elif source is not None:
         text, where = _read_source(source, package)
         data = _parse_yaml(text, where)
+    if source is not None:
         for group, name in _defaults_list(schema, data, where):
             _merge_into(layers, _group_layer(schema, package, group, name, where))
         _merge_into(layers, _validated(schema, data, where))

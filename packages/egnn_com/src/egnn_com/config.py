@@ -6,12 +6,8 @@ weight decay 1e-5, ReduceLROnPlateau on val_loss (patience 10, factor 0.5, min l
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
-
-import yaml
 
 from common.config import load_config
 from common.schedules import ScheduleConfig
@@ -87,7 +83,4 @@ class EgnnComConfig:
 
 def config_from_dict(saved: dict, *, cli: dict | None = None, overrides=()) -> EgnnComConfig:
     """Rebuild the config stored in a checkpoint (validated and coerced like any YAML), then apply `cli`/overrides."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "checkpoint_config.yaml"
-        source.write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
-        return load_config(EgnnComConfig, source, package="egnn_com", cli=cli, overrides=overrides)
+    return load_config(EgnnComConfig, saved, package="egnn_com", cli=cli, overrides=overrides)
