@@ -74,7 +74,7 @@ def test_mode_follows_api_key_and_wandb_mode(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert default_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert default_mode() is None  # left to wandb, which reads WANDB_MODE itself
+    assert default_mode() == "disabled"  # the user's WANDB_MODE wins, passed to wandb.init explicitly
 
 
 def test_offline_run_records_params_metrics_and_artifacts(tmp_path):

@@ -1,7 +1,8 @@
 """`WandbTracker`: a Weights & Biases run, offline unless an API key says otherwise.
 
-Mode: an explicit `mode`, else whatever WANDB_MODE says (wandb reads it itself), else "online" when
-WANDB_API_KEY is set and "offline" when it is not. Offline runs never touch the network, so training never
+Mode: an explicit `mode`, else WANDB_MODE, else "online" when WANDB_API_KEY is set and "offline" when it is
+not. The mode is always passed to `wandb.init` explicitly: wandb keeps process-wide settings from its first
+use, so relying on it to re-read WANDB_MODE later can send a run online (and into a login prompt). Offline runs never touch the network, so training never
 waits on it; they land in `<dir>/wandb/offline-run-*/` and can be uploaded later with `wandb sync <folder>`.
 """
 
@@ -15,11 +16,9 @@ from pathlib import Path
 _INVALID_ARTIFACT_CHARS = re.compile(r"[^\w\-.]")  # W&B artifact names: alphanumerics, dashes, _ and dots
 
 
-def default_mode() -> str | None:
-    """The W&B mode to ask for: None leaves it to WANDB_MODE; else online with an API key, offline without."""
-    if os.environ.get("WANDB_MODE"):
-        return None
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+def default_mode() -> str:
+    """The W&B mode to ask for: WANDB_MODE when set; else online with an API key, offline without."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
 
 
 class WandbTracker:
