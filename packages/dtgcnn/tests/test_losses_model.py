@@ -8,7 +8,7 @@ from mlx.utils import tree_flatten
 
 from dtgcnn.losses import joint_loss, triplet_loss
 from dtgcnn.metrics import batch_metrics, retrieval_metrics
-from dtgcnn.model import DTGCNN, EdgeConv, ModelSpec, flops_per_sample, knn
+from dtgcnn.model import DTGCNN, EdgeConv, ModelSpec, flops_per_sample, knn, smallest_k
 
 # Four 1-D points (x, 0); labels 0,0,1,1. Distances: d01=1, d02=3, d03=0.5, d12=2, d13=0.5, d23=2.5.
 EMB = mx.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.5, 0.0]])
@@ -62,6 +62,30 @@ def test_knn_matches_brute_force():
     d = np.array(((x[:, :, None] - x[:, None]) ** 2).sum(-1))
     expected = np.sort(np.argsort(d, axis=-1)[:, :, :6], axis=-1)
     np.testing.assert_array_equal(np.sort(np.array(knn(x, 6)), axis=-1), expected)
+
+
+@pytest.mark.parametrize("num_points", [256, 253])  # a multiple of the block, and padded with +inf
+def test_blocked_knn_selects_the_same_neighbours_as_a_full_argpartition(num_points):
+    """smallest_k's block-minima pruning (the path taken at real sizes) returns exactly the k nearest."""
+    x = mx.random.normal((2, num_points, 5), key=mx.random.key(3))
+    d = np.array(((x[:, :, None] - x[:, None]) ** 2).sum(-1))
+    expected = np.sort(np.argsort(d, axis=-1, kind="stable")[:, :, :7], axis=-1)
+    score = mx.array(d)
+    assert -(-num_points // 8) >= 2 * 7  # the blocked path, not the small-input fallback
+    np.testing.assert_array_equal(np.sort(np.array(smallest_k(score, 7, block=8)), axis=-1), expected)
+    np.testing.assert_array_equal(np.sort(np.array(knn(x, 7)), axis=-1), expected)
+
+
+def test_blocked_knn_with_ties_returns_the_k_smallest_values():
+    """Duplicated points tie at the k-th distance: any tied choice is valid, the selected distances must be
+    the k smallest ones, with no index repeated."""
+    base = np.random.default_rng(0).standard_normal((1, 100, 3)).astype(np.float32)
+    pts = np.concatenate([base, base, base], axis=1)  # every point three times: many exact ties
+    d = ((pts[:, :, None] - pts[:, None]) ** 2).sum(-1)  # [1,300,300]
+    idx = np.array(smallest_k(mx.array(d), 5, block=8))
+    picked = np.sort(np.take_along_axis(d, idx, axis=-1), axis=-1)
+    np.testing.assert_array_equal(picked, np.sort(d, axis=-1)[:, :, :5])
+    assert all(len(set(row)) == 5 for row in idx.reshape(-1, 5))
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -27,7 +27,37 @@ def knn(x: mx.array, k: int) -> mx.array:
     # the row), one [B,N,N] pass fewer. The neighbour choice is not differentiated.
     # addmm fuses the product, the scaling and the broadcast add into one pass over the [B,N,N] output.
     score = mx.addmm(sq[:, None, :], mx.stop_gradient(x), mx.stop_gradient(x).swapaxes(1, 2), alpha=-2.0)
-    return mx.stop_gradient(mx.argpartition(score, kth=k - 1, axis=-1)[:, :, :k])
+    return mx.stop_gradient(smallest_k(score, k))
+
+
+KNN_BLOCK = 8  # columns per block in smallest_k; 4-16 measured alike, 8 fastest at N=1024, k=20
+
+
+def smallest_k(score: mx.array, k: int, block: int = KNN_BLOCK) -> mx.array:
+    """Column indices [B,N,k] of the k smallest entries of each row of score [B,N,M] (any order within k).
+
+    Exact, in two cheap selections instead of one `argpartition` over all M columns (which costs the most
+    in the whole k-NN, ~25 ns per element in MLX's CPU nth_element): split each row into blocks of `block`
+    columns, keep the k blocks with the smallest minima, then select the k smallest of their k*block
+    entries. Why that is exact: if a block outside the kept ones held an entry e below the row's k-th
+    smallest value t, the k kept blocks' minima (all <= that block's minimum <= e < t) plus e would be k+1
+    entries below t. So every entry < t is kept, and the kept blocks hold >= k entries <= t (their
+    minima): the result is the k nearest, differing from a full argpartition only in which of several
+    entries tied at exactly t are taken (tested). Rows are padded with +inf to a multiple of `block`.
+    Falls back to one argpartition when there are fewer than 2k blocks (small inputs, no gain there).
+    """
+    b, n, m = score.shape
+    blocks_per_row = -(-m // block)
+    if blocks_per_row < 2 * k:
+        return mx.argpartition(score, kth=k - 1, axis=-1)[:, :, :k]
+    if blocks_per_row * block != m:
+        pad = mx.full((b, n, blocks_per_row * block - m), mx.inf, dtype=score.dtype)
+        score = mx.concatenate([score, pad], axis=-1)  # [B,N,G*block]; +inf is never among the k smallest
+    blocks = score.reshape(b, n, blocks_per_row, block)  # [B,N,G,block]
+    kept = mx.argpartition(mx.min(blocks, axis=-1), kth=k - 1, axis=-1)[:, :, :k]  # [B,N,k] block ids
+    candidates = mx.take_along_axis(blocks, kept[..., None], axis=2).reshape(b, n, k * block)  # [B,N,k*block]
+    pos = mx.argpartition(candidates, kth=k - 1, axis=-1)[:, :, :k]  # [B,N,k] in 0..k*block-1
+    return mx.take_along_axis(kept, pos // block, axis=2) * block + pos % block  # [B,N,k] column ids
 
 
 def gather_neighbours(values: mx.array, idx: mx.array) -> mx.array:
