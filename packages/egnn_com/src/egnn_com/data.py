@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import Sampler
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from common.errors import DataError
 from common.seeding import epoch_permutation
+from egnn_com.packed import PackedGraphs, can_pack
 
 GRAPH_SUFFIXES = (".pt", ".npz")
 REQUIRED_KEYS = ("x", "pos", "edge_index", "mass")
@@ -212,8 +214,8 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(graphs: list[Data], *, batch_size: int, train: bool, seed: int, num_workers: int = 0,
-                prefetch_factor: int = 4, device: torch.device | None = None) -> DataLoader:
-    """The seed's optimised PyG DataLoader; its `.sampler` is an EpochSampler (call set_epoch per epoch)."""
+                prefetch_factor: int = 4, device: torch.device | None = None) -> TorchDataLoader:
+    """The seed's optimised DataLoader of PyG Batches; its `.sampler` is an EpochSampler (call set_epoch per epoch)."""
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
     if train and len(graphs) < batch_size:
@@ -226,11 +228,17 @@ def make_loader(graphs: list[Data], *, batch_size: int, train: bool, seed: int, 
     # Its own generator: creating an iterator draws a worker base seed, which must not consume the global
     # torch RNG (dropout draws from that, and a resumed run restores it mid-epoch).
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(graphs, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
-                      pin_memory=device is not None and device.type == "cuda", generator=generator, **extra)
+    settings = dict(batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
+                    pin_memory=device is not None and device.type == "cuda", generator=generator, **extra)
+    if can_pack(graphs):
+        # Same batches as PyG's loader (same sampler, same Batch contents), but collated from tensors packed
+        # once up front instead of per-batch Batch.from_data_list; see egnn_com.packed.
+        packed = PackedGraphs(graphs)
+        return TorchDataLoader(packed, collate_fn=packed.collate, **settings)
+    return DataLoader(graphs, **settings)  # graphs with other attributes: PyG's general collate
 
 
-def describe_loader(loader: DataLoader) -> str:
+def describe_loader(loader: TorchDataLoader) -> str:
     """One line of the loader settings for the debug log."""
     return (f"batch_size={loader.batch_size} num_workers={loader.num_workers} pin_memory={loader.pin_memory} "
             f"persistent_workers={loader.persistent_workers} prefetch_factor={loader.prefetch_factor} "
