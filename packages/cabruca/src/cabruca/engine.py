@@ -100,7 +100,12 @@ class Trainer:
         self.model = build_model(cfg.model).to(device)
         if init_weights is not None:  # warm start (progressive training / fine-tuning): weights only
             restore_training_state({"model": init_weights, "optimizer": None}, self.model, None)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        forward = self.model
+        if device.type == "cuda" and torch.cuda.device_count() > 1:
+            # The seed's multi-GPU mode: DataParallel splits each batch across the visible GPUs; checkpoints
+            # keep saving the plain self.model.
+            forward = torch.nn.DataParallel(forward)
+        self.forward = torch.compile(forward) if t.compile else forward
         self.loss_fn = MultiTaskLoss(cfg.loss)
         self.optimizer, self.group_names = build_optimizer(self.model, cfg)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
