@@ -51,19 +51,27 @@ def numpy_matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return matmul_gflop(n) / best
 
 
+def torch_sync(device: Any) -> None:
+    """Wait for queued CUDA work on `device` so a timer measures it; a no-op elsewhere."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def torch_matmul_peak_gflops(device: Any = "cpu", n: int = 2048, repeats: int = 5, dtype: Any = None) -> float:
     """Best GFLOP/s of torch's matmul on `device` (float32 unless `dtype` is given)."""
     import torch
 
     device = torch.device(device)
     a, b = (torch.randn(n, n, device=device, dtype=dtype or torch.float32) for _ in range(2))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a @ b
-    sync()
+    torch_sync(device)
 
     def run() -> None:
         a @ b
-        sync()
+        torch_sync(device)
 
     best = min(_timed(run) for _ in range(repeats))
     return matmul_gflop(n) / best

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from common.benchmarking import torch_matmul_peak_gflops
+from common.benchmarking import torch_matmul_peak_gflops, torch_sync
 from common.cli import run_cli
 from egnn_com.cliopts import option
 
@@ -45,13 +45,6 @@ class _Recorder:
 
     def close(self):
         pass
-
-
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_graphs(size: str, count: int, seed: int = 0) -> list:
@@ -113,10 +106,10 @@ def bench_training(model_name: str, graphs: list, *, batch_size: int, hidden_dim
     forward = []
     with torch.no_grad():
         for i in range(7):
-            _sync(device)
+            torch_sync(device)
             start = time.perf_counter()
             model(batch)
-            _sync(device)
+            torch_sync(device)
             if i >= 2:
                 forward.append(time.perf_counter() - start)
     graphs_per_s = graphs_per_epoch / epoch_s

@@ -22,7 +22,7 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.benchmarking import torch_matmul_peak_gflops
+from common.benchmarking import torch_matmul_peak_gflops, torch_sync
 from common.cli import run_cli
 from common.devices import describe_device, peak_memory_mb, torch_device
 from spectral_mae.losses import MAESpectralLoss
@@ -48,11 +48,6 @@ class BenchResult:
     achieved_gflops: float
     share_of_peak: float
     peak_memory_mb: float
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, steps: int, warmup: int,
@@ -81,15 +76,15 @@ def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, st
         train_step()
     step_times, forward_times = [], []
     for _ in range(steps):
-        _sync(device)
+        torch_sync(device)
         start = time.perf_counter()
         train_step()
-        _sync(device)
+        torch_sync(device)
         step_times.append(time.perf_counter() - start)
         with torch.no_grad(), autocast:
             start = time.perf_counter()
             model(imgs)
-            _sync(device)
+            torch_sync(device)
             forward_times.append(time.perf_counter() - start)
     step = statistics.median(step_times)
     achieved = flops_per_sample * batch_size / step / 1e9
