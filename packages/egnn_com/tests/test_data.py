@@ -11,7 +11,9 @@ from common.seeding import epoch_permutation
 from egnn_com.data import (
     EpochSampler,
     GraphFileError,
+    ThreadPrefetchLoader,
     dataset_stats,
+    describe_loader,
     load_dataset,
     make_loader,
     read_raw,
@@ -144,12 +146,33 @@ def test_sampler_order_is_function_of_seed_and_epoch_and_skips_batches():
     assert list(s) == full[8:] and len(s) == 12
 
 
+def _batch_contents(loader):
+    return [(b.x.tolist(), b.edge_index.tolist(), b.batch.tolist(), b.y.tolist()) for b in loader]
+
+
 def test_loader_settings(tiny_data):
     graphs = load_dataset(tiny_data).graphs
+    # the seed's settings, with worker processes
     train = make_loader(graphs, batch_size=8, train=True, seed=0, num_workers=2, prefetch_factor=4,
-                        device=torch.device("cpu"))
+                        device=torch.device("cpu"), worker_type="process")
     assert train.drop_last and train.persistent_workers and train.prefetch_factor == 4 and not train.pin_memory
+    assert train.num_workers == 2
     val = make_loader(graphs[:10], batch_size=8, train=False, seed=0)
     assert not val.drop_last and val.num_workers == 0 and [b.num_graphs for b in val] == [8, 2]
     with pytest.raises(DataError, match="fewer than one batch"):
         make_loader(graphs[:3], batch_size=8, train=True, seed=0)
+
+
+def test_thread_loader_gives_the_same_batches_from_a_background_thread(tiny_data):
+    graphs = load_dataset(tiny_data).graphs
+    kw = dict(batch_size=8, train=True, seed=3)
+    threaded = make_loader(graphs, num_workers=2, prefetch_factor=3, **kw)  # worker_type="thread" by default
+    assert isinstance(threaded, ThreadPrefetchLoader) and threaded.prefetch_batches == 6
+    assert threaded.num_workers == 0  # no worker processes
+    assert "background thread 6 batches ahead" in describe_loader(threaded)
+    in_process = make_loader(graphs, num_workers=0, **kw)
+    for epoch, start in [(0, 0), (2, 1)]:  # a resumed epoch starts at its saved batch in both
+        threaded.sampler.set_epoch(epoch, start)
+        in_process.sampler.set_epoch(epoch, start)
+        assert _batch_contents(threaded) == _batch_contents(in_process)
+    assert len(threaded) == len(in_process)

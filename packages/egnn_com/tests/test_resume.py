@@ -65,7 +65,9 @@ def test_crash_after_periodic_checkpoint_then_cli_resume_is_exact(tmp_path, tiny
             raise StopTraining
 
     with pytest.raises(StopTraining):
-        run_training(cfg_for(tmp_path, tiny_data, "run", "gcn", "train.save_every_n_steps=5"), stop_hook=crash)
+        # the interrupted run loads in a background thread, the reference in the main process: same batches
+        run_training(cfg_for(tmp_path, tiny_data, "run", "gcn", "train.save_every_n_steps=5", "data.num_workers=2"),
+                     stop_hook=crash)
     ckpt = tmp_path / "run" / "checkpoints" / "last-step.ckpt"
     assert load_checkpoint(ckpt)["global_step"] == 5
     # resume through the CLI: the checkpoint's config is the base, nothing else needs repeating

@@ -60,7 +60,7 @@ def make_graphs(size: str, count: int, seed: int = 0) -> list:
 
 
 def bench_training(model_name: str, graphs: list, *, batch_size: int, hidden_dim: int, num_layers: int,
-                   epochs: int, num_workers: int, device, peak: float) -> dict:
+                   epochs: int, num_workers: int, worker_type: str, device, peak: float) -> dict:
     """Train `epochs` + 1 warm-up epochs with the real Trainer; medians over the timed epochs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -84,7 +84,7 @@ def bench_training(model_name: str, graphs: list, *, batch_size: int, hidden_dim
     model = build_model(cfg.model, graphs[0].num_node_features).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
     train_loader = make_loader(graphs, batch_size=batch_size, train=True, seed=0, num_workers=num_workers,
-                               device=device)
+                               worker_type=worker_type, device=device)
     val_loader = make_loader(graphs[:1], batch_size=batch_size, train=False, seed=0)
     recorder = _Recorder()
     trainer = Trainer(cfg, model=model, optimizer=optimizer, schedule=build_schedule(cfg.optim.schedule, [1e-3], 1),
@@ -159,12 +159,14 @@ def bench_startup(num_graphs: int, num_workers: int) -> dict:
 @option("num_layers", type=int, default=4)
 @option("epochs", type=int, default=2, help="Timed epochs (after one warm-up epoch).")
 @option("num_workers", type=int, default=4, help="DataLoader workers for the timed epochs (the seed's default).")
+@option("worker_type", type=click.Choice(["thread", "process"]), default="thread",
+        help="Background loading in one thread or in worker processes (see egnn_com.data.make_loader).")
 @option("device", default="auto")
 @option("threads", type=int, default=0, help="torch CPU threads (0 = torch's default).")
 @option("startup_graphs", type=int, default=200, help="Demo-sized dataset for the startup measurement.")
 @option("json_out", "--json", help="Also write all figures to this JSON file.")
-def main(models, sizes, graphs, batch_size, hidden_dim, num_layers, epochs, num_workers, device, threads,
-         startup_graphs, json_out):
+def main(models, sizes, graphs, batch_size, hidden_dim, num_layers, epochs, num_workers, worker_type, device,
+         threads, startup_graphs, json_out):
     """Benchmark gcn and egnn training on synthetic molecules of three size classes."""
     start = time.perf_counter()
     import torch  # timed: library import is reported apart from the startup phases
@@ -187,12 +189,13 @@ def main(models, sizes, graphs, batch_size, hidden_dim, num_layers, epochs, num_
     header = (f"{'size':<7}{'model':<6}{'graphs':>7}{'nodes':>6}{'edges':>7}{'epoch s':>9}{'graphs/s':>10}{'fwd ms':>8}"
               f"{'data %':>8}{'GFLOP/g':>9}{'GFLOP/s':>9}{'% peak':>8}{'mem MB':>8}")
     click.echo(f"training: batch {batch_size}, hidden {hidden_dim}, {num_layers} layers, "
-               f"{num_workers} workers, median of {epochs} epochs after 1 warm-up\n{header}")
+               f"{num_workers} workers ({worker_type}), median of {epochs} epochs after 1 warm-up\n{header}")
     for size in sizes.split(","):
         data = make_graphs(size, graphs or EPOCH_GRAPHS[size])
         for name in models.split(","):
             r = bench_training(name, data, batch_size=batch_size, hidden_dim=hidden_dim, num_layers=num_layers,
-                               epochs=epochs, num_workers=num_workers, device=dev, peak=peak)
+                               epochs=epochs, num_workers=num_workers, worker_type=worker_type, device=dev,
+                               peak=peak)
             r["size"] = size
             rows.append(r)
             mem = max(r["memory_mb"].values()) if r["memory_mb"] else float("nan")

@@ -23,8 +23,11 @@ class DataConfig:
     data_dir: str = "data/processed_sh"  # folder of per-graph .pt (tensor dict) or .npz files
     val_fraction: float = 0.2  # share of graphs held out for validation (seeded split)
     batch_size: int = 16  # graphs per training batch
-    num_workers: int = 4  # DataLoader worker processes (0 = load in the main process)
+    num_workers: int = 4  # background loading when > 0 (0 = load in the main process, between steps)
     prefetch_factor: int = 4  # batches prefetched per worker (only when num_workers > 0)
+    # thread: build packed batches in one background thread (num_workers x prefetch_factor ahead); process:
+    # num_workers DataLoader worker processes, as in the seed (always used for graphs that cannot be packed)
+    worker_type: Literal["thread", "process"] = "thread"
     strict: bool = False  # True: any invalid file is an error; False: skip and report it
 
 

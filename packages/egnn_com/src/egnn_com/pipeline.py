@@ -105,7 +105,7 @@ def run_training(cfg, *, resume_state: dict | None = None, import_seconds: float
         val_graphs = [dataset.graphs[i] for i in val_idx]
     with timer.phase("dataloader_creation"):
         kw = {"batch_size": cfg.data.batch_size, "seed": cfg.train.seed, "num_workers": cfg.data.num_workers,
-              "prefetch_factor": cfg.data.prefetch_factor, "device": device}
+              "prefetch_factor": cfg.data.prefetch_factor, "worker_type": cfg.data.worker_type, "device": device}
         train_loader = make_loader(train_graphs, train=True, **kw)
         val_loader = make_loader(val_graphs, train=False, **kw)
     with timer.phase("model_initialization"):

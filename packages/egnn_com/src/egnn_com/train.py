@@ -26,6 +26,7 @@ from egnn_com.config import EgnnComConfig, config_from_dict
 # click parameter -> dotted config key
 OPTION_KEYS = {
     "data_dir": "data.data_dir", "batch_size": "data.batch_size", "num_workers": "data.num_workers",
+    "worker_type": "data.worker_type",
     "val_fraction": "data.val_fraction", "model": "model.name", "hidden_dim": "model.hidden_dim",
     "num_layers": "model.num_layers", "dropout": "model.dropout", "lr": "optim.lr",
     "weight_decay": "optim.weight_decay", "optimizer": "optim.optimizer", "gradient_clip_val": "optim.gradient_clip_val",
@@ -77,7 +78,9 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
 @option("num_threads", type=int, help="torch CPU threads (0 = one per core).  [default: 0]")
 @option("seed", type=int, help="Seed for split, data order and weights.  [default: 42]")
 @option("val_fraction", type=float, help="Validation share of the graphs.  [default: 0.2]")
-@option("num_workers", type=int, help="DataLoader workers (0 = main process).  [default: 4]")
+@option("num_workers", type=int, help="Background data loading when > 0 (0 = main process).  [default: 4]")
+@option("worker_type", type=click.Choice(["thread", "process"]),
+        help="thread: one loader thread (packed in-memory graphs); process: worker processes.  [default: thread]")
 @option("output_dir", help="Run folder.  [default: runs/egnn_com_<timestamp>]")
 @option("checkpoint_dir", help="Checkpoint folder.  [default: <output_dir>/checkpoints]")
 @option("save_every_n_steps", type=int, help="Mid-epoch last-step.ckpt every N steps (0 = off).  [default: 50]")
