@@ -14,6 +14,7 @@ from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 from common.runs import RunFolder  # noqa: E402
 from common.trackers import WandbTracker, build_trackers  # noqa: E402
+from common.trackers.factory import WANDB_RUN_ID_FILE  # noqa: E402
 from common.trackers.wandb import default_mode  # noqa: E402
 
 _BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of CRC-framed chunks
@@ -107,3 +108,31 @@ def test_offline_run_records_params_metrics_and_artifacts(tmp_path):
             config.update(items(record.config.update))
     assert config["model"] == {"hidden": 64} and config["lr"] == 1e-3
     assert "artifact" in kinds and kinds[-1] in ("exit", "final", "footer")
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    first = build_trackers(run, wandb={"project": "egnn"})
+    first_id = first.trackers[1].run_id
+    for step in range(1, 4):
+        first.log_metrics({"loss": float(step)}, step=step)
+    first.close()
+    assert run.path(WANDB_RUN_ID_FILE).read_text() == first_id
+
+    resumed = build_trackers(run, wandb={"project": "egnn"}, resume_step=3)
+    tracker = resumed.trackers[1]
+    assert tracker.run_id == first_id  # the same W&B run, not a new one
+    for step in range(4, 6):
+        resumed.log_metrics({"loss": float(step)}, step=step)
+    second_dir = tracker.run_dir
+    resumed.close()
+    # offline: one folder per session, both named with the run's id, so `wandb sync` joins them
+    folders = sorted(run.path("wandb").glob(f"offline-run-*-{first_id}"))
+    assert second_dir in folders and len(folders) == 2
+    [log_file] = second_dir.glob("*.wandb")
+    rows = [items(r.history.item) for r in finished_records(log_file) if r.WhichOneof("record_type") == "history"]
+    assert [(row["_step"], row["loss"]) for row in rows] == [(4, 4.0), (5, 5.0)]
+    # a fresh run in another folder starts a new W&B run
+    other = build_trackers(RunFolder(tmp_path / "other"), wandb={"project": "egnn"})
+    assert other.trackers[1].run_id != first_id
+    other.close()

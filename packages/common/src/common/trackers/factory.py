@@ -12,8 +12,9 @@ from common.runs import RunFolder, atomic_write_text
 from common.trackers.base import DEFAULT_LOGGER, Tracker, Trackers, one_line
 from common.trackers.json_history import JsonHistory
 
-# Where a run folder remembers its MLflow run, so a resumed training run continues the same MLflow run.
+# Where a run folder remembers its MLflow / W&B run, so a resumed training run continues the same run there.
 MLFLOW_RUN_ID_FILE = ".mlflow_run_id"
+WANDB_RUN_ID_FILE = ".wandb_run_id"
 
 
 def build_trackers(
@@ -45,7 +46,7 @@ def build_trackers(
     if mlflow:
         optional.append(("MLflow", "mlflow", partial(_mlflow, run, _kwargs(mlflow), resume_step)))
     if wandb:
-        optional.append(("W&B", "wandb", partial(_wandb, run, _kwargs(wandb))))
+        optional.append(("W&B", "wandb", partial(_wandb, run, _kwargs(wandb), resume_step)))
     for label, extra, build in optional:
         try:
             trackers.append(build())
@@ -73,15 +74,20 @@ def _mlflow(run: RunFolder, kwargs: dict, resume_step: int | None) -> Tracker:
     from common.trackers.mlflow import MlflowTracker
 
     kwargs = {"experiment": "trainyard", "store_dir": run.path("mlruns"), **kwargs}
-    id_file = run.path(MLFLOW_RUN_ID_FILE)
-    if resume_step is not None and "run_id" not in kwargs and id_file.exists():
-        kwargs["run_id"] = id_file.read_text(encoding="utf-8").strip()
-    tracker = MlflowTracker(**kwargs)
-    atomic_write_text(id_file, tracker.run_id)
-    return tracker
+    return _continuing(MlflowTracker, kwargs, run.path(MLFLOW_RUN_ID_FILE), resume_step)
 
 
-def _wandb(run: RunFolder, kwargs: dict) -> Tracker:
+def _wandb(run: RunFolder, kwargs: dict, resume_step: int | None) -> Tracker:
     from common.trackers.wandb import WandbTracker
 
-    return WandbTracker(**{"project": "trainyard", "dir": run.root, **kwargs})
+    kwargs = {"project": "trainyard", "dir": run.root, **kwargs}
+    return _continuing(WandbTracker, kwargs, run.path(WANDB_RUN_ID_FILE), resume_step)
+
+
+def _continuing(tracker_class, kwargs: dict, id_file: Path, resume_step: int | None):
+    """Build the tracker; a resumed run passes the run id its folder remembers, and the id is remembered."""
+    if resume_step is not None and "run_id" not in kwargs and id_file.exists():
+        kwargs["run_id"] = id_file.read_text(encoding="utf-8").strip()
+    tracker = tracker_class(**kwargs)
+    atomic_write_text(id_file, tracker.run_id)
+    return tracker

@@ -22,7 +22,7 @@ def default_mode() -> str:
 
 
 class WandbTracker:
-    """One W&B run; files go under `dir/wandb/` (default: the current folder)."""
+    """One W&B run; files go under `dir/wandb/` (default: the current folder); `run_id` continues that run."""
 
     def __init__(
         self,
@@ -33,6 +33,7 @@ class WandbTracker:
         dir: str | Path | None = None,
         *,
         mode: str | None = None,
+        run_id: str | None = None,
     ) -> None:
         import wandb
 
@@ -48,7 +49,13 @@ class WandbTracker:
             mode=mode or default_mode(),
             # Several runs per process (tests, sweeps): a new run never finishes or reuses another one.
             reinit="create_new",
+            # A resumed training run continues its W&B run (offline: a new folder with the same id, which
+            # `wandb sync` appends to the same run). Steps replayed after a crash, at or below the last
+            # step W&B has, are dropped by W&B; exact resume logs the same values there anyway.
+            id=run_id,
+            resume="allow" if run_id else None,
         )
+        self.run_id: str = self._run.id
 
     @property
     def run_dir(self) -> Path:
