@@ -178,7 +178,7 @@ def main(models, sizes, graphs, batch_size, hidden_dim, num_layers, epochs, num_
     if threads > 0:
         torch.set_num_threads(threads)
     dev = torch_device(device)
-    peak = torch_matmul_peak_gflops(dev, n=4096 if dev.type == "cuda" else 1024)
+    peak = torch_matmul_peak_gflops(dev, n=4096 if dev.type == "cuda" else 2048, repeats=8)
     click.echo(f"device: {describe_device(dev)}; float32 matmul peak {peak:.1f} GFLOP/s; "
                f"library import {import_s:.2f}s")
     startup = bench_startup(startup_graphs, num_workers)
