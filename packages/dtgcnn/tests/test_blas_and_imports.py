@@ -64,6 +64,34 @@ def test_mlx_imported_first_is_reported():
     assert "import dtgcnn first" in proc.stderr
 
 
+PAGE_FAULTS_OF_REPEATED_ADDS = """
+import resource, dtgcnn, mlx.core as mx
+mx.set_default_device(mx.cpu)
+x = mx.zeros((16, 1024, 1024)); mx.eval(x)
+mx.eval(x + 1)  # the first 64 MiB result grows the heap once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    mx.eval(x + 1)  # each result is a new 64 MiB buffer, freed right after
+print(dtgcnn.MALLOC)
+print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@linux_only
+def test_malloc_tuning_recycles_large_mlx_buffers():
+    """Tuned glibc serves MLX's repeated 64 MiB temporaries from the heap: no fresh pages to fault in (an
+    untuned process maps, faults 16384 pages and unmaps every one of them)."""
+    out = run_python(PAGE_FAULTS_OF_REPEATED_ADDS).stdout
+    assert "one arena, no mmap" in out
+    assert int(out.split("faults")[-1]) < 1000, out
+
+
+@linux_only
+def test_malloc_tuning_opt_out():
+    out = run_python(PAGE_FAULTS_OF_REPEATED_ADDS, DTGCNN_MALLOC_TUNING="0").stdout
+    assert "glibc malloc defaults (opted out with DTGCNN_MALLOC_TUNING=0)" in out
+
+
 TORCH_CHECK = """
 import numpy as np, torch
 torch.set_num_threads(1)

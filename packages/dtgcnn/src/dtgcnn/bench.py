@@ -96,8 +96,10 @@ def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup
 
 
 def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
-    out = {"blas": dtgcnn.BLAS.describe(), "numpy_peak_gflops": numpy_matmul_peak(),
-           "mlx_matmul_1000_s": mlx_matmul_seconds()}
+    from dtgcnn import streams
+
+    out = {"blas": dtgcnn.BLAS.describe(), "cpu": f"{dtgcnn.MALLOC}; {streams.describe()}",
+           "numpy_peak_gflops": numpy_matmul_peak(), "mlx_matmul_1000_s": mlx_matmul_seconds()}
     out |= time_train_step(batch_size, num_points, k, steps, warmup, jit)
     out["samples_per_s"] = batch_size / out["step_s"]
     out["achieved_gflops"] = out["samples_per_s"] * out["train_gflop_per_sample"]
@@ -138,6 +140,7 @@ def main(batch_size, num_points, k, steps, warmup, jit, compare_reference, refer
         f"dtgcnn bench: batch {batch_size}, {num_points} points, k={k}, widths 64-64-128-256, fusion 1024, "
         f"jit={'on' if jit else 'off'}",
         f"  {f['blas']}",
+        f"  {f['cpu']}",
         f"  NumPy float32 matmul peak        {f['numpy_peak_gflops']:8.1f} GFLOP/s (measured now)",
         f"  MLX 1000x1000 matmul             {f['mlx_matmul_1000_s'] * 1e3:8.1f} ms",
         f"  parameters                       {f['parameters']:8d}",

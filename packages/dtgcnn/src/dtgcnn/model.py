@@ -19,15 +19,23 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from dtgcnn.streams import batch_parallel
+
 
 def knn(x: mx.array, k: int) -> mx.array:
     """Indices [B,N,k] of each point's k nearest points (itself included) in feature space x [B,N,C]."""
+    return mx.stop_gradient(smallest_k(knn_scores(x), k))
+
+
+def knn_scores(x: mx.array) -> mx.array:
+    """[B,N,N] scores whose row-wise order is the squared-distance order in feature space x [B,N,C].
+
+    Ranking row i by |x_j|^2 - 2 x_i.x_j equals ranking by the squared distance (|x_i|^2 is constant in
+    the row), one [B,N,N] pass fewer. The neighbour choice is not differentiated."""
+    x = mx.stop_gradient(x)
     sq = mx.sum(x * x, axis=-1)  # [B,N]
-    # Ranking row i by |x_j|^2 - 2 x_i.x_j equals ranking by the squared distance (|x_i|^2 is constant in
-    # the row), one [B,N,N] pass fewer. The neighbour choice is not differentiated.
     # addmm fuses the product, the scaling and the broadcast add into one pass over the [B,N,N] output.
-    score = mx.addmm(sq[:, None, :], mx.stop_gradient(x), mx.stop_gradient(x).swapaxes(1, 2), alpha=-2.0)
-    return mx.stop_gradient(smallest_k(score, k))
+    return mx.addmm(sq[:, None, :], x, x.swapaxes(1, 2), alpha=-2.0)
 
 
 KNN_BLOCK = 8  # columns per block in smallest_k; 4-16 measured alike, 8 fastest at N=1024, k=20
@@ -77,6 +85,16 @@ def gather_winners(values: mx.array, idx: mx.array, choice: mx.array) -> mx.arra
     return values.reshape(-1)[flat]
 
 
+def neighbour_max(values: mx.array, scores: mx.array, k: int) -> mx.array:
+    """max over the k neighbours j of i of values[j]: values [B,N,C], scores [B,N,N] (`knn_scores`) -> [B,N,C].
+
+    The max is taken on the gathered [B,N,k,C] values outside autodiff, and the gradient reaches `values`
+    through a [B,N,C] gather of each channel's winner."""
+    idx = mx.stop_gradient(smallest_k(scores, k))  # [B,N,k]
+    winner = mx.argmax(mx.stop_gradient(gather_neighbours(values, idx)), axis=2)  # [B,N,C] in 0..k-1
+    return gather_winners(values, idx, winner)  # [B,N,C]
+
+
 class EdgeConv(nn.Module):
     """x [B,N,C_in] -> [B,N,C_out] = LeakyReLU(BatchNorm(max over j in kNN(i) of W [x_j - x_i ; x_i])).
 
@@ -98,12 +116,13 @@ class EdgeConv(nn.Module):
 
     def __call__(self, x: mx.array, graph_features: mx.array | None = None) -> mx.array:
         c = x.shape[-1]
-        idx = knn(x if graph_features is None else graph_features, self.k)  # [B,N,k]
         w1, w2 = self.edge.weight[:, :c], self.edge.weight[:, c:]  # [C_out, C_in] each
         per_neighbour = x @ w1.T  # [B,N,C_out]: W1 x_j, once per point
         per_centre = x @ (w2 - w1).T  # [B,N,C_out]: (W2 - W1) x_i
-        winner = mx.argmax(mx.stop_gradient(gather_neighbours(per_neighbour, idx)), axis=2)  # [B,N,C_out]
-        pooled = gather_winners(per_neighbour, idx, winner) + per_centre  # [B,N,C_out] = max_j edge_ij
+        scores = knn_scores(x if graph_features is None else graph_features)  # [B,N,N]
+        # The score matmul above runs on the whole batch (a fast BLAS threads it itself); the k-NN selection,
+        # gathers and argmax (single-threaded MLX ops) run on one CPU stream per batch slice, concurrently.
+        pooled = batch_parallel(neighbour_max, per_neighbour, scores, k=self.k) + per_centre  # [B,N,C_out]
         return nn.leaky_relu(self.norm(pooled), negative_slope=0.2)
 
     def naive(self, x: mx.array, graph_features: mx.array | None = None) -> mx.array:

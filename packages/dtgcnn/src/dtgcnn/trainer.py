@@ -32,7 +32,7 @@ from common.schedules import build_schedule
 from common.seeding import capture_rng_state, restore_rng_state, seed_everything
 from common.signals import GracefulStop
 from common.trackers import build_trackers
-from dtgcnn import plotting
+from dtgcnn import plotting, streams
 from dtgcnn.config import TrainConfig, schedule_config
 from dtgcnn.data import MeshAugmentation, MeshSplit, PKSampler, prefetch
 from dtgcnn.engine import Stepper, evaluate_split
@@ -91,6 +91,7 @@ class Training:
         self.stop_after_steps = stop_after_steps
         timer = PhaseTimer(log)
         log.info(dtgcnn.BLAS.describe())
+        log.info("CPU: %s; %s", dtgcnn.MALLOC, streams.describe())
         log.info("device: %s", setup_device(cfg))
         with timer.phase("load_data"):
             self.splits = load_splits(cfg, self.data_dir)
