@@ -8,7 +8,6 @@ Format (per split in train/val/test):
 from __future__ import annotations
 
 import json
-import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import h5py
 import numpy as np
 
 from common.errors import DataError
+from common.prefetch import prefetch_in_thread
 from common.seeding import epoch_permutation, sample_rng
 
 SPLITS = ("train", "val", "test")
@@ -245,43 +245,9 @@ def make_batch(split: MeshSplit, indices: np.ndarray, augmentation: MeshAugmenta
 def prefetch(split: MeshSplit, batches: list[np.ndarray], *, augmentation: MeshAugmentation | None, seed: int,
              epoch: int, start: int = 0, depth: int = 2) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield (batch_index, x, labels) for batches[start:], prepared `depth` batches ahead in a thread."""
-    if depth <= 0:
+
+    def prepared():
         for b in range(start, len(batches)):
             yield (b, *make_batch(split, batches[b], augmentation, seed, epoch, b * len(batches[0])))
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(item) -> bool:
-        """Block until there is room, unless the consumer has gone; False when it has."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work():
-        try:
-            for b in range(start, len(batches)):
-                if stop.is_set() or not put((b, *make_batch(split, batches[b], augmentation, seed, epoch,
-                                                            b * len(batches[0])))):
-                    return
-            put(None)
-        except BaseException as exc:  # surfaced in the consumer thread
-            put(exc)
-
-    thread = threading.Thread(target=work, name="dtgcnn-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    return prefetch_in_thread(prepared(), depth, name="dtgcnn-prefetch")
