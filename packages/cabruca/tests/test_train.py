@@ -151,7 +151,7 @@ class FailingTracker:
 def test_tracker_fan_out_survives_a_failing_tracker(tiny_data, tmp_path, monkeypatch, caplog):
     """--use-wandb whose backend fails while training, next to TensorBoard: the failure is reported once,
     TensorBoard (read back with its own event reader) and the JSON history stay complete."""
-    monkeypatch.setattr("common.trackers.factory._wandb", lambda run, kwargs: FailingTracker())
+    monkeypatch.setattr("common.trackers.factory._wandb", lambda *args: FailingTracker())
     cfg = make_cfg(tiny_data, tmp_path, **{"tracking.tensorboard": True, "tracking.wandb": True,
                                            "training.num_epochs": 1, "training.max_steps_per_epoch": 3})
     with caplog.at_level(logging.WARNING):

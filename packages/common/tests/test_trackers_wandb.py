@@ -126,8 +126,9 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path):
         resumed.log_metrics({"loss": float(step)}, step=step)
     second_dir = tracker.run_dir
     resumed.close()
-    # offline: one folder per session, both named with the run's id, so `wandb sync` joins them
-    folders = sorted(run.path("wandb").glob(f"offline-run-*-{first_id}"))
+    # offline: one folder per session, both named with the run's id (W&B adds "-1" when both sessions start in
+    # the same second), so `wandb sync` joins them
+    folders = sorted(run.path("wandb").glob(f"offline-run-*-{first_id}*"))
     assert second_dir in folders and len(folders) == 2
     [log_file] = second_dir.glob("*.wandb")
     rows = [items(r.history.item) for r in finished_records(log_file) if r.WhichOneof("record_type") == "history"]
