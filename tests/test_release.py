@@ -66,6 +66,15 @@ def test_changelog_entry_goes_above_the_newest(tmp_path: Path):
     )
 
 
+def test_an_unreleased_section_becomes_the_release_entry(tmp_path: Path):
+    changelog = tmp_path / "CHANGELOG.md"
+    changelog.write_text("# Changelog\n\n## Unreleased\n\n- Curated note.\n\n## 0.1.0 - 2026-01-01\n\n- First.\n")
+    release.prepend_changelog(changelog, release.changelog_entry("0.2.0", ["a commit"], dt.date(2026, 2, 2)))
+    assert changelog.read_text() == (
+        "# Changelog\n\n## 0.2.0 - 2026-02-02\n\n- Curated note.\n\n## 0.1.0 - 2026-01-01\n\n- First.\n"
+    )
+
+
 def test_workspace_dependencies_are_built_alongside():
     egnn = release.find_package(ROOT, "egnn_com")
     assert [p.name for p in release.workspace_dependencies(ROOT, egnn)] == ["common"]

@@ -145,9 +145,20 @@ def changelog_entry(version: str, changes: list[str], today: dt.date) -> str:
     return f"## {version} - {today.isoformat()}\n\n" + "".join(f"- {line}\n" for line in lines) + "\n"
 
 
+UNRELEASED = re.compile(r"^## Unreleased[^\n]*$", re.MULTILINE)
+
+
 def prepend_changelog(changelog: Path, entry: str) -> None:
-    """Insert the entry above the newest existing one (after the title, if the file has one)."""
+    """Insert the entry above the newest existing one (after the title, if the file has one).
+
+    A curated `## Unreleased` section (Keep a Changelog) becomes the release's entry instead: its heading is
+    replaced by the entry's, its notes are kept, and the generated lines are not added.
+    """
     text = changelog.read_text() if changelog.exists() else "# Changelog\n\n"
+    unreleased = UNRELEASED.search(text)
+    if unreleased:
+        changelog.write_text(text[: unreleased.start()] + entry.splitlines()[0] + text[unreleased.end() :])
+        return
     first_entry = text.find("\n## ")
     if first_entry == -1:
         text = text.rstrip("\n") + "\n\n" + entry
