@@ -87,3 +87,16 @@ def test_cli_error_is_one_paragraph_not_a_traceback(capsys):
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error:") and "Traceback" not in stderr and "batch_size" in stderr
+
+
+def test_decoder_attention_option_and_configs_saved_before_it():
+    assert config_module.load().model.decoder_attention == "divided"
+    assert config_module.load(overrides=["model.decoder_attention=joint"]).model.decoder_attention == "joint"
+    with pytest.raises(ConfigError, match="decoder_attention"):
+        config_module.load(overrides=["model.decoder_attention=axial"])
+    # A run saved before the option existed trained MAE's joint decoder: its config must load as "joint".
+    old = config_to_dict(config_module.load())
+    del old["model"]["decoder_attention"]
+    assert config_module.load(config_module.upgrade_saved_config(old)).model.decoder_attention == "joint"
+    new = config_to_dict(config_module.load())
+    assert config_module.upgrade_saved_config(new) == new

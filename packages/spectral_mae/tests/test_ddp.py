@@ -40,7 +40,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(overrid
     assert single["global_step"] == ddp["global_step"] == 2
     for name, weights in single["model"].items():
         actual = ddp["model"][name]
-        if name.endswith("attn.qkv.bias"):
+        if name.endswith("qkv.bias"):  # every attention: encoder, joint or divided (spectral and spatial) decoder
             # The key bias has an exactly-zero gradient (softmax ignores a shift of all scores), so what it gets is
             # float round-off, which Adam normalises into steps of up to lr: only bounded, not reproducible.
             q, k, v = np.split(weights, 3)

@@ -75,3 +75,59 @@ def test_loss_gradient_is_finite_for_perfect_prediction():
     parts = MAESpectralLoss(groups=2, bands_per_token=3)(pred, target, torch.ones(1, 4))
     parts["loss"].backward()
     assert torch.isfinite(pred.grad).all()
+
+
+def reference_parts(pred, target, mask, groups, bands_per_token):
+    """The loss written the plain way (pixel spectra materialised, relu excursions), as the oracle for the
+    pass-saving formulation in MAESpectralLoss."""
+    hidden = mask.sum()
+    mixed = torch.where(mask.bool().unsqueeze(-1), pred, target)
+    angles = spectral_angle(tokens_to_pixel_spectra(mixed, groups, bands_per_token),
+                            tokens_to_pixel_spectra(target, groups, bands_per_token))  # (B, N)
+    b, length = mask.shape
+    pixels_per_site = angles.shape[1] // (length // groups)
+    counted = mask.reshape(b, groups, -1).amax(1).repeat_interleave(pixels_per_site, dim=1)
+    lo, hi = target.amin(dim=(1, 2), keepdim=True), target.amax(dim=(1, 2), keepdim=True)
+    excess = torch.relu(pred - hi) ** 2 + torch.relu(lo - pred) ** 2
+    return {
+        "mse": (((pred - target) ** 2).mean(-1) * mask).sum() / hidden,
+        "sam": ((angles * counted).sum(1) / counted.sum(1).clamp_min(1)).mean(),
+        "variance": ((pred.std(-1, correction=0) - target.std(-1, correction=0)).abs() * mask).sum() / hidden,
+        "range_penalty": (excess.mean(-1) * mask).sum() / hidden,
+    }
+
+
+def test_loss_matches_plain_formulation_in_value_and_gradient():
+    torch.manual_seed(1)
+    groups, bands, sites, pixels = 3, 2, 4, 5  # tokens of 2 bands x 5 pixels; L = 12
+    target = torch.randn(2, groups * sites, bands * pixels)
+    pred = (target + 2 * torch.randn_like(target)).requires_grad_(True)  # some predictions out of range
+    mask = (torch.rand(2, groups * sites) < 0.6).float()
+    mask[:, :sites] = 0  # group 0 all visible, so some pixels have hidden groups and some do not count
+    weights = dict(mse_weight=1.0, sam_weight=0.5, variance_weight=0.3, range_penalty_weight=0.2)
+    parts = MAESpectralLoss(groups, bands, **weights)(pred, target, mask)
+    (grad,) = torch.autograd.grad(parts["loss"], pred)
+    ref = reference_parts(pred, target, mask, groups, bands)
+    for name in ref:
+        assert parts[name].item() == pytest.approx(ref[name].item(), rel=1e-5), name
+    ref_total = sum(w * ref[name.removesuffix("_weight")] for name, w in weights.items())
+    (ref_grad,) = torch.autograd.grad(ref_total, pred)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("spread", [2.0, 0.0])  # predictions out of the target's range, and all inside it
+def test_every_part_has_the_numerical_gradient(spread):
+    torch.manual_seed(2)
+    groups, bands, sites, pixels = 2, 3, 3, 2
+    target = torch.randn(2, groups * sites, bands * pixels, dtype=torch.float64)
+    pred = (0.5 * target + spread * torch.randn_like(target)).requires_grad_(True)
+    mask = torch.tensor([[1.0, 0, 1, 0, 1, 1], [0, 1, 1, 1, 0, 0]], dtype=torch.float64)
+    loss = MAESpectralLoss(groups, bands, mse_weight=1.0, sam_weight=0.5, variance_weight=0.3,
+                           range_penalty_weight=0.2)
+    assert (loss(pred, target, mask)["range_penalty"] > 0).item() == (spread > 0)
+
+    def parts(p):
+        out = loss(p, target, mask)
+        return torch.stack([out[name] for name in ("mse", "sam", "variance", "range_penalty", "loss")])
+
+    assert torch.autograd.gradcheck(parts, (pred,), eps=1e-6, atol=1e-5)

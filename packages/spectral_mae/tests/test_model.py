@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spectral_mae.model import TABLE_PARAMS, VARIANTS, build_model, count_parameters
+from spectral_mae.blocks import DividedSpatialSpectralBlock
+from spectral_mae.model import DECODER_ATTENTION, TABLE_PARAMS, VARIANTS, build_model, count_parameters
 
 
 def small_model(**kw):
@@ -47,8 +48,9 @@ def test_random_masking_keeps_exact_fraction_and_restores_order(ratio):
         assert torch.equal(restored[mask[b] == 0], x[b, mask[b] == 0])
 
 
-def test_mask_follows_noise_and_forward_shapes():
-    model = small_model()
+@pytest.mark.parametrize("decoder_attention", DECODER_ATTENTION)
+def test_mask_follows_noise_and_forward_shapes(decoder_attention):
+    model = small_model(decoder_attention=decoder_attention)
     imgs = torch.randn(2, 10, 20, 20)
     noise = torch.rand(2, 32)
     pred, mask = model(imgs, noise)
@@ -68,12 +70,62 @@ def test_encoder_sees_only_visible_tokens():
     assert latent.shape == (2, 8, 32)
 
 
+@pytest.mark.parametrize("decoder_attention", DECODER_ATTENTION)
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_variant_parameter_count_matches_table_order_of_magnitude(name):
+def test_variant_parameter_count_matches_table_order_of_magnitude(name, decoder_attention):
     with torch.device("meta"):  # no memory for the 600M-parameter variant
-        model = build_model(name)
+        model = build_model(name, decoder_attention=decoder_attention)
     ratio = count_parameters(model) / TABLE_PARAMS[name]
     assert 0.5 < ratio < 2.0, f"{name}: {count_parameters(model):,} parameters vs table {TABLE_PARAMS[name]:,.0f}"
     arch = VARIANTS[name]
     assert len(model.blocks) == arch.encoder_depth and model.blocks[0].attn.num_heads == arch.encoder_num_heads
     assert len(model.decoder_blocks) == arch.decoder_depth
+
+
+def test_decoder_attention_choice_builds_the_matching_blocks():
+    divided, joint = small_model(decoder_attention="divided"), small_model(decoder_attention="joint")
+    assert all(isinstance(b, DividedSpatialSpectralBlock) for b in divided.decoder_blocks)
+    assert (divided.decoder_blocks[0].groups, divided.decoder_blocks[0].locations) == (2, 16)
+    assert not any(isinstance(b, DividedSpatialSpectralBlock) for b in joint.decoder_blocks)
+    with pytest.raises(ValueError, match="decoder_attention must be one of"):
+        small_model(decoder_attention="axial")
+
+
+def test_divided_spectral_stage_mixes_groups_only_at_the_same_location():
+    torch.manual_seed(0)
+    groups, locations, dim = 3, 5, 16
+    block = DividedSpatialSpectralBlock(dim, 2, groups, locations).eval()
+    x = torch.randn(2, groups * locations, dim)  # (B, L, D) in (group, location) order
+    changed = x.clone()
+    changed[:, 1 * locations + 2] += torch.randn(dim)  # token (group 1, location 2)
+    moved = (block.spectral_stage(changed) - block.spectral_stage(x)).abs().amax(-1).reshape(2, groups, locations)
+    assert (moved[:, :, 2] > 1e-4).all()  # every group at location 2 sees the change...
+    assert torch.equal(moved[:, :, [0, 1, 3, 4]], torch.zeros(2, groups, 4))  # ...and no other location does
+    # The spatial stage then spreads it along each group's locations: the full block moves every token.
+    assert ((block(changed) - block(x)).abs().amax(-1) > 0).all()
+
+
+def test_divided_decoder_sees_visible_tokens_at_their_own_location():
+    # A per-token encoder (depth 0) keeps a change local until the decoder's spectral stage, so the stage
+    # input/output reveal whether masking + unshuffling put every token back at its (group, location).
+    torch.manual_seed(0)
+    model = small_model(encoder_depth=0, decoder_attention="divided").eval()  # G = 2, 4 x 4 locations
+    imgs, noise = torch.randn(2, 10, 20, 20), torch.rand(2, 32)
+    _, mask = model(imgs, noise)
+    visible = (mask[0] == 0).nonzero().flatten()
+    token = int(visible[0])  # first visible token of sample 0
+    group, location = divmod(token, 16)
+    row, col = divmod(location, 4)
+    changed = imgs.clone()
+    changed[0, 5 * group:5 * group + 5, 5 * row:5 * row + 5, 5 * col:5 * col + 5] += torch.randn(5, 5, 5)  # its voxels
+
+    outputs = []
+    hook = model.decoder_blocks[0].attn_spectral.register_forward_hook(lambda m, i, o: outputs.append(o))
+    with torch.no_grad():
+        model(imgs, noise), model(changed, noise)
+    hook.remove()
+    moved = (outputs[1] - outputs[0]).abs().amax(-1).reshape(2, 16, 2)  # (B, location, group)
+    assert (moved[0, location] > 1e-5).all()  # both groups at the token's location
+    others = torch.ones(2, 16, dtype=torch.bool)
+    others[0, location] = False
+    assert torch.equal(moved[others], torch.zeros_like(moved[others]))  # nothing elsewhere, nor in sample 1

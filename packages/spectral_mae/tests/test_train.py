@@ -11,6 +11,7 @@ import torch
 
 from common.checkpoint import load_checkpoint
 from common.runs import RunFolder
+from spectral_mae.synthetic import SyntheticSpec, write_dataset
 from spectral_mae.trainer import train
 
 CPU = torch.device("cpu")
@@ -60,6 +61,28 @@ def test_short_run_loss_falls_writes_figures_and_mlflow(make_config, tmp_path, m
     assert {"predictions", "best_model", "plots"} <= artifacts
     best = {a.path for a in client.list_artifacts(mlrun.info.run_id, "best_model")}
     assert best == {"best_model/best_model_weights.ckpt", "best_model/best_model.json"}
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory):
+    """16 cubes of 20x20x10 mixed from 2 endmembers, no vessels: any visible spectral group of a location
+    determines the hidden ones there (a pixel's spectrum is one abundance along a fixed line)."""
+    return write_dataset(tmp_path_factory.mktemp("easy_data"), SyntheticSpec(
+        num_images=16, size=20, bands=10, num_endmembers=2, num_vessels=0, val_fraction=0.25))
+
+
+def test_short_run_beats_the_mean_predictor(config_factory, easy_data, tmp_path):
+    # Catches a model that only learns the per-band mean (val MSE stuck at the zeros baseline), as the demo's
+    # joint-attention decoder did: 96 steps on the easy set must get clearly below that baseline.
+    cfg = config_factory(tmp_path, f"dataset.csv_file={easy_data}", "model.decoder_embed_dim=32",
+                         "hparams.epochs=16", "hparams.valid_interval=4", "optimizer.lr=3e-3", "scheduler=constant",
+                         "show_prediction.enabled=false")
+    run_training(cfg, tmp_path / "easy")
+    hist = history(tmp_path / "easy")
+    val_mse = [v for _, v in hist["val/mse"]]
+    baseline = hist["val/mean_baseline_mse"][-1][1]  # the same fixed val masks at every validation
+    # divided reaches 0.81x the baseline; the joint decoder 0.99x (both measured): 0.9x sits between them
+    assert min(val_mse) < 0.9 * baseline, (val_mse, baseline)
 
 
 def assert_same_final_state(reference, other):

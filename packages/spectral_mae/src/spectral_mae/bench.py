@@ -1,8 +1,9 @@
 """Training-step benchmark: samples/s, tokens/s, FLOPs per sample, achieved GFLOP/s as a share of the
 machine's matmul peak (timed in the same run), forward ms per batch, peak memory.
 
-    python -m spectral_mae.bench                       # mae_tiny and mae_base at 500x500x30, + the MAE yardstick
-    python -m spectral_mae.bench --models mae_base --batch-size 1 --steps 3
+    python -m spectral_mae.bench                       # mae_tiny and mae_base at 500x500x30 with both decoders,
+                                                       # + the MAE yardstick
+    python -m spectral_mae.bench --models mae_base --decoders divided --steps 3
 
 FLOPs are counted by torch.utils.flop_counter over one real forward+backward (matmuls and the fused
 scaled-dot-product attention kernels included); timings are medians over `--steps` steps after `--warmup`.
@@ -26,12 +27,12 @@ from common.benchmarking import torch_matmul_peak_gflops, torch_sync
 from common.cli import run_cli
 from common.devices import describe_device, peak_memory_mb, torch_device
 from spectral_mae.losses import MAESpectralLoss
-from spectral_mae.model import MaskedAutoencoderSpectral, build_model
+from spectral_mae.model import DECODER_ATTENTION, MaskedAutoencoderSpectral, build_model
 
 YARDSTICK = "mae_vit_base_patch16_224"
 YARDSTICK_ARCH = dict(img_size=224, patch_size=(16, 3), in_chans=3, embed_dim=768, encoder_depth=12,
                       encoder_num_heads=12, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
-                      mask_ratio=0.75)
+                      mask_ratio=0.75, decoder_attention="joint")
 
 
 @dataclass
@@ -54,7 +55,7 @@ def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, st
                 device: torch.device, peak_gflops: float, amp: bool) -> BenchResult:
     model = model.to(device).train()
     loss_fn = MAESpectralLoss(model.groups, model.t)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))  # as trainer
     imgs = torch.randn(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     if device.type == "cuda":
@@ -111,6 +112,8 @@ def format_table(results: list[BenchResult], peak: float) -> str:
 
 @click.command()
 @click.option("--models", default="mae_tiny,mae_base", show_default=True, help="Comma-separated variants.")
+@click.option("--decoders", default="divided,joint", show_default=True,
+              help="Comma-separated decoder attention patterns (model.decoder_attention) to time for each model.")
 @click.option("--img-size", default=500, show_default=True, help="Cube height/width (the seed's 500).")
 @click.option("--batch-size", default=2, show_default=True, help="Samples per step.")
 @click.option("--steps", default=3, show_default=True, help="Timed steps (median reported).")
@@ -121,8 +124,13 @@ def format_table(results: list[BenchResult], peak: float) -> str:
 @click.option("--amp", is_flag=True, help="bf16 autocast.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
-def main(models, img_size, batch_size, steps, warmup, yardstick, device, amp, threads, json_path):
+def main(models, decoders, img_size, batch_size, steps, warmup, yardstick, device, amp, threads, json_path):
     """Benchmark the spectral MAE training step (see the module docstring)."""
+    patterns = [d.strip() for d in decoders.split(",") if d.strip()]
+    unknown = sorted(set(patterns) - set(DECODER_ATTENTION))
+    if unknown or not patterns:
+        raise click.BadParameter(f"{unknown or decoders!r}: expected a comma-separated subset of "
+                                 f"{', '.join(DECODER_ATTENTION)}", param_hint="--decoders")
     if threads:
         torch.set_num_threads(threads)
     dev = torch_device(device)
@@ -134,9 +142,10 @@ def main(models, img_size, batch_size, steps, warmup, yardstick, device, amp, th
         results.append(bench_model(YARDSTICK, MaskedAutoencoderSpectral(**YARDSTICK_ARCH), 8, steps, warmup, dev,
                                    peak, amp))
     for name in [m.strip() for m in models.split(",") if m.strip()]:
-        model = build_model(name, img_size=img_size)
-        results.append(bench_model(name, model, batch_size, steps, warmup, dev, peak, amp))
-        del model
+        for pattern in patterns:
+            model = build_model(name, img_size=img_size, decoder_attention=pattern)
+            results.append(bench_model(f"{name} ({pattern})", model, batch_size, steps, warmup, dev, peak, amp))
+            del model
     # Timed again after the models, keeping the higher figure: a peak caught while the shared CPU was busy
     # would flatter every share.
     peak = max(peak, torch_matmul_peak_gflops(dev, repeats=8))

@@ -47,6 +47,9 @@ class ModelConfig:
     decoder_num_heads: int = 8  # decoder attention heads
     mlp_ratio: float = 4.0  # MLP hidden width / block width
     mask_ratio: float = 0.8  # share of tokens hidden from the encoder
+    # decoder blocks: "divided" = attention across the spectral groups of each location, then across the
+    # locations of each group (TimeSformer-style); "joint" = MAE's plain decoder, attention over all tokens
+    decoder_attention: Literal["divided", "joint"] = "divided"
 
 
 @dataclass
@@ -139,6 +142,18 @@ class SpectralMAEConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+def upgrade_saved_config(data: dict) -> dict:
+    """A run's saved config (its config.yaml or a checkpoint's "config" entry) as the current schema reads it.
+
+    Runs saved before `model.decoder_attention` existed trained MAE's joint decoder; the default is now
+    "divided", so a missing key must mean "joint" for their checkpoints to load and resume.
+    """
+    model = data.get("model")
+    if isinstance(model, dict) and "decoder_attention" not in model:
+        data = {**data, "model": {**model, "decoder_attention": "joint"}}
+    return data
 
 
 def load(source: str | Path | None = DEFAULT_CONFIG, *, cli: dict | None = None,

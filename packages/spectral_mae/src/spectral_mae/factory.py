@@ -47,7 +47,8 @@ def build_model_from_config(cfg: SpectralMAEConfig) -> MaskedAutoencoderSpectral
         img_size=m.img_size, patch_size=tuple(m.patch_size), in_chans=m.in_chans, embed_dim=m.embed_dim,
         encoder_depth=m.encoder_depth, encoder_num_heads=m.encoder_num_heads,
         decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
-        decoder_num_heads=m.decoder_num_heads, mlp_ratio=m.mlp_ratio, mask_ratio=m.mask_ratio)
+        decoder_num_heads=m.decoder_num_heads, mlp_ratio=m.mlp_ratio, mask_ratio=m.mask_ratio,
+        decoder_attention=m.decoder_attention)
 
 
 def build_loss_from_config(cfg: SpectralMAEConfig) -> MAESpectralLoss:

@@ -5,6 +5,8 @@ A cube (B, C, H, W) is cut into tokens of p x p pixels x t bands: L = (C / t) * 
 `mask_ratio` of them is hidden; the encoder (timm `Block`s, fused scaled-dot-product attention) sees only the
 visible tokens; a lighter decoder gets the encoded tokens plus a shared mask token in every hidden slot and
 predicts every token's t*p*p values. The loss (losses.MAESpectralLoss) is taken on the hidden tokens.
+The decoder's blocks attend either jointly over all L tokens (MAE) or divided: across the spectral groups of
+each location, then across the locations of each group (blocks.py, `decoder_attention`).
 
 Position embeddings are the sum of a fixed 2D sin-cos table over (row, column) (as in MAE) and a learned
 embedding per spectral group: spectral groups are few and not translation-like, so they get their own vector.
@@ -19,6 +21,12 @@ import torch
 from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
+
+from spectral_mae.blocks import DividedSpatialSpectralBlock
+
+# Decoder attention patterns: "divided" = spectral then spatial attention per block (blocks.py), "joint" =
+# MAE's plain decoder attending over all tokens at once.
+DECODER_ATTENTION = ("divided", "joint")
 
 
 @dataclass(frozen=True)
@@ -52,13 +60,16 @@ class MaskedAutoencoderSpectral(nn.Module):
     def __init__(self, img_size: int = 500, patch_size: tuple[int, int] = (25, 5), in_chans: int = 30,
                  embed_dim: int = 512, encoder_depth: int = 16, encoder_num_heads: int = 16,
                  decoder_embed_dim: int = 256, decoder_depth: int = 8, decoder_num_heads: int = 8,
-                 mlp_ratio: float = 4.0, mask_ratio: float = 0.8):
+                 mlp_ratio: float = 4.0, mask_ratio: float = 0.8, decoder_attention: str = "divided"):
         super().__init__()
         spatial, spectral = patch_size
         if img_size % spatial or in_chans % spectral:
             raise ValueError(f"img_size {img_size} / in_chans {in_chans} not divisible by patch {patch_size}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if decoder_attention not in DECODER_ATTENTION:
+            raise ValueError(f"decoder_attention must be one of {DECODER_ATTENTION}, got {decoder_attention!r}")
+        self.decoder_attention = decoder_attention
         self.img_size, self.in_chans, self.mask_ratio = img_size, in_chans, mask_ratio
         self.p, self.t = spatial, spectral
         self.grid = img_size // spatial  # patches per side
@@ -81,9 +92,13 @@ class MaskedAutoencoderSpectral(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.register_buffer("decoder_pos_spatial", self._sincos(decoder_embed_dim), persistent=False)
         self.decoder_pos_spectral = nn.Parameter(torch.zeros(1, self.groups, 1, decoder_embed_dim))
-        self.decoder_blocks = nn.ModuleList(
-            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True) for _ in range(decoder_depth)]
-        )
+        if decoder_attention == "joint":  # MAE's decoder: every block attends over all L tokens
+            blocks = [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True)
+                      for _ in range(decoder_depth)]
+        else:  # spectral groups of a location, then locations of a group (blocks.py)
+            blocks = [DividedSpatialSpectralBlock(decoder_embed_dim, decoder_num_heads, self.groups,
+                                                  self.grid * self.grid, mlp_ratio) for _ in range(decoder_depth)]
+        self.decoder_blocks = nn.ModuleList(blocks)
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.patch_dim)
         self.initialize_weights()

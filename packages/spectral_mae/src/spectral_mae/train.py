@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import click
+import yaml
 
 from common.checkpoint import CheckpointManager
 from common.cli import run_cli, typed_options
@@ -52,7 +53,8 @@ def load_run_config(ctx, config, data_dir, resume, demo, overrides):
     source = config
     if source is None:
         if resume and (resolve_resume(resume)[1] / "config.yaml").is_file():
-            source = resolve_resume(resume)[1] / "config.yaml"
+            saved = yaml.safe_load((resolve_resume(resume)[1] / "config.yaml").read_text()) or {}
+            source = config_module.upgrade_saved_config(saved)
         else:
             source = DEMO_CONFIG if demo else config_module.DEFAULT_CONFIG
     if demo and not data_dir:
@@ -85,6 +87,11 @@ def report(result: TrainResult, cfg, logger: logging.Logger) -> None:
     lines = [f"run folder: {root}", f"  config: {root / 'config.yaml'}",
              f"  checkpoints: {root / 'checkpoints'} (best: {result.best_checkpoint})",
              f"  metrics: {root / 'metrics_history.json'}, plots: {root / 'plots'}"]
+    val = result.last_val
+    if "val/mse" in val and "val/mean_baseline_mse" in val:
+        # The yardstick beside the result: a model that learned only the per-band mean scores the baseline.
+        lines.append(f"  last validation: masked-token MSE {val['val/mse']:.3f} (normalised units) vs "
+                     f"{val['val/mean_baseline_mse']:.3f} for predicting the per-band mean")
     log_file = log_file_path(logger)
     if log_file:
         lines.append(f"  log: {log_file}")

@@ -1,0 +1,46 @@
+"""Decoder block with divided spatial-spectral attention (TimeSformer's divided space-time attention, with the
+spectral groups in the role of time frames), built from timm's `Attention` and `Block`.
+
+Tokens come in (group, row, column) order, (B, L, D) with L = G * S (G spectral groups, S = g * g locations).
+Each block
+  1. spectral attention: every location attends across its G spectral groups (B * S sequences of length G);
+  2. spatial attention: every spectral group attends across its S locations (B * G sequences of length S);
+  3. the MLP.
+Against joint attention over all L tokens this computes G x fewer attention scores per spatial stage (the
+spectral stage is tiny), and it gives a hidden token a one-hop path to the visible tokens of the other spectral
+groups at its own location, which is where most of a hyperspectral patch's information is.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+class DividedSpatialSpectralBlock(nn.Module):
+    """Pre-norm residual block: x += SpectralAttn(LN(x)); then a timm `Block` (spatial attention + MLP) per group."""
+
+    def __init__(self, dim: int, num_heads: int, groups: int, locations: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.groups, self.locations = groups, locations  # G, S
+        self.norm_spectral = nn.LayerNorm(dim)
+        self.attn_spectral = Attention(dim, num_heads, qkv_bias=True)
+        self.spatial = Block(dim, num_heads, mlp_ratio, qkv_bias=True)  # attention over S, then the MLP
+
+    def spectral_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D): residual attention across the spectral groups of each location only."""
+        b, length, dim = x.shape
+        g, s = self.groups, self.locations
+        y = x.reshape(b, g, s, dim).transpose(1, 2).reshape(b * s, g, dim)  # (B*S, G, D): one sequence per location
+        y = y + self.attn_spectral(self.norm_spectral(y))
+        return y.reshape(b, s, g, dim).transpose(1, 2).reshape(b, length, dim)  # back to (group, row, col) order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x.shape
+        if length != self.groups * self.locations:
+            raise ValueError(f"expected {self.groups} x {self.locations} tokens, got {length}")
+        x = self.spectral_stage(x)  # (B, L, D)
+        x = self.spatial(x.reshape(b * self.groups, self.locations, dim))  # (B*G, S, D): one sequence per group
+        return x.reshape(b, length, dim)
