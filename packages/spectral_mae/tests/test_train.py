@@ -133,3 +133,19 @@ def test_overfit_batches_with_accumulation_and_bf16_autocast(make_config, tmp_pa
     hist = history(tmp_path / "overfit")
     assert len(hist["val/loss"]) == 2 and all(np.isfinite(v) for _, v in hist["val/loss"])
     assert not (tmp_path / "overfit" / "plots" / "predictions").exists()
+
+
+def test_compiled_training_matches_eager(resume_cfg, uninterrupted, tmp_path, assert_weights_close):
+    """general.compile: the same run through torch.compile, to float tolerance; checkpoints keep plain keys."""
+    cfg = resume_cfg.__class__(**{**resume_cfg.__dict__})
+    cfg.general = cfg.general.__class__(**{**cfg.general.__dict__, "compile": True})
+    folder = tmp_path / "compiled"
+    run_training(cfg, folder)
+    eager, compiled = history(uninterrupted), history(folder)
+    assert eager.keys() == compiled.keys()
+    for name in eager:
+        assert [s for s, _ in compiled[name]] == [s for s, _ in eager[name]], name
+        assert [v for _, v in compiled[name]] == pytest.approx([v for _, v in eager[name]], rel=1e-3, abs=1e-5), name
+    a = load_checkpoint(uninterrupted / "checkpoints" / "last.ckpt")["model"]
+    b = load_checkpoint(folder / "checkpoints" / "last.ckpt")["model"]  # plain keys: no "_orig_mod." prefixes
+    assert_weights_close(a, b, rtol=1e-3, atol=1e-5, lr=resume_cfg.optimizer.lr)

@@ -52,8 +52,9 @@ class BenchResult:
 
 
 def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, steps: int, warmup: int,
-                device: torch.device, peak_gflops: float, amp: bool) -> BenchResult:
+                device: torch.device, peak_gflops: float, amp: bool, compile: bool = False) -> BenchResult:
     model = model.to(device).train()
+    forward = model
     loss_fn = MAESpectralLoss(model.groups, model.t)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))  # as trainer
     imgs = torch.randn(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
@@ -63,7 +64,7 @@ def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, st
 
     def train_step() -> None:
         with autocast:
-            pred, mask = model(imgs)
+            pred, mask = forward(imgs)
             loss = loss_fn(pred, model.patchify(imgs), mask)["loss"]
         loss.backward()
         optimizer.step()
@@ -73,6 +74,9 @@ def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, st
     with counter:  # the first warm-up step also counts the FLOPs
         train_step()
     flops_per_sample = counter.get_total_flops() / batch_size
+    if compile:  # FLOPs were counted eagerly above; the next (untimed) step compiles, as in the trainer
+        forward = torch.compile(model)
+        train_step()
     for _ in range(max(warmup - 1, 0)):
         train_step()
     step_times, forward_times = [], []
@@ -100,11 +104,11 @@ def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, st
 
 
 def format_table(results: list[BenchResult], peak: float) -> str:
-    header = (f"{'model':<26}{'shape':>12}{'tokens':>8}{'batch':>6}{'step s':>9}{'fwd ms':>9}{'img/s':>8}"
+    header = (f"{'model':<30}{'shape':>12}{'tokens':>8}{'batch':>6}{'step s':>9}{'fwd ms':>9}{'img/s':>8}"
               f"{'tok/s':>9}{'GFLOP/img':>10}{'GFLOP/s':>9}{'peak%':>7}{'mem MB':>9}")
     lines = [f"matmul peak (fp32, same run): {peak:.1f} GFLOP/s", header]
     for r in results:
-        lines.append(f"{r.model:<26}{r.shape:>12}{r.tokens:>8}{r.batch_size:>6}{r.step_s:>9.2f}{r.forward_ms:>9.0f}"
+        lines.append(f"{r.model:<30}{r.shape:>12}{r.tokens:>8}{r.batch_size:>6}{r.step_s:>9.2f}{r.forward_ms:>9.0f}"
                      f"{r.samples_per_s:>8.2f}{r.tokens_per_s:>9.0f}{r.gflop_per_sample:>10.1f}"
                      f"{r.achieved_gflops:>9.1f}{100 * r.share_of_peak:>6.0f}%{r.peak_memory_mb:>9.0f}")
     return "\n".join(lines)
@@ -122,9 +126,13 @@ def format_table(results: list[BenchResult], peak: float) -> str:
               help="Also time the original MAE ViT-B/16 (224x224, mask 0.75, batch 8) in the same run.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--amp", is_flag=True, help="bf16 autocast.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the spectral models' training forward (general.compile); the yardstick stays "
+                   "the original eager MAE.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
-def main(models, decoders, img_size, batch_size, steps, warmup, yardstick, device, amp, threads, json_path):
+def main(models, decoders, img_size, batch_size, steps, warmup, yardstick, device, amp, compile_, threads,
+         json_path):
     """Benchmark the spectral MAE training step (see the module docstring)."""
     patterns = [d.strip() for d in decoders.split(",") if d.strip()]
     unknown = sorted(set(patterns) - set(DECODER_ATTENTION))
@@ -144,7 +152,8 @@ def main(models, decoders, img_size, batch_size, steps, warmup, yardstick, devic
     for name in [m.strip() for m in models.split(",") if m.strip()]:
         for pattern in patterns:
             model = build_model(name, img_size=img_size, decoder_attention=pattern)
-            results.append(bench_model(f"{name} ({pattern})", model, batch_size, steps, warmup, dev, peak, amp))
+            label = f"{name} ({pattern}{', compiled' if compile_ else ''})"
+            results.append(bench_model(label, model, batch_size, steps, warmup, dev, peak, amp, compile_))
             del model
     # Timed again after the models, keeping the higher figure: a peak caught while the shared CPU was busy
     # would flatter every share.
