@@ -59,22 +59,21 @@ def test_bump_follows_semver():
         release.bump("1.0", "patch")
 
 
-def test_changelog_entry_goes_above_the_newest(tmp_path: Path):
+OLDER = "## 0.1.0 - 2026-01-01\n\n- First.\n"
+
+
+@pytest.mark.parametrize(
+    ("before", "notes"),
+    [
+        ("", "- Second.\n"),  # no curated notes: the generated lines go above the newest entry
+        ("## Unreleased\n\n- Curated note.\n\n", "- Curated note.\n"),  # curated notes become the entry
+    ],
+)
+def test_changelog_entry_goes_above_the_newest(tmp_path: Path, before: str, notes: str):
     changelog = tmp_path / "CHANGELOG.md"
-    changelog.write_text("# Changelog\n\n## 0.1.0 - 2026-01-01\n\n- First.\n")
+    changelog.write_text(f"# Changelog\n\n{before}{OLDER}")
     release.prepend_changelog(changelog, release.changelog_entry("0.2.0", ["Second."], dt.date(2026, 2, 2)))
-    assert changelog.read_text() == (
-        "# Changelog\n\n## 0.2.0 - 2026-02-02\n\n- Second.\n\n## 0.1.0 - 2026-01-01\n\n- First.\n"
-    )
-
-
-def test_an_unreleased_section_becomes_the_release_entry(tmp_path: Path):
-    changelog = tmp_path / "CHANGELOG.md"
-    changelog.write_text("# Changelog\n\n## Unreleased\n\n- Curated note.\n\n## 0.1.0 - 2026-01-01\n\n- First.\n")
-    release.prepend_changelog(changelog, release.changelog_entry("0.2.0", ["a commit"], dt.date(2026, 2, 2)))
-    assert changelog.read_text() == (
-        "# Changelog\n\n## 0.2.0 - 2026-02-02\n\n- Curated note.\n\n## 0.1.0 - 2026-01-01\n\n- First.\n"
-    )
+    assert changelog.read_text() == f"# Changelog\n\n## 0.2.0 - 2026-02-02\n\n{notes}\n{OLDER}"
 
 
 def test_workspace_dependencies_are_built_alongside():
