@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.benchmarking import torch_matmul_peak_gflops, torch_sync
 from common.cli import run_cli
 from common.devices import describe_device, peak_memory_mb, torch_device
+from spectral_mae.factory import adamw
 from spectral_mae.losses import MAESpectralLoss
 from spectral_mae.model import DECODER_ATTENTION, MaskedAutoencoderSpectral, build_model
 
@@ -52,11 +53,11 @@ class BenchResult:
 
 
 def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, steps: int, warmup: int,
-                device: torch.device, peak_gflops: float, amp: bool, compile: bool = False) -> BenchResult:
+                device: torch.device, peak_gflops: float, amp: bool, use_compile: bool = False) -> BenchResult:
     model = model.to(device).train()
     forward = model
     loss_fn = MAESpectralLoss(model.groups, model.t)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))  # as trainer
+    optimizer = adamw(model.parameters(), device, lr=1e-4)  # the trainer's optimizer
     imgs = torch.randn(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     if device.type == "cuda":
@@ -74,7 +75,7 @@ def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, st
     with counter:  # the first warm-up step also counts the FLOPs
         train_step()
     flops_per_sample = counter.get_total_flops() / batch_size
-    if compile:  # FLOPs were counted eagerly above; the next (untimed) step compiles, as in the trainer
+    if use_compile:  # FLOPs were counted eagerly above; the next (untimed) step compiles, as in the trainer
         forward = torch.compile(model)
         train_step()
     for _ in range(max(warmup - 1, 0)):

@@ -52,9 +52,9 @@ def load_run_config(ctx, config, data_dir, resume, demo, overrides):
         cli["dataset.csv_file"] = str(Path(data_dir) / "dataset.csv")
     source = config
     if source is None:
-        if resume and (resolve_resume(resume)[1] / "config.yaml").is_file():
-            saved = yaml.safe_load((resolve_resume(resume)[1] / "config.yaml").read_text()) or {}
-            source = config_module.upgrade_saved_config(saved)
+        saved = resolve_resume(resume)[1] / "config.yaml" if resume else None
+        if saved is not None and saved.is_file():
+            source = config_module.upgrade_saved_config(yaml.safe_load(saved.read_text()) or {})
         else:
             source = DEMO_CONFIG if demo else config_module.DEFAULT_CONFIG
     if demo and not data_dir:
