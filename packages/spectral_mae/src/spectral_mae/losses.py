@@ -19,7 +19,11 @@ def tokens_to_pixel_spectra(x: torch.Tensor, groups: int, bands_per_token: int) 
     return x.permute(0, 2, 4, 1, 3).reshape(b, sites * pixels, groups * bands_per_token)
 
 
-def spectral_angle(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+ANGLE_CLAMP = 1 - 1e-6  # acos is clamped to [-ANGLE_CLAMP, ANGLE_CLAMP]: finite gradient at cos = +-1
+NORM_EPS = 1e-8  # added to the product of the spectra's norms
+
+
+def spectral_angle(a: torch.Tensor, b: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """Angle in radians between spectra along the last axis.
 
     Written here rather than torchmetrics' SAM because this one is a training loss: torchmetrics divides by
@@ -27,12 +31,10 @@ def spectral_angle(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch
     the clamp keep the gradient finite.
     """
     cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + eps)
-    return torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6))
+    return torch.acos(cos.clamp(-ANGLE_CLAMP, ANGLE_CLAMP))
 
 
 PARTS = ("mse", "sam", "variance", "range_penalty")
-ANGLE_CLAMP = 1 - 1e-6  # acos is clamped to [-ANGLE_CLAMP, ANGLE_CLAMP]: finite gradient at cos = +-1
-NORM_EPS = 1e-8  # added to the product of the spectra's norms, as spectral_angle
 
 
 class MAESpectralLoss(nn.Module):
