@@ -27,7 +27,9 @@ def workspace(tmp_path: Path) -> Path:
         ignore=shutil.ignore_patterns("tests", "__pycache__", "*.egg-info"),
     )
     # a changelog of its own: the real one may hold an Unreleased section, which a release would use instead
-    (root / "packages" / "common" / "CHANGELOG.md").write_text("# Changelog\n\n## 0.1.0 - 2026-11-22\n\n- First.\n")
+    (root / "packages" / "common" / "CHANGELOG.md").write_text(
+        "# Changelog\n\n## 0.1.0 - 2026-11-22\n\n- First.\n"
+    )
     (root / "pyproject.toml").write_text(
         textwrap.dedent("""
         [project]

@@ -35,10 +35,19 @@ def make_run(root: Path, name: str, history_file: str, checkpoint: str, *, scale
     for step in range(1, 11):
         h.log_metrics({"train/loss_step": scale * 2.0 / step}, step=step)
         if step % 5 == 0:
-            h.log_metrics({"train/loss": scale / step, "val/loss": scale * 1.2 / step, "val/mAP_50": step / 10,
-                           "system/rss_peak_mb": 500.0 + step}, step=step)
+            h.log_metrics(
+                {
+                    "train/loss": scale / step,
+                    "val/loss": scale * 1.2 / step,
+                    "val/mAP_50": step / 10,
+                    "system/rss_peak_mb": 500.0 + step,
+                },
+                step=step,
+            )
     h.close()
-    save_checkpoint(run / "checkpoints" / checkpoint, {"epoch": 2, "global_step": 10, "model": {"w": np.zeros(2)}})
+    save_checkpoint(
+        run / "checkpoints" / checkpoint, {"epoch": 2, "global_step": 10, "model": {"w": np.zeros(2)}}
+    )
     return run
 
 
@@ -57,10 +66,20 @@ def test_reader_finds_runs_of_every_layout(runs_root):
     assert found == {"cabruca_20260101_000000", "gnn_run", "spectral_mae_run"}
     run = next(r for r in R.find_runs(runs_root) if r.name == "gnn_run")
     h = R.load_history(run)
-    assert set(h["metric"]) == {"train/loss_step", "train/loss", "val/loss", "val/mAP_50", "system/rss_peak_mb"}
+    assert set(h["metric"]) == {
+        "train/loss_step",
+        "train/loss",
+        "val/loss",
+        "val/mAP_50",
+        "system/rss_peak_mb",
+    }
     assert R.wide(h, ["val/mAP_50"])["val/mAP_50"].tolist() == [0.5, 1.0]
     ck = R.checkpoints(run, h)
-    assert ck["file"].tolist() == ["last.ckpt"] and ck["global_step"].tolist() == [10] and ck["epoch"].tolist() == [2]
+    assert (
+        ck["file"].tolist() == ["last.ckpt"]
+        and ck["global_step"].tolist() == [10]
+        and ck["epoch"].tolist() == [2]
+    )
     assert ck["val/mAP_50"].tolist() == [1.0]  # the validation metric logged at the checkpoint's step
     s = R.summary(h).set_index("metric")
     assert s.loc["train/loss_step", "last"] == pytest.approx(0.4) and s.loc["train/loss_step", "points"] == 10
@@ -82,7 +101,13 @@ def test_app_renders_every_tab(runs_root, monkeypatch, app):
     at = AppTest.from_file(str(app), default_timeout=60).run()
     assert not at.exception
     assert at.title[0].value in {"cabruca_20260101_000000", "gnn_run", "spectral_mae_run"}
-    assert [t.label for t in at.tabs] == ["Training curves", "System", "Checkpoints", "Compare runs", "Config"]
+    assert [t.label for t in at.tabs] == [
+        "Training curves",
+        "System",
+        "Checkpoints",
+        "Compare runs",
+        "Config",
+    ]
     assert len(at.get("arrow_vega_lite_chart")) >= 3 or len(at.get("vega_lite_chart")) >= 3  # curves + system
     assert any("experiment_name" in c.value for c in at.code)  # config viewer
     frames = [df.value for df in at.dataframe]
@@ -102,7 +127,9 @@ def test_app_explains_an_empty_folder(tmp_path, monkeypatch):
 
 def test_monitor_builds_the_streamlit_command(capsys):
     cmd = streamlit_command("outs", 8600, "127.0.0.1", False)
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(APP) and cmd[-2:] == ["--runs-dir", "outs"]
+    assert (
+        cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(APP) and cmd[-2:] == ["--runs-dir", "outs"]
+    )
     run_cli(monitor_main, ["--runs-dir", "outs", "--port", "8600", "--print-command"])
     assert "streamlit run" in capsys.readouterr().out
 
@@ -114,13 +141,18 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
-                    reason="chromium is not installed (apt-get install -y chromium); the AppTest tests cover the app")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="chromium is not installed (apt-get install -y chromium); the AppTest tests cover the app",
+)
 def test_dashboard_in_a_headless_browser(runs_root, tmp_path):
     """Serve the app with `python -m cabruca.monitor` and screenshot it with headless chromium."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cabruca.monitor", "--runs-dir", str(runs_root), "--port",
-                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cabruca.monitor", "--runs-dir", str(runs_root), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -133,10 +165,23 @@ def test_dashboard_in_a_headless_browser(runs_root, tmp_path):
         # The first sessions run the script cold (imports on a busy machine): retry until the app has rendered.
         # A skeleton placeholder page is under 10 kB; the rendered dashboard (title, tabs, charts) is far more.
         for _ in range(12):
-            subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                            "--virtual-time-budget=30000", "--window-size=1400,1000", f"--screenshot={shot}",
-                            f"http://127.0.0.1:{port}"], check=True, timeout=120, capture_output=True,
-                           env={**os.environ, "HOME": str(tmp_path)})
+            subprocess.run(
+                [
+                    browser,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--virtual-time-budget=30000",
+                    "--window-size=1400,1000",
+                    f"--screenshot={shot}",
+                    f"http://127.0.0.1:{port}",
+                ],
+                check=True,
+                timeout=120,
+                capture_output=True,
+                env={**os.environ, "HOME": str(tmp_path)},
+            )
             if shot.stat().st_size > 30_000:
                 break
             time.sleep(5)

@@ -75,12 +75,21 @@ def test_bad_category_and_segmentation(split):
 
 def test_polygon_annotations_are_read(split):
     coco = json.loads((split / "annotations.json").read_text())
-    coco["annotations"] = [{"id": 1, "image_id": 1, "category_id": 2, "iscrowd": 0,
-                            "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}]
+    coco["annotations"] = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 2,
+            "iscrowd": 0,
+            "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]],
+        }
+    ]
     (split / "annotations.json").write_text(json.dumps(coco))
     _, _, ids, labels, centres = load_image(load_split(split, DataConfig())[0])
     assert labels.tolist() == [1] and 300 < (ids == 1).sum() < 500
-    assert np.allclose(centres[0], [(ids == 1).nonzero()[1].mean(), (ids == 1).nonzero()[0].mean()])  # centroid
+    assert np.allclose(
+        centres[0], [(ids == 1).nonzero()[1].mean(), (ids == 1).nonzero()[0].mean()]
+    )  # centroid
 
 
 def test_tile_windows_cover_with_overlap():
@@ -88,7 +97,7 @@ def test_tile_windows_cover_with_overlap():
     assert wins[0] == (0, 0) and (300 - 128, 200 - 128) in wins
     covered = np.zeros((300, 200), bool)
     for y, x in wins:
-        covered[y:y + 128, x:x + 128] = True
+        covered[y : y + 128, x : x + 128] = True
     assert covered.all()
     assert tile_windows(50, 50, 128, 32) == [(0, 0)]  # smaller than a tile: one zero-padded tile
 
@@ -139,7 +148,11 @@ def test_dataset_tiles_and_epoch_dependent_augmentation(tiny_data):
     a, b, c = ds[(0, 0)], ds[(0, 0)], ds[(0, 1)]
     assert all(torch_equal(a[k], b[k]) for k in ("image", "semantic", "heatmap"))
     assert not torch_equal(a["image"], c["image"])  # another epoch, another augmentation
-    assert a["image"].shape == (3, 64, 64) and a["heatmap"].shape == (3, 64, 64) and a["offsets"].shape == (2, 64, 64)
+    assert (
+        a["image"].shape == (3, 64, 64)
+        and a["heatmap"].shape == (3, 64, 64)
+        and a["offsets"].shape == (2, 64, 64)
+    )
     assert int(a["count"]) == len(a["labels"]) == int(a["instances"].max())
 
 

@@ -47,8 +47,12 @@ def test_agroforestry_metrics_on_a_hand_built_tile():
     ev.update(pred, gt, [box(0, 2, 0, 2, size=10)] * 3, [box(0, 2, 0, 2, size=10)] * 4, density_count=4.4)
     m = ev.compute()
     assert m["canopy_IoU"] == pytest.approx(60 / 70)
-    assert m["shade_share_gt_cacao"] == pytest.approx(40 / 60) and m["shade_share_gt_shade"] == pytest.approx(20 / 60)
-    assert m["shade_share_cacao"] == pytest.approx(60 / 70) and m["shade_share_other"] == pytest.approx(10 / 70)
+    assert m["shade_share_gt_cacao"] == pytest.approx(40 / 60) and m["shade_share_gt_shade"] == pytest.approx(
+        20 / 60
+    )
+    assert m["shade_share_cacao"] == pytest.approx(60 / 70) and m["shade_share_other"] == pytest.approx(
+        10 / 70
+    )
     # total variation between (2/3, 1/3, 0) and (6/7, 0, 1/7)
     assert m["shade_distribution_error"] == pytest.approx(0.5 * (abs(2 / 3 - 6 / 7) + 1 / 3 + 1 / 7))
     assert m["tree_count_accuracy"] == pytest.approx(0.75)

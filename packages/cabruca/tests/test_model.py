@@ -15,8 +15,10 @@ from common.torch_support import apply_lrs, training_state
 
 
 def small(**cli):
-    return config_mod.load("training_config_light", cli={"model.backbone": "test_resnet", "model.fpn_channels": 16,
-                                                          "model.head_channels": 8, **cli})
+    return config_mod.load(
+        "training_config_light",
+        cli={"model.backbone": "test_resnet", "model.fpn_channels": 16, "model.head_channels": 8, **cli},
+    )
 
 
 def test_heads_shapes_and_loss_components():
@@ -25,17 +27,31 @@ def test_heads_shapes_and_loss_components():
     x = torch.rand(2, 3, 64, 64)  # (B, 3, H, W)
     out = model(x)
     assert out["semantic"].shape == (2, 6, 64, 64) and out["heatmap"].shape == (2, 3, 64, 64)
-    assert out["offsets"].shape == (2, 2, 64, 64) and out["crown"].shape == (2, 64, 64) == out["density"].shape
+    assert (
+        out["offsets"].shape == (2, 2, 64, 64) and out["crown"].shape == (2, 64, 64) == out["density"].shape
+    )
     assert model(torch.rand(1, 3, 72, 88))["semantic"].shape == (1, 6, 72, 88)  # not a multiple of 32
-    batch = {"semantic": torch.randint(0, 6, (2, 64, 64)), "heatmap": torch.rand(2, 3, 64, 64),
-             "offsets": torch.randn(2, 2, 64, 64), "offset_weight": (torch.rand(2, 64, 64) > 0.5).float(),
-             "crown": (torch.rand(2, 64, 64) > 0.9).float(), "density": torch.rand(2, 64, 64)}
+    batch = {
+        "semantic": torch.randint(0, 6, (2, 64, 64)),
+        "heatmap": torch.rand(2, 3, 64, 64),
+        "offsets": torch.randn(2, 2, 64, 64),
+        "offset_weight": (torch.rand(2, 64, 64) > 0.5).float(),
+        "crown": (torch.rand(2, 64, 64) > 0.9).float(),
+        "density": torch.rand(2, 64, 64),
+    }
     losses = MultiTaskLoss(cfg.loss)(out, batch)
     c = cfg.loss
-    expected = (c.semantic_weight * losses["semantic"] + c.centre_weight * losses["centre"] + c.offset_weight *
-                losses["offset"] + c.crown_weight * losses["crown"] + c.density_weight * losses["density"])
+    expected = (
+        c.semantic_weight * losses["semantic"]
+        + c.centre_weight * losses["centre"]
+        + c.offset_weight * losses["offset"]
+        + c.crown_weight * losses["crown"]
+        + c.density_weight * losses["density"]
+    )
     assert torch.allclose(losses["loss"], expected)
-    assert torch.allclose(losses["instance"], c.centre_weight * losses["centre"] + c.offset_weight * losses["offset"])
+    assert torch.allclose(
+        losses["instance"], c.centre_weight * losses["centre"] + c.offset_weight * losses["offset"]
+    )
     losses["loss"].backward()
     assert next(model.backbone.parameters()).grad is not None
 
@@ -47,8 +63,13 @@ def test_unknown_backbone_is_a_config_error():
 
 def test_param_groups_have_their_own_learning_rates_under_the_schedule():
     """The seed's transfer-learning example: backbone 1e-5, heads (and decoder) 1e-4, scaled by the schedule."""
-    cfg = small(**{"optimizer.param_groups": [{"name": "backbone", "lr": 1e-5}, {"name": "heads", "lr": 1e-4}],
-                   "scheduler.type": "cosine", "training.num_epochs": 4})
+    cfg = small(
+        **{
+            "optimizer.param_groups": [{"name": "backbone", "lr": 1e-5}, {"name": "heads", "lr": 1e-4}],
+            "scheduler.type": "cosine",
+            "training.num_epochs": 4,
+        }
+    )
     model = build_model(cfg.model)
     opt, names = build_optimizer(model, cfg)
     assert names == ["backbone", "heads"]
@@ -59,8 +80,10 @@ def test_param_groups_have_their_own_learning_rates_under_the_schedule():
     assert interval == "epoch"
     apply_lrs(opt, schedule.step())
     ref = torch.optim.lr_scheduler.CosineAnnealingLR(
-        torch.optim.SGD([{"params": [torch.zeros(1)], "lr": 1e-5}, {"params": [torch.zeros(1)], "lr": 1e-4}]), T_max=4,
-        eta_min=cfg.scheduler.eta_min)
+        torch.optim.SGD([{"params": [torch.zeros(1)], "lr": 1e-5}, {"params": [torch.zeros(1)], "lr": 1e-4}]),
+        T_max=4,
+        eta_min=cfg.scheduler.eta_min,
+    )
     ref.optimizer.step()
     ref.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx(ref.get_last_lr())
@@ -82,7 +105,9 @@ def test_pretrained_checkpoint_loads_local_weights(tmp_path):
     # 1. a cabruca checkpoint: every weight is taken
     save_checkpoint(tmp_path / "full.pth", training_state(src, None))
     dst = build_model(small(**{"model.pretrained_checkpoint": str(tmp_path / "full.pth")}).model)
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True)
+    )
     # 2. a plain backbone state_dict (e.g. converted timm weights): only the backbone is taken
     torch.save(src.backbone.state_dict(), tmp_path / "backbone.pt")
     fresh = build_model(cfg.model)

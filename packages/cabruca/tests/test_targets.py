@@ -21,8 +21,15 @@ def test_targets_encode_centres_offsets_boundaries_and_counts():
     inst = np.zeros((20, 20), np.int32)
     inst[2:9, 2:9] = 1
     inst[10:18, 11:19] = 2
-    t = make_targets(inst, np.array([0, 2]), np.array([[5.0, 5.0], [14.6, 13.2]], np.float32), 3,
-                     centre_sigma=2.0, density_sigma=2.0, density_scale=100.0)
+    t = make_targets(
+        inst,
+        np.array([0, 2]),
+        np.array([[5.0, 5.0], [14.6, 13.2]], np.float32),
+        3,
+        centre_sigma=2.0,
+        density_sigma=2.0,
+        density_scale=100.0,
+    )
     assert t["heatmap"][0, 5, 5] == 1.0 and t["heatmap"][2, 13, 15] == 1.0 and t["heatmap"][1].max() == 0
     # Every tree pixel points at its (rounded) centre; background has zero offset and zero weight.
     ys, xs = np.nonzero(inst == 2)
@@ -47,8 +54,15 @@ def test_ground_truth_targets_round_trip_to_map_one(tmp_path):
     gts, preds = [], []
     for i in range(len(ds)):
         s = ds[i]
-        pred = decode_instances(_one_hot(s["semantic"], 6), s["heatmap"], s["offsets"], cfg.instance_semantic_ids,
-                                threshold=0.5, nms_kernel=7, min_area=1)
+        pred = decode_instances(
+            _one_hot(s["semantic"], 6),
+            s["heatmap"],
+            s["offsets"],
+            cfg.instance_semantic_ids,
+            threshold=0.5,
+            nms_kernel=7,
+            min_area=1,
+        )
         gt = instances_from_ids(s["instances"], s["labels"])
         assert len(pred) == len(gt) >= 3
         gts.append(gt)
@@ -62,8 +76,15 @@ def test_augmented_tiles_also_round_trip(tiny_data):
     ds = CabrucaTiles(load_split(tiny_data / "train", cfg), cfg, seed=4, train=True)
     for i in range(4):
         s = ds[(i, 2)]
-        pred = decode_instances(_one_hot(s["semantic"], 6), s["heatmap"], s["offsets"], cfg.instance_semantic_ids,
-                                threshold=0.5, nms_kernel=3, min_area=1)
+        pred = decode_instances(
+            _one_hot(s["semantic"], 6),
+            s["heatmap"],
+            s["offsets"],
+            cfg.instance_semantic_ids,
+            threshold=0.5,
+            nms_kernel=3,
+            min_area=1,
+        )
         gt = instances_from_ids(s["instances"], s["labels"])
         matched = sum(any(bool((p.mask == g.mask).all()) and p.label == g.label for p in pred) for g in gt)
         assert matched == len(gt)

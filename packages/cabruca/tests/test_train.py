@@ -40,8 +40,16 @@ def assert_same_weights(a, b):
 
 
 def test_short_run_learns_and_writes_the_seed_outputs(tiny_data, tmp_path):
-    cfg = make_cfg(tiny_data, tmp_path, **{"training.num_epochs": 3, "training.checkpoint_every_n_epochs": 2,
-                                           "training.profile": True, "training.profile_batches": [1, 2]})
+    cfg = make_cfg(
+        tiny_data,
+        tmp_path,
+        **{
+            "training.num_epochs": 3,
+            "training.checkpoint_every_n_epochs": 2,
+            "training.profile": True,
+            "training.profile_batches": [1, 2],
+        },
+    )
     result = train(cfg)
     run = result.run_dir
     h = history(run)
@@ -49,16 +57,27 @@ def test_short_run_learns_and_writes_the_seed_outputs(tiny_data, tmp_path):
     assert len(losses) == 3 and losses[-1] < 0.7 * losses[0]
     for part in ("semantic", "instance", "centre", "offset", "crown", "density"):
         assert f"train/{part}" in h and f"val/{part}" in h
-    for m in ("val/mAP", "val/mAP_50", "val/mAP_75", "val/canopy_IoU", "val/tree_count_accuracy",
-              "val/shade_distribution_error"):
+    for m in (
+        "val/mAP",
+        "val/mAP_50",
+        "val/mAP_75",
+        "val/canopy_IoU",
+        "val/tree_count_accuracy",
+        "val/shade_distribution_error",
+    ):
         assert m in h
     assert run.name.startswith("cabruca_light_")  # <experiment>_<YYYYMMDD_HHMMSS>
     names = {p.name for p in (run / "checkpoints").iterdir()}
     assert {"checkpoint_best.pth", "checkpoint_latest.pth", "checkpoint_epoch_2.pth"} <= names
     assert (run / "config.yaml").is_file() and (run / "plots" / "training_curves.png").is_file()
-    assert (run / "profiler" / "trace.json").is_file() and "aten::" in (run / "profiler" / "summary.txt").read_text()
-    report = json.loads(evaluate_checkpoint(run / "checkpoints" / "checkpoint_best.pth", tiny_data,
-                                            out_dir=tmp_path / "eval", device="cpu").read_text())
+    assert (run / "profiler" / "trace.json").is_file() and "aten::" in (
+        run / "profiler" / "summary.txt"
+    ).read_text()
+    report = json.loads(
+        evaluate_checkpoint(
+            run / "checkpoints" / "checkpoint_best.pth", tiny_data, out_dir=tmp_path / "eval", device="cpu"
+        ).read_text()
+    )
     assert {"mAP_50", "canopy_IoU", "shade_distribution_error", "loss/loss"} <= report["metrics"].keys()
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 4
 
@@ -75,7 +94,11 @@ def full_run(tiny_data, tmp_path_factory):
 @pytest.mark.parametrize("accum", [1, 2])
 def test_exact_resume_after_a_stop_mid_epoch(tiny_data, tmp_path, accum, full_run):
     """Stop after step 2 of 3 in epoch 1 (as SIGINT would), resume: same weights and history as one run."""
-    cli = {"training.gradient_accumulation_steps": accum, "data.batch_size": 2 if accum == 1 else 1, **RESUME_CLI}
+    cli = {
+        "training.gradient_accumulation_steps": accum,
+        "data.batch_size": 2 if accum == 1 else 1,
+        **RESUME_CLI,
+    }
     full = full_run if accum == 1 else train(make_cfg(tiny_data, tmp_path / "a", **cli))
     stopped = train(make_cfg(tiny_data, tmp_path / "b", **cli), stop_after_steps=2)
     assert stopped.interrupted and stopped.global_step == 2
@@ -111,17 +134,32 @@ def test_exact_resume_after_a_crash_from_the_periodic_checkpoint(tiny_data, tmp_
 
 
 def test_progressive_resume_with_a_new_tile_size_warm_starts(tiny_data, tmp_path):
-    stage1 = train(make_cfg(tiny_data, tmp_path, **{"training.num_epochs": 1, "experiment_name": "stage1_64"}))
+    stage1 = train(
+        make_cfg(tiny_data, tmp_path, **{"training.num_epochs": 1, "experiment_name": "stage1_64"})
+    )
     best = stage1.run_dir / "checkpoints" / "checkpoint_best.pth"
     state = load_checkpoint(best)
-    cfg2 = make_cfg(tiny_data, tmp_path, **{"data.tile_size": 96, "experiment_name": "stage2_96", "optimizer.lr": 1e-4,
-                                            "training.num_epochs": 1})
+    cfg2 = make_cfg(
+        tiny_data,
+        tmp_path,
+        **{
+            "data.tile_size": 96,
+            "experiment_name": "stage2_96",
+            "optimizer.lr": 1e-4,
+            "training.num_epochs": 1,
+        },
+    )
     mode, why = resume_plan(state, cfg2)
     assert mode == "weights" and "experiment_name" in why and "data.tile_size" in why
     # The warm-started model starts from stage 1's weights, with a fresh optimizer and step counter.
     run = RunFolder(tmp_path / "probe")
-    trainer = Trainer(cfg2, run, torch_device("cpu"), trackers=Trackers([JsonHistory(run.path("h.json"))]),
-                      init_weights=state["model"])
+    trainer = Trainer(
+        cfg2,
+        run,
+        torch_device("cpu"),
+        trackers=Trackers([JsonHistory(run.path("h.json"))]),
+        init_weights=state["model"],
+    )
     first = next(iter(trainer.model.state_dict().items()))
     assert np.array_equal(first[1].numpy(), state["model"][first[0]]) and trainer.global_step == 0
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4) and len(trainer.train_set) == 3 * 4
@@ -152,8 +190,16 @@ def test_tracker_fan_out_survives_a_failing_tracker(tiny_data, tmp_path, monkeyp
     """--use-wandb whose backend fails while training, next to TensorBoard: the failure is reported once,
     TensorBoard (read back with its own event reader) and the JSON history stay complete."""
     monkeypatch.setattr("common.trackers.factory._wandb", lambda *args: FailingTracker())
-    cfg = make_cfg(tiny_data, tmp_path, **{"tracking.tensorboard": True, "tracking.wandb": True,
-                                           "training.num_epochs": 1, "training.max_steps_per_epoch": 3})
+    cfg = make_cfg(
+        tiny_data,
+        tmp_path,
+        **{
+            "tracking.tensorboard": True,
+            "tracking.wandb": True,
+            "training.num_epochs": 1,
+            "training.max_steps_per_epoch": 3,
+        },
+    )
     with caplog.at_level(logging.WARNING):
         result = train(cfg)
     warnings = [r for r in caplog.records if "went away" in r.getMessage()]
@@ -170,8 +216,19 @@ def test_tracker_fan_out_survives_a_failing_tracker(tiny_data, tmp_path, monkeyp
 
 def test_unavailable_devices_and_precisions_are_refused(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        run_cli(main, ["--config", "configs/training_config_light.yaml", "--device", "mps", "--data-dir",
-                       str(tiny_data), "--output-dir", str(tmp_path)])
+        run_cli(
+            main,
+            [
+                "--config",
+                "configs/training_config_light.yaml",
+                "--device",
+                "mps",
+                "--data-dir",
+                str(tiny_data),
+                "--output-dir",
+                str(tmp_path),
+            ],
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "mps" in err and "Traceback" not in err
@@ -180,8 +237,23 @@ def test_unavailable_devices_and_precisions_are_refused(tiny_data, tmp_path, cap
 
 
 def test_cli_overrides_and_print_config(capsys):
-    run_cli(main, ["--config", "configs/training_config.yaml", "--lr", "0.001", "--batch-size", "8", "--epochs", "50",
-                   "--grad-accum", "4", "scheduler.type=onecycle", "--print-config"])
+    run_cli(
+        main,
+        [
+            "--config",
+            "configs/training_config.yaml",
+            "--lr",
+            "0.001",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "50",
+            "--grad-accum",
+            "4",
+            "scheduler.type=onecycle",
+            "--print-config",
+        ],
+    )
     out = capsys.readouterr().out
     assert "lr: 0.001" in out and "batch_size: 8" in out and "num_epochs: 50" in out
     assert "gradient_accumulation_steps: 4" in out and "type: onecycle" in out
@@ -192,13 +264,26 @@ def test_cli_overrides_and_print_config(capsys):
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run_cli(main, ["--config", "training_config_light", "--device", "cpu", "--data-dir", str(tmp_path / "nope"),
-                       "--output-dir", str(tmp_path)])
+        run_cli(
+            main,
+            [
+                "--config",
+                "training_config_light",
+                "--device",
+                "cpu",
+                "--data-dir",
+                str(tmp_path / "nope"),
+                "--output-dir",
+                str(tmp_path),
+            ],
+        )
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_demo_option_is_wired(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(train_mod, "run_demo", lambda out, device, overrides: seen.update(out=out, device=device))
+    monkeypatch.setattr(
+        train_mod, "run_demo", lambda out, device, overrides: seen.update(out=out, device=device)
+    )
     run_cli(main, ["--demo", "--output-dir", str(tmp_path), "--device", "cpu"])
     assert seen == {"out": str(tmp_path), "device": "cpu"}

@@ -28,5 +28,8 @@ def test_matmul_flop_count():
 
 
 def test_peaks_are_positive_and_finite():
-    for peak in (numpy_matmul_peak_gflops(n=128, repeats=2), torch_matmul_peak_gflops("cpu", n=128, repeats=2)):
+    for peak in (
+        numpy_matmul_peak_gflops(n=128, repeats=2),
+        torch_matmul_peak_gflops("cpu", n=128, repeats=2),
+    ):
         assert np.isfinite(peak) and peak > 0.01

@@ -423,6 +423,8 @@ def test_a_mapping_source_is_validated_and_coerced_like_a_file():
         lr: float = 0.1
         name: str = "x"
 
-    assert load_config(Small, {"lr": "1e-3", "name": "run"}, overrides=["name=other"]) == Small(0.001, "other")
+    assert load_config(Small, {"lr": "1e-3", "name": "run"}, overrides=["name=other"]) == Small(
+        0.001, "other"
+    )
     with pytest.raises(ConfigError, match="the given config mapping"):
         load_config(Small, {"lrr": 1})

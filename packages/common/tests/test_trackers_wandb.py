@@ -131,7 +131,9 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path):
     folders = sorted(run.path("wandb").glob(f"offline-run-*-{first_id}*"))
     assert second_dir in folders and len(folders) == 2
     [log_file] = second_dir.glob("*.wandb")
-    rows = [items(r.history.item) for r in finished_records(log_file) if r.WhichOneof("record_type") == "history"]
+    rows = [
+        items(r.history.item) for r in finished_records(log_file) if r.WhichOneof("record_type") == "history"
+    ]
     assert [(row["_step"], row["loss"]) for row in rows] == [(4, 4.0), (5, 5.0)]
     # a fresh run in another folder starts a new W&B run
     other = build_trackers(RunFolder(tmp_path / "other"), wandb={"project": "egnn"})

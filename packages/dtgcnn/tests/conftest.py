@@ -12,10 +12,27 @@ TINY_SPEC = SyntheticSpec(num_subjects=4, per_subject=(6, 2, 2), num_vertices=48
 
 
 def tiny_config(**kw) -> TrainConfig:
-    base = dict(num_vertices=48, k=4, edge_conv_dims=[8, 8, 16], fusion_dim=32, hidden_dim=16, embedding_dim=8,
-                dropout=0.1, batch_size=8, samples_per_label=4, learning_rate=0.01, num_epochs=2,
-                warmup_epochs=0, scheduler_type="cosine", prefetch_batches=1, log_interval=1, plot_every=1,
-                checkpoint_every=1, jit_compile=False, seed=5)
+    base = dict(
+        num_vertices=48,
+        k=4,
+        edge_conv_dims=[8, 8, 16],
+        fusion_dim=32,
+        hidden_dim=16,
+        embedding_dim=8,
+        dropout=0.1,
+        batch_size=8,
+        samples_per_label=4,
+        learning_rate=0.01,
+        num_epochs=2,
+        warmup_epochs=0,
+        scheduler_type="cosine",
+        prefetch_batches=1,
+        log_interval=1,
+        plot_every=1,
+        checkpoint_every=1,
+        jit_compile=False,
+        seed=5,
+    )
     base.update(kw)
     return TrainConfig(**base)
 

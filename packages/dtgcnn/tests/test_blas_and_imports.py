@@ -15,14 +15,18 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DTGCNN_")} | env
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def test_importing_dtgcnn_never_imports_torch():
-    run_python("import dtgcnn.train, dtgcnn.trainer, dtgcnn.evaluate, dtgcnn.visualize, dtgcnn.profile, "
-               "dtgcnn.bench, dtgcnn.synthetic, sys; assert 'torch' not in sys.modules, 'torch was imported'")
+    run_python(
+        "import dtgcnn.train, dtgcnn.trainer, dtgcnn.evaluate, dtgcnn.visualize, dtgcnn.profile, "
+        "dtgcnn.bench, dtgcnn.synthetic, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
 
 
 MATMUL_CHECK = """
@@ -37,30 +41,40 @@ assert err < 1e-3, err
 @linux_only
 @pytest.mark.skipif(_mkl_rt_path() is None, reason="the mkl wheel is not installed")
 def test_fast_blas_serves_mlx_matmul():
-    proc = run_python("import dtgcnn\nfrom dtgcnn.blas import sgemm_provider\n"
-                      "assert dtgcnn.BLAS.fast, dtgcnn.BLAS\nprint(sgemm_provider())\n" + MATMUL_CHECK)
+    proc = run_python(
+        "import dtgcnn\nfrom dtgcnn.blas import sgemm_provider\n"
+        "assert dtgcnn.BLAS.fast, dtgcnn.BLAS\nprint(sgemm_provider())\n" + MATMUL_CHECK
+    )
     assert "libmkl_rt" in proc.stdout
 
 
 @linux_only
 def test_opt_out_keeps_the_reference_blas():
-    proc = run_python("import dtgcnn\nfrom dtgcnn.blas import sgemm_provider\n"
-                      "assert not dtgcnn.BLAS.fast and sgemm_provider() is None\nprint(dtgcnn.BLAS.describe())\n"
-                      + MATMUL_CHECK, DTGCNN_FAST_BLAS="0")
+    proc = run_python(
+        "import dtgcnn\nfrom dtgcnn.blas import sgemm_provider\n"
+        "assert not dtgcnn.BLAS.fast and sgemm_provider() is None\nprint(dtgcnn.BLAS.describe())\n"
+        + MATMUL_CHECK,
+        DTGCNN_FAST_BLAS="0",
+    )
     assert "opted out" in proc.stdout
 
 
 @linux_only
 def test_missing_library_degrades_to_a_warning():
-    proc = run_python("import warnings\nwarnings.simplefilter('always')\nimport dtgcnn\n"
-                      "assert not dtgcnn.BLAS.fast\n" + MATMUL_CHECK, DTGCNN_BLAS_LIBRARY="/nonexistent/libblas.so")
+    proc = run_python(
+        "import warnings\nwarnings.simplefilter('always')\nimport dtgcnn\n"
+        "assert not dtgcnn.BLAS.fast\n" + MATMUL_CHECK,
+        DTGCNN_BLAS_LIBRARY="/nonexistent/libblas.so",
+    )
     assert "RuntimeWarning" in proc.stderr and "could not load /nonexistent/libblas.so" in proc.stderr
 
 
 @linux_only
 def test_mlx_imported_first_is_reported():
-    proc = run_python("import warnings\nwarnings.simplefilter('always')\nimport mlx.core\nimport dtgcnn\n"
-                      "assert not dtgcnn.BLAS.fast\n" + MATMUL_CHECK)
+    proc = run_python(
+        "import warnings\nwarnings.simplefilter('always')\nimport mlx.core\nimport dtgcnn\n"
+        "assert not dtgcnn.BLAS.fast\n" + MATMUL_CHECK
+    )
     assert "import dtgcnn first" in proc.stderr
 
 
@@ -108,5 +122,7 @@ assert torch.isfinite(x.grad).all()
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 @pytest.mark.parametrize("order", ["torch_first", "dtgcnn_first"])
 def test_safe_beside_torch(order):
-    first, second = ("import torch", "import dtgcnn") if order == "torch_first" else ("import dtgcnn", "import torch")
+    first, second = (
+        ("import torch", "import dtgcnn") if order == "torch_first" else ("import dtgcnn", "import torch")
+    )
     run_python(f"{first}\n{second}\n" + MATMUL_CHECK + TORCH_CHECK)

@@ -46,7 +46,9 @@ def test_shape_mismatch_names_file_and_sample(data_copy):
     with h5py.File(data_copy / "train_data.h5", "r+") as h5:
         del h5["subject_0002/mesh_000008/normals"]
         h5["subject_0002/mesh_000008/normals"] = np.zeros((40, 3), np.float32)
-    with pytest.raises(DataError, match=r"train_data.h5 sample #7 \(subject_0002/mesh_000008\): normals has shape \[40, 3\]"):
+    with pytest.raises(
+        DataError, match=r"train_data.h5 sample #7 \(subject_0002/mesh_000008\): normals has shape \[40, 3\]"
+    ):
         split(data_copy)
 
 
@@ -63,7 +65,10 @@ def test_nan_is_refused(data_copy):
 
 
 def test_label_out_of_range(tiny_data):
-    with pytest.raises(DataError, match=r"sample #12 \(subject_0003/mesh_000013\) has label 2, out of range for num_classes=2"):
+    with pytest.raises(
+        DataError,
+        match=r"sample #12 \(subject_0003/mesh_000013\) has label 2, out of range for num_classes=2",
+    ):
         split(tiny_data, num_classes=2)
 
 

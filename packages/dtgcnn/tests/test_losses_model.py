@@ -17,15 +17,18 @@ EMB = mx.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.5, 0.0]])
 LABELS = mx.array([0, 0, 1, 1])
 
 
-@pytest.mark.parametrize(("strategy", "expected"), [
-    # per anchor: hardest positive - nearest negative + 0.2 = 0.7, 0.7, 0.7, 2.2
-    ("batch_hard", (0.7 + 0.7 + 0.7 + 2.2) / 4),
-    # the 8 valid triplets have losses 0, 0.7, 0, 0.7, 0, 0.7, 2.2, 2.2: sum over the 5 active ones
-    ("batch_all", (0.7 * 3 + 2.2 * 2) / 5),
-    # per (a,p): semi-hard negatives exist for the first three pairs (loss 0); anchor 3 has none, so its
-    # farthest negative (0.5) gives 2.5 - 0.5 + 0.2; mean over the 4 pairs
-    ("semi_hard", 2.2 / 4),
-])
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        # per anchor: hardest positive - nearest negative + 0.2 = 0.7, 0.7, 0.7, 2.2
+        ("batch_hard", (0.7 + 0.7 + 0.7 + 2.2) / 4),
+        # the 8 valid triplets have losses 0, 0.7, 0, 0.7, 0, 0.7, 2.2, 2.2: sum over the 5 active ones
+        ("batch_all", (0.7 * 3 + 2.2 * 2) / 5),
+        # per (a,p): semi-hard negatives exist for the first three pairs (loss 0); anchor 3 has none, so its
+        # farthest negative (0.5) gives 2.5 - 0.5 + 0.2; mean over the 4 pairs
+        ("semi_hard", 2.2 / 4),
+    ],
+)
 def test_triplet_loss_hand_computed(strategy, expected):
     assert triplet_loss(EMB, LABELS, 0.2, strategy).item() == pytest.approx(expected, abs=1e-5)
 
@@ -33,8 +36,14 @@ def test_triplet_loss_hand_computed(strategy, expected):
 def test_joint_loss_weights_the_parts():
     logits = mx.array([[0.0, math.log(3.0)]] * 4)  # p(class 1) = 3/4
     out = {"logits": logits, "embedding": EMB}
-    total, parts = joint_loss(out, mx.array([1, 1, 1, 1]), classification_weight=2.0, triplet_weight=0.5,
-                              margin=0.2, strategy="batch_hard")
+    total, parts = joint_loss(
+        out,
+        mx.array([1, 1, 1, 1]),
+        classification_weight=2.0,
+        triplet_weight=0.5,
+        margin=0.2,
+        strategy="batch_hard",
+    )
     assert parts["ce"].item() == pytest.approx(-math.log(0.75), abs=1e-6)
     assert total.item() == pytest.approx(2 * parts["ce"].item() + 0.5 * parts["triplet"].item(), abs=1e-6)
 
@@ -51,7 +60,9 @@ def test_batch_metrics_hand_computed():
 
 def test_retrieval_metrics():
     emb = np.array([[1, 0], [0.8, 0.6], [0, 1], [-0.6, 0.8]], dtype=np.float32)
-    assert retrieval_metrics(emb, np.array([0, 0, 1, 1])) == pytest.approx({"recall_at_1": 1.0, "roc_auc": 1.0})
+    assert retrieval_metrics(emb, np.array([0, 0, 1, 1])) == pytest.approx(
+        {"recall_at_1": 1.0, "roc_auc": 1.0}
+    )
     # Swap labels of points 1 and 2: point 0's nearest (1) now has another label; AUC from sklearn's definition.
     m = retrieval_metrics(emb, np.array([0, 1, 0, 1]))
     assert m["recall_at_1"] == pytest.approx(0.0)
@@ -135,8 +146,15 @@ def test_bad_stream_count_is_explained(monkeypatch):
 
 
 def test_model_outputs_and_flops():
-    spec = ModelSpec(in_channels=6, num_classes=3, k=4, edge_conv_dims=(8, 16), fusion_dim=32, hidden_dim=16,
-                     embedding_dim=8)
+    spec = ModelSpec(
+        in_channels=6,
+        num_classes=3,
+        k=4,
+        edge_conv_dims=(8, 16),
+        fusion_dim=32,
+        hidden_dim=16,
+        embedding_dim=8,
+    )
     model = DTGCNN(spec)
     out = model(mx.random.normal((4, 20, 6)))
     assert out["embedding"].shape == (4, 8) and out["logits"].shape == (4, 3)

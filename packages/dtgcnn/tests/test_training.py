@@ -28,11 +28,24 @@ def test_short_training_run_learns_and_writes_the_seed_outputs(tiny_data, tiny_c
     losses = [v for _, v in hist["train/loss"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
     run = tmp_path / "run"
-    for rel in ("checkpoints/best_model.npz", "checkpoints/checkpoint_epoch_0003.npz", "plots/loss_distribution.png",
-                "plots/training_curves_epoch_0003.png", "config.yaml", "test_metrics.json"):
+    for rel in (
+        "checkpoints/best_model.npz",
+        "checkpoints/checkpoint_epoch_0003.npz",
+        "plots/loss_distribution.png",
+        "plots/training_curves_epoch_0003.png",
+        "config.yaml",
+        "test_metrics.json",
+    ):
         assert (run / rel).is_file(), rel
-    for key in ("val/recall_at_1", "val/roc_auc", "train/grad_norm", "train/triplet_accuracy",
-                "train/hard_negative_ratio", "train/embedding_spread", "val/mean_negative_distance"):
+    for key in (
+        "val/recall_at_1",
+        "val/roc_auc",
+        "train/grad_norm",
+        "train/triplet_accuracy",
+        "train/hard_negative_ratio",
+        "train/embedding_spread",
+        "val/mean_negative_distance",
+    ):
         assert key in hist, key
     assert result.test is not None and 0 <= result.test["recall_at_1"] <= 1
 
@@ -80,35 +93,86 @@ def test_nan_loss_stops_without_a_checkpoint(tiny_data, tiny_config, tmp_path):
 
 def test_cli_train_evaluate_visualize_profile(tiny_data, tmp_path):
     run = tmp_path / "cli"
-    overrides = ["k=4", "edge_conv_dims=[8,8]", "fusion_dim=16", "hidden_dim=8", "embedding_dim=8",
-                 "batch_size=8", "num_epochs=1", "jit_compile=false", "plot_every=1"]
-    run_cli(train_cli.main, ["--data-dir", str(tiny_data), "--output-dir", str(run), "--config", "default_config",
-                             "--learning-rate", "0.003", "num_vertices=48", *overrides])
+    overrides = [
+        "k=4",
+        "edge_conv_dims=[8,8]",
+        "fusion_dim=16",
+        "hidden_dim=8",
+        "embedding_dim=8",
+        "batch_size=8",
+        "num_epochs=1",
+        "jit_compile=false",
+        "plot_every=1",
+    ]
+    run_cli(
+        train_cli.main,
+        [
+            "--data-dir",
+            str(tiny_data),
+            "--output-dir",
+            str(run),
+            "--config",
+            "default_config",
+            "--learning-rate",
+            "0.003",
+            "num_vertices=48",
+            *overrides,
+        ],
+    )
     assert (run / "config.yaml").read_text().count("learning_rate: 0.003") == 1
     ckpt = run / "checkpoints" / "best_model.npz"
     out_json = tmp_path / "metrics.json"
-    run_cli(evaluate_cli.main, [str(ckpt), "--data-dir", str(tiny_data), "--split", "test", "--output", str(out_json)])
+    run_cli(
+        evaluate_cli.main,
+        [str(ckpt), "--data-dir", str(tiny_data), "--split", "test", "--output", str(out_json)],
+    )
     metrics = json.loads(out_json.read_text())
     assert metrics["num_samples"] == 8 and {"recall_at_1", "roc_auc", "accuracy", "loss"} <= metrics.keys()
-    run_cli(visualize_cli.main, [str(ckpt), "--data-dir", str(tiny_data), "--method", "tsne",
-                                 "--output-dir", str(tmp_path / "viz")])
+    run_cli(
+        visualize_cli.main,
+        [str(ckpt), "--data-dir", str(tiny_data), "--method", "tsne", "--output-dir", str(tmp_path / "viz")],
+    )
     png = tmp_path / "viz" / "embeddings_tsne.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = tmp_path / "profile_report.txt"
-    run_cli(profile_cli.main, ["--batch-size", "4", "--output", str(report), "--repeats", "1", "num_vertices=48",
-                               *overrides[:5]])
+    run_cli(
+        profile_cli.main,
+        ["--batch-size", "4", "--output", str(report), "--repeats", "1", "num_vertices=48", *overrides[:5]],
+    )
     text = report.read_text()
     for field in ("forward", "backward", "samples/s", "peak memory", "parameters", "GFLOP"):
         assert field in text
 
 
 def test_cli_bad_input_is_one_paragraph(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dtgcnn.train", "--data-dir", str(tmp_path / "nope"),
-                           "--output-dir", str(tmp_path / "o"), "batch_sise=3"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dtgcnn.train",
+            "--data-dir",
+            str(tmp_path / "nope"),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "batch_sise=3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "batch_size" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "dtgcnn.train", "--data-dir", str(tmp_path / "nope"),
-                           "--output-dir", str(tmp_path / "o")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dtgcnn.train",
+            "--data-dir",
+            str(tmp_path / "nope"),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
 
 

@@ -8,16 +8,43 @@ from egnn_com import bench
 
 def test_bench_quick(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    run_cli(bench.main, ["--sizes", "small", "--graphs", "8", "--batch_size", "4", "--hidden_dim", "8",
-                         "--num_layers", "2", "--epochs", "1", "--num_workers", "0", "--startup_graphs", "40",
-                         "--threads", "1", "--json", str(out)])
+    run_cli(
+        bench.main,
+        [
+            "--sizes",
+            "small",
+            "--graphs",
+            "8",
+            "--batch_size",
+            "4",
+            "--hidden_dim",
+            "8",
+            "--num_layers",
+            "2",
+            "--epochs",
+            "1",
+            "--num_workers",
+            "0",
+            "--startup_graphs",
+            "40",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+    )
     result = json.loads(out.read_text())
     assert result["matmul_peak_gflops"] > 0
-    assert len(result["startup"]["phases"]) == 8 and result["startup"]["first_step_s"] > result["startup"]["startup_s"]
+    assert (
+        len(result["startup"]["phases"]) == 8
+        and result["startup"]["first_step_s"] > result["startup"]["startup_s"]
+    )
     rows = {r["model"]: r for r in result["training"]}
     assert set(rows) == {"gcn", "egnn"}
     for r in rows.values():
         assert r["graphs_per_epoch"] == 8 and r["graphs_per_s"] > 0 and r["forward_ms"] > 0
         assert 0 <= r["data_share"] < 1 and r["gflop_per_graph"] > 0 and 10 <= r["mean_nodes"] < 60
-    assert rows["egnn"]["gflop_per_graph"] > rows["gcn"]["gflop_per_graph"]  # edge MLPs vs one linear per layer
+    assert (
+        rows["egnn"]["gflop_per_graph"] > rows["gcn"]["gflop_per_graph"]
+    )  # edge MLPs vs one linear per layer
     assert "graphs/s" in capsys.readouterr().out

@@ -62,18 +62,21 @@ def _raw(**changes):
     return {k: v for k, v in raw.items() if v is not None}
 
 
-@pytest.mark.parametrize(("changes", "needle"), [
-    ({"pos": None}, "missing key(s) ['pos']"),
-    ({"pos": torch.zeros(5, 2)}, "'pos' has shape (5, 2), expected [5, 3]"),
-    ({"mass": torch.ones(4)}, "'mass' has shape (4,), expected [5]"),
-    ({"x": torch.zeros(5)}, "'x' has shape (5,)"),
-    ({"edge_index": torch.tensor([[0, 1], [1, 9]])}, "refers to node 9"),
-    ({"edge_index": torch.zeros(3, 4, dtype=torch.long)}, "expected [2, E]"),
-    ({"pos": torch.full((5, 3), float("nan"))}, "'pos' contains NaN or inf"),
-    ({"y": torch.tensor([1.0, float("inf"), 0.0])}, "'y' contains NaN or inf"),
-    ({"y": torch.zeros(2)}, "'y' has shape (2,)"),
-    ({"mass": torch.zeros(5)}, "masses must be positive"),
-])
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"pos": None}, "missing key(s) ['pos']"),
+        ({"pos": torch.zeros(5, 2)}, "'pos' has shape (5, 2), expected [5, 3]"),
+        ({"mass": torch.ones(4)}, "'mass' has shape (4,), expected [5]"),
+        ({"x": torch.zeros(5)}, "'x' has shape (5,)"),
+        ({"edge_index": torch.tensor([[0, 1], [1, 9]])}, "refers to node 9"),
+        ({"edge_index": torch.zeros(3, 4, dtype=torch.long)}, "expected [2, E]"),
+        ({"pos": torch.full((5, 3), float("nan"))}, "'pos' contains NaN or inf"),
+        ({"y": torch.tensor([1.0, float("inf"), 0.0])}, "'y' contains NaN or inf"),
+        ({"y": torch.zeros(2)}, "'y' has shape (2,)"),
+        ({"mass": torch.zeros(5)}, "masses must be positive"),
+    ],
+)
 def test_validation_names_file_and_problem(tmp_path, changes, needle):
     path = tmp_path / "graph_x.pt"
     with pytest.raises(GraphFileError) as err:
@@ -107,7 +110,11 @@ def test_invalid_files_are_skipped_and_reported(tiny_data, caplog):
     torch.save(_raw(x=torch.zeros(5, 7)), tiny_data / "graph_00003.pt")  # odd feature width
     with caplog.at_level(logging.DEBUG, logger="trainyard"):
         ds = load_dataset(tiny_data, debug=True)
-    assert len(ds) == 37 and {p.name for p, _ in ds.failed} == {"graph_00001.pt", "graph_00002.pt", "graph_00003.pt"}
+    assert len(ds) == 37 and {p.name for p, _ in ds.failed} == {
+        "graph_00001.pt",
+        "graph_00002.pt",
+        "graph_00003.pt",
+    }
     text = caplog.text
     assert "3 of 40 graph files are invalid" in text and "contains NaN" in text and "7 features" in text
     assert "load graph_00002.pt: FAILED" in text and "load graph_00004.pt: ok" in text  # per-file in debug
@@ -153,9 +160,19 @@ def _batch_contents(loader):
 def test_loader_settings(tiny_data):
     graphs = load_dataset(tiny_data).graphs
     # the seed's settings, with worker processes
-    train = make_loader(graphs, batch_size=8, train=True, seed=0, num_workers=2, prefetch_factor=4,
-                        device=torch.device("cpu"), worker_type="process")
-    assert train.drop_last and train.persistent_workers and train.prefetch_factor == 4 and not train.pin_memory
+    train = make_loader(
+        graphs,
+        batch_size=8,
+        train=True,
+        seed=0,
+        num_workers=2,
+        prefetch_factor=4,
+        device=torch.device("cpu"),
+        worker_type="process",
+    )
+    assert (
+        train.drop_last and train.persistent_workers and train.prefetch_factor == 4 and not train.pin_memory
+    )
     assert train.num_workers == 2
     val = make_loader(graphs[:10], batch_size=8, train=False, seed=0)
     assert not val.drop_last and val.num_workers == 0 and [b.num_graphs for b in val] == [8, 2]

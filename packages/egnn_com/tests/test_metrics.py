@@ -13,8 +13,16 @@ def test_metrics_hand_computed():
     target = torch.tensor([[0.0, 2.0, 1.0], [1.0, -3.0, 0.0]])
     # errors: [[1, 0, 2], [-1, 3, 0]]
     m = RegressionMetrics().update(pred, target)
-    assert m["mae_x"] == pytest.approx(1.0) and m["mae_y"] == pytest.approx(1.5) and m["mae_z"] == pytest.approx(1.0)
-    assert m["mse_x"] == pytest.approx(1.0) and m["mse_y"] == pytest.approx(4.5) and m["mse_z"] == pytest.approx(2.0)
+    assert (
+        m["mae_x"] == pytest.approx(1.0)
+        and m["mae_y"] == pytest.approx(1.5)
+        and m["mae_z"] == pytest.approx(1.0)
+    )
+    assert (
+        m["mse_x"] == pytest.approx(1.0)
+        and m["mse_y"] == pytest.approx(4.5)
+        and m["mse_z"] == pytest.approx(2.0)
+    )
     assert m["mae"] == pytest.approx(7 / 6) and m["mse"] == pytest.approx(15 / 6) and m["loss"] == m["mae"]
     assert mae_loss(pred, target).item() == pytest.approx(7 / 6)
 

@@ -71,7 +71,9 @@ def test_split_first_edge_layer_equals_the_papers_concatenated_layer(batch):
     layer = EGNNLayer(8)
     h = torch.randn(batch.num_nodes, 8)
     dst, src = batch.edge_index[1], batch.edge_index[0]  # PyG flow: messages go source -> target
-    weight = torch.cat([layer.edge_dst.weight, layer.edge_src.weight, layer.edge_dist[:, None]], dim=1)  # [8, 17]
+    weight = torch.cat(
+        [layer.edge_dst.weight, layer.edge_src.weight, layer.edge_dist[:, None]], dim=1
+    )  # [8, 17]
     d2 = (batch.pos[dst] - batch.pos[src]).pow(2).sum(-1, keepdim=True)
     paper = layer.edge_mlp(torch.cat([h[dst], h[src], d2], dim=-1) @ weight.T + layer.edge_dst.bias)  # [E, 8]
     with torch.no_grad():
@@ -82,7 +84,9 @@ def test_split_first_edge_layer_equals_the_papers_concatenated_layer(batch):
 def test_egnn_predicts_convex_combination_of_positions(batch):
     model = build_model(_cfg("egnn", num_layers=1), batch.num_node_features).eval()
     for layer in model.layers:
-        torch.nn.init.zeros_(layer.coord_mlp[-1].weight)  # no coordinate update: output = weighted mean of input
+        torch.nn.init.zeros_(
+            layer.coord_mlp[-1].weight
+        )  # no coordinate update: output = weighted mean of input
     with torch.no_grad():
         pred = model(batch)
     for g in range(batch.num_graphs):

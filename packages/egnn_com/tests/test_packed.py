@@ -14,8 +14,12 @@ def random_graphs(count: int, *, with_y: bool, seed: int = 0) -> list[Data]:
     for _ in range(count):
         n = int(torch.randint(1, 12, (1,), generator=gen))
         e = int(torch.randint(0, 30, (1,), generator=gen))  # includes edgeless graphs
-        g = Data(x=torch.randn(n, 5, generator=gen), pos=torch.randn(n, 3, generator=gen),
-                 edge_index=torch.randint(0, n, (2, e), generator=gen), mass=torch.rand(n, generator=gen) + 0.1)
+        g = Data(
+            x=torch.randn(n, 5, generator=gen),
+            pos=torch.randn(n, 3, generator=gen),
+            edge_index=torch.randint(0, n, (2, e), generator=gen),
+            mass=torch.rand(n, generator=gen) + 0.1,
+        )
         if with_y:
             g.y = torch.randn(1, 3, generator=gen)
         graphs.append(g)

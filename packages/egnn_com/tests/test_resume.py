@@ -16,8 +16,16 @@ from egnn_com.pipeline import run_training
 from egnn_com.resume import load_resume_state
 
 # 32 train graphs / batch 8 = 4 steps per epoch, 3 epochs = 12 steps
-BASE = ["data.batch_size=8", "data.num_workers=0", "model.hidden_dim=16", "model.num_layers=2",
-        "logging.tensorboard=false", "train.max_epochs=3", "optim.lr=0.01", "optim.schedule.patience=0"]
+BASE = [
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "model.hidden_dim=16",
+    "model.num_layers=2",
+    "logging.tensorboard=false",
+    "train.max_epochs=3",
+    "optim.lr=0.01",
+    "optim.schedule.patience=0",
+]
 
 
 def cfg_for(tmp_path, data, name, model, *extra):
@@ -66,15 +74,20 @@ def test_crash_after_periodic_checkpoint_then_cli_resume_is_exact(tmp_path, tiny
 
     with pytest.raises(StopTraining):
         # the interrupted run loads in a background thread, the reference in the main process: same batches
-        run_training(cfg_for(tmp_path, tiny_data, "run", "gcn", "train.save_every_n_steps=5", "data.num_workers=2"),
-                     stop_hook=crash)
+        run_training(
+            cfg_for(tmp_path, tiny_data, "run", "gcn", "train.save_every_n_steps=5", "data.num_workers=2"),
+            stop_hook=crash,
+        )
     ckpt = tmp_path / "run" / "checkpoints" / "last-step.ckpt"
     assert load_checkpoint(ckpt)["global_step"] == 5
     # resume through the CLI: the checkpoint's config is the base, nothing else needs repeating
     run_cli(train_cli.main, ["--ckpt_path", str(ckpt)])
     resumed_history = tmp_path / "run" / "metrics_history.json"
     assert metric_values(reference.history) == metric_values(resumed_history)
-    ref_state, res_state = final_state(reference), load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    ref_state, res_state = (
+        final_state(reference),
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+    )
     for key, value in ref_state["model"].items():
         assert torch.equal(torch.from_numpy(value), torch.from_numpy(res_state["model"][key])), key
 

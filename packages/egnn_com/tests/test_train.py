@@ -17,8 +17,15 @@ from egnn_com import train as train_cli
 from egnn_com.config import EgnnComConfig
 from egnn_com.pipeline import run_training
 
-TINY = ["data.batch_size=8", "data.num_workers=0", "model.hidden_dim=16", "model.num_layers=2",
-        "logging.tensorboard=false", "train.save_every_n_steps=0", "optim.lr=0.01"]
+TINY = [
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "model.hidden_dim=16",
+    "model.num_layers=2",
+    "logging.tensorboard=false",
+    "train.save_every_n_steps=0",
+    "optim.lr=0.01",
+]
 
 
 def tiny_cfg(tmp_path, data, *overrides):
@@ -28,8 +35,10 @@ def tiny_cfg(tmp_path, data, *overrides):
 
 
 def history(path):
-    return {name: [(p["step"], p["value"]) for p in points]
-            for name, points in json.loads(path.read_text())["metrics"].items()}
+    return {
+        name: [(p["step"], p["value"]) for p in points]
+        for name, points in json.loads(path.read_text())["metrics"].items()
+    }
 
 
 def test_egnn_loss_falls_and_checkpoints_follow_the_seed(tmp_path, tiny_data):
@@ -56,8 +65,13 @@ def test_egnn_loss_falls_and_checkpoints_follow_the_seed(tmp_path, tiny_data):
 
 
 def test_plateau_schedule_halves_lr(tmp_path, tiny_data):
-    cfg = tiny_cfg(tmp_path, tiny_data, "train.max_epochs=3", "optim.schedule.patience=0",
-                   "optim.schedule.threshold=10.0")  # no epoch can improve by 1000%: reduce every epoch
+    cfg = tiny_cfg(
+        tmp_path,
+        tiny_data,
+        "train.max_epochs=3",
+        "optim.schedule.patience=0",
+        "optim.schedule.threshold=10.0",
+    )  # no epoch can improve by 1000%: reduce every epoch
     h = history(run_training(cfg).history)
     lrs = sorted({v for _, v in h["learning_rate"]}, reverse=True)
     assert lrs == pytest.approx([0.01, 0.005, 0.0025])
@@ -72,18 +86,42 @@ def test_fast_dev_run_writes_nothing(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16"])
 def test_bf16_precisions_run_on_cpu(tmp_path, tiny_data, precision):
-    out = run_training(tiny_cfg(tmp_path, tiny_data, f"train.precision={precision}", "train.fast_dev_run=2",
-                                "model.name=egnn", "train.device=cpu"))
+    out = run_training(
+        tiny_cfg(
+            tmp_path,
+            tiny_data,
+            f"train.precision={precision}",
+            "train.fast_dev_run=2",
+            "model.name=egnn",
+            "train.device=cpu",
+        )
+    )
     assert torch.isfinite(torch.tensor(out.fit.metrics["val_loss"]))
 
 
 def test_16_mixed_is_refused_clearly_on_cpu(tmp_path, tiny_data, capsys):
-    cfg = tiny_cfg(tmp_path, tiny_data, "train.precision=16-mixed", "train.device=cpu", "train.fast_dev_run=1")
+    cfg = tiny_cfg(
+        tmp_path, tiny_data, "train.precision=16-mixed", "train.device=cpu", "train.fast_dev_run=1"
+    )
     with pytest.raises(DeviceError, match="16-mixed"):
         run_training(cfg)
     with pytest.raises(SystemExit) as exc:  # the seed's production line, on a CPU-only machine
-        run_cli(train_cli.main, ["--precision", "16-mixed", "--use_wandb", "--max_epochs", "200", "--data_dir",
-                                 str(tiny_data), "--device", "cpu", "--output_dir", str(tmp_path / "p")])
+        run_cli(
+            train_cli.main,
+            [
+                "--precision",
+                "16-mixed",
+                "--use_wandb",
+                "--max_epochs",
+                "200",
+                "--data_dir",
+                str(tiny_data),
+                "--device",
+                "cpu",
+                "--output_dir",
+                str(tmp_path / "p"),
+            ],
+        )
     assert exc.value.code == 2 and not (tmp_path / "p").exists()  # refused before any folder is made
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bf16-mixed" in err and "Traceback" not in err
@@ -93,17 +131,35 @@ def test_seed_command_lines_both_spellings(tmp_path, tiny_data, capsys, monkeypa
     monkeypatch.chdir(tmp_path)
     small = ["--num_workers", "0", "--hidden_dim", "16", "--num_layers", "2"]
     run_cli(train_cli.main, ["--fast_dev_run", "3", "--debug", "--data_dir", str(tiny_data), *small])
-    run_cli(train_cli.main, ["--fast-dev-run", "2", "--data-dir", str(tiny_data), "--num-workers", "0",
-                             "--batch-size", "8"])
+    run_cli(
+        train_cli.main,
+        ["--fast-dev-run", "2", "--data-dir", str(tiny_data), "--num-workers", "0", "--batch-size", "8"],
+    )
     assert not (tmp_path / "runs").exists()  # fast_dev_run: no run folder
     err = capsys.readouterr().err
     assert "startup phases:" in err and "dataset_loading" in err and "model_compilation" in err
     assert "load graph_00000.pt: ok" in err and "parameters" in err and "batch_size=16 num_workers=0" in err
     assert "library imports" in err and "batch 1: data" in err
     # the seed's custom-configuration line (one short epoch)
-    run_cli(train_cli.main, ["--data_dir", str(tiny_data), "--checkpoint_dir", "experiments/run_1",
-                             "--batch_size", "32", "--hidden_dim", "256", "--wandb_name", "large_model_experiment",
-                             "--num_workers", "0", "train.max_epochs=1", "logging.tensorboard=false"])
+    run_cli(
+        train_cli.main,
+        [
+            "--data_dir",
+            str(tiny_data),
+            "--checkpoint_dir",
+            "experiments/run_1",
+            "--batch_size",
+            "32",
+            "--hidden_dim",
+            "256",
+            "--wandb_name",
+            "large_model_experiment",
+            "--num_workers",
+            "0",
+            "train.max_epochs=1",
+            "logging.tensorboard=false",
+        ],
+    )
     names = [p.name for p in (tmp_path / "experiments" / "run_1").iterdir()]
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not (run_dir / "checkpoints").exists() and (run_dir / "metrics_history.json").exists()
@@ -112,11 +168,16 @@ def test_seed_command_lines_both_spellings(tmp_path, tiny_data, capsys, monkeypa
 
 def test_print_config_and_bad_input(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run_cli(train_cli.main, ["--print_config", "--model", "egnn", "--lr", "1e-3", "optim.schedule.patience=3"])
+    run_cli(
+        train_cli.main, ["--print_config", "--model", "egnn", "--lr", "1e-3", "optim.schedule.patience=3"]
+    )
     out = capsys.readouterr().out
     assert "name: egnn" in out and "patience: 3" in out and "factor: 0.5" in out
-    for args, needle in [(["optim.lrr=1"], "optim.lr"), (["--data_dir", str(tmp_path / "nope")], "does not exist"),
-                         (["stray"], "unexpected argument")]:
+    for args, needle in [
+        (["optim.lrr=1"], "optim.lr"),
+        (["--data_dir", str(tmp_path / "nope")], "does not exist"),
+        (["stray"], "unexpected argument"),
+    ]:
         with pytest.raises(SystemExit) as exc:
             run_cli(train_cli.main, args)
         assert exc.value.code == 2 and needle in capsys.readouterr().err
@@ -126,7 +187,7 @@ def test_print_config_and_bad_input(tmp_path, capsys, monkeypatch):
 def test_wandb_tags_like_the_seed(capsys):
     run_cli(train_cli.main, ["--print_config", "--wandb_tags", "tag1", "tag2", "--wandb_name", "x"])
     out = capsys.readouterr().out
-    tags = out[out.index("wandb_tags:"):].splitlines()[1:3]
+    tags = out[out.index("wandb_tags:") :].splitlines()[1:3]
     assert [t.strip() for t in tags] == ["- tag1", "- tag2"]
 
 
@@ -190,8 +251,14 @@ def test_tensorboard_events_hold_the_epoch_metrics(tmp_path, tiny_data):
 def test_wandb_offline_run(tmp_path, tiny_data, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = tiny_cfg(tmp_path, tiny_data, "logging.use_wandb=true", "train.max_epochs=1",
-                   "logging.wandb_name=tiny", "logging.wandb_tags=[a,b]")
+    cfg = tiny_cfg(
+        tmp_path,
+        tiny_data,
+        "logging.use_wandb=true",
+        "train.max_epochs=1",
+        "logging.wandb_name=tiny",
+        "logging.wandb_tags=[a,b]",
+    )
     out = run_training(cfg)
     assert list((out.run_dir / "wandb").glob("offline-run-*"))
 

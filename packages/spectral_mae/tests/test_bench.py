@@ -9,8 +9,26 @@ from spectral_mae.bench import main
 
 def test_bench_times_each_decoder_and_counts_fewer_flops_for_divided(tmp_path):
     out = tmp_path / "bench.json"
-    main.main(["--models", "mae_tiny", "--img-size", "50", "--batch-size", "1", "--steps", "1", "--warmup", "1",
-               "--no-yardstick", "--device", "cpu", "--json", str(out)], standalone_mode=False)
+    main.main(
+        [
+            "--models",
+            "mae_tiny",
+            "--img-size",
+            "50",
+            "--batch-size",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--no-yardstick",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        standalone_mode=False,
+    )
     rows = {r["model"]: r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {"mae_tiny (divided)", "mae_tiny (joint)"}
     assert all(r["tokens"] == 6 * 2 * 2 and r["gflop_per_sample"] > 0 for r in rows.values())

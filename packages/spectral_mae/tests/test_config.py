@@ -31,7 +31,9 @@ def test_schema_defaults_equal_the_default_group_files():
 
 def test_bundled_config_composes_defaults_and_its_own_values():
     cfg = config_module.load()
-    assert cfg.model.name == "mae_medium" and cfg.hparams.batch_size == 6 and cfg.general.device_ids == [0, 1, 2]
+    assert (
+        cfg.model.name == "mae_medium" and cfg.hparams.batch_size == 6 and cfg.general.device_ids == [0, 1, 2]
+    )
     assert cfg.scheduler.name == "cosine" and cfg.loss.sam_weight == 0.1
 
 
@@ -39,21 +41,34 @@ def test_bundled_config_composes_defaults_and_its_own_values():
 def test_model_group_selects_each_variant(name):
     cfg = config_module.load(overrides=[f"model={name}"])
     arch = VARIANTS[name]
-    assert (cfg.model.name, cfg.model.embed_dim, cfg.model.encoder_depth) == (name, arch.embed_dim, arch.encoder_depth)
+    assert (cfg.model.name, cfg.model.embed_dim, cfg.model.encoder_depth) == (
+        name,
+        arch.embed_dim,
+        arch.encoder_depth,
+    )
 
 
 def test_seed_overrides():
-    cfg = config_module.load(overrides=["model=mae_large", "hparams.batch_size=4", "general.use_amp=true",
-                                        'mlflow.tags.version="v1.0"', "general.experiment_name=custom_experiment",
-                                        "optimizer.lr=1e-3", "hparams.epochs=100"])
+    cfg = config_module.load(
+        overrides=[
+            "model=mae_large",
+            "hparams.batch_size=4",
+            "general.use_amp=true",
+            'mlflow.tags.version="v1.0"',
+            "general.experiment_name=custom_experiment",
+            "optimizer.lr=1e-3",
+            "hparams.epochs=100",
+        ]
+    )
     assert cfg.model.name == "mae_large" and cfg.hparams.batch_size == 4 and cfg.general.use_amp is True
     assert cfg.mlflow.tags == {"version": "v1.0"} and cfg.general.experiment_name == "custom_experiment"
     assert cfg.optimizer.lr == 1e-3 and cfg.hparams.epochs == 100
 
 
 def test_cfg_job_prints_resolved_config_and_exits(tmp_path):
-    result = CliRunner().invoke(main, ["--cfg", "job", "model=mae_tiny", "hparams.batch_size=16",
-                                       "--output-dir", str(tmp_path / "x")])
+    result = CliRunner().invoke(
+        main, ["--cfg", "job", "model=mae_tiny", "hparams.batch_size=16", "--output-dir", str(tmp_path / "x")]
+    )
     assert result.exit_code == 0, result.output
     printed = yaml.safe_load(result.output)
     assert printed["model"]["name"] == "mae_tiny" and printed["hparams"]["batch_size"] == 16
@@ -61,21 +76,27 @@ def test_cfg_job_prints_resolved_config_and_exits(tmp_path):
     assert not (tmp_path / "x").exists()  # nothing trained, nothing written
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("hparams.batchsize=4", "batch_size"),  # unknown key: names the closest valid one
-    ("hparams.batch_size=many", "hparams.batch_size"),  # uncoercible value
-    ("model=mae_gigantic", "mae_tiny"),  # unknown group choice lists the valid ones
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("hparams.batchsize=4", "batch_size"),  # unknown key: names the closest valid one
+        ("hparams.batch_size=many", "hparams.batch_size"),  # uncoercible value
+        ("model=mae_gigantic", "mae_tiny"),  # unknown group choice lists the valid ones
+    ],
+)
 def test_bad_overrides_fail_clearly(override, fragment):
     with pytest.raises(ConfigError, match=fragment):
         config_module.load(overrides=[override])
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("model.mask_ratio=1.5", "mask_ratio"),
-    ("model.img_size=510", "divisible"),
-    ("hparams.batch_size=0", "batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.mask_ratio=1.5", "mask_ratio"),
+        ("model.img_size=510", "divisible"),
+        ("hparams.batch_size=0", "batch_size"),
+    ],
+)
 def test_bad_values_fail_clearly(override, fragment):
     with pytest.raises(ConfigError, match=fragment):
         check_config(config_module.load(overrides=[override]))

@@ -43,7 +43,11 @@ def test_generator_is_deterministic_and_structured(tiny_data):
 def test_dataset_items_normalised_with_noise_and_rgb(tiny_data):
     ds = dataset(tiny_data, num_tokens=32, load_rgb=True)
     item = ds[(0, 1)]
-    assert item["cube"].shape == (10, 20, 20) and item["noise"].shape == (32,) and item["rgb"].shape == (20, 20, 3)
+    assert (
+        item["cube"].shape == (10, 20, 20)
+        and item["noise"].shape == (32,)
+        and item["rgb"].shape == (20, 20, 3)
+    )
     all_train = torch.stack([ds[i]["cube"] for i in range(len(ds))])
     assert abs(all_train.mean().item()) < 0.05 and abs(all_train.std().item() - 1) < 0.05
     # same (epoch, index) -> same sample; another epoch -> another mask noise
@@ -81,12 +85,15 @@ def _write_cube(path, cube):
         f.create_dataset("cube", data=cube)
 
 
-@pytest.mark.parametrize("problem, fragment", [
-    ("missing", "does not exist"),
-    ("bands", "10 bands"),
-    ("nan", "NaN"),
-    ("indivisible", "not divisible"),
-])
+@pytest.mark.parametrize(
+    "problem, fragment",
+    [
+        ("missing", "does not exist"),
+        ("bands", "10 bands"),
+        ("nan", "NaN"),
+        ("indivisible", "not divisible"),
+    ],
+)
 def test_validation_names_the_bad_file(tmp_path, problem, fragment):
     cube = np.random.default_rng(0).random((10, 20, 20), dtype=np.float32)
     bad = tmp_path / "bad.h5"
@@ -116,11 +123,13 @@ def test_missing_stats_file_explains_the_command(tmp_path):
 def test_sampler_ranks_share_the_single_process_global_batches():
     n, per_rank, world = 11, 2, 2
     single = list(EpochSampler(n, batch_size=per_rank * world, seed=3))
-    ranks = [list(EpochSampler(n, batch_size=per_rank, seed=3, num_replicas=world, rank=r)) for r in range(world)]
+    ranks = [
+        list(EpochSampler(n, batch_size=per_rank, seed=3, num_replicas=world, rank=r)) for r in range(world)
+    ]
     assert len(single) == 8 and all(len(r) == 4 for r in ranks)  # drop_last: 2 global batches of 4
     for batch in range(2):
-        global_batch = {i for _, i in single[batch * 4:(batch + 1) * 4]}
-        union = {i for r in ranks for _, i in r[batch * per_rank:(batch + 1) * per_rank]}
+        global_batch = {i for _, i in single[batch * 4 : (batch + 1) * 4]}
+        union = {i for r in ranks for _, i in r[batch * per_rank : (batch + 1) * per_rank]}
         assert union == global_batch
     resumed = EpochSampler(n, batch_size=4, seed=3)
     resumed.set_start_batch(1)

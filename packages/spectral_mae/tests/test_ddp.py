@@ -19,21 +19,43 @@ from spectral_mae.trainer import train
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(override_factory, tmp_path,
-                                                                       assert_weights_close):
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
+    override_factory, tmp_path, assert_weights_close
+):
     # 6 train samples: global batch 4 -> one step per epoch, two epochs; val has 2 samples (1 per rank).
-    overrides = override_factory(tmp_path, "hparams.epochs=2", "scheduler.warmup_steps=1", "optimizer.lr=3e-3")
+    overrides = override_factory(
+        tmp_path, "hparams.epochs=2", "scheduler.warmup_steps=1", "optimizer.lr=3e-3"
+    )
     single_cfg = config_module.load("config", overrides=[*overrides, "hparams.batch_size=4"])
-    train(single_cfg, RunFolder(tmp_path / "single"), device=torch.device("cpu"),
-          logger=logging.getLogger("spectral_mae_test"))
+    train(
+        single_cfg,
+        RunFolder(tmp_path / "single"),
+        device=torch.device("cpu"),
+        logger=logging.getLogger("spectral_mae_test"),
+    )
 
     ddp_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "spectral_mae.train_ddp", "--device", "cpu", *overrides, "hparams.batch_size=2",
-         f"general.run_dir={ddp_dir}"],
-        capture_output=True, text=True, timeout=600, env=env)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "spectral_mae.train_ddp",
+            "--device",
+            "cpu",
+            *overrides,
+            "hparams.batch_size=2",
+            f"general.run_dir={ddp_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     single = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.ckpt")
@@ -41,8 +63,10 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(overrid
     assert single["global_step"] == ddp["global_step"] == 2
     assert_weights_close(single["model"], ddp["model"], rtol=1e-4, atol=1e-6, lr=3e-3)
     # Only rank 0 wrote: one history, whose all-reduced validation metrics match the single process.
-    hist = {name: json.loads((folder / "metrics_history.json").read_text())["metrics"]
-            for name, folder in (("single", tmp_path / "single"), ("ddp", ddp_dir))}
+    hist = {
+        name: json.loads((folder / "metrics_history.json").read_text())["metrics"]
+        for name, folder in (("single", tmp_path / "single"), ("ddp", ddp_dir))
+    }
     for key in ("val/loss", "val/psnr", "val/ssim", "train_epoch/loss"):
         a = [e["value"] for e in hist["single"][key]]
         b = [e["value"] for e in hist["ddp"][key]]

@@ -24,12 +24,16 @@ def test_evaluate_model_dataloader_writes_metrics_and_figures(make_config, tmp_p
     cfg = make_config()
     model = build_model_from_config(cfg)
     dataset = build_dataset(cfg, "val", augment=False)
-    loader = DataLoader(dataset, batch_size=2, sampler=EpochSampler(len(dataset), batch_size=2, seed=0,
-                                                                    shuffle=False, drop_last=False))
+    loader = DataLoader(
+        dataset,
+        batch_size=2,
+        sampler=EpochSampler(len(dataset), batch_size=2, seed=0, shuffle=False, drop_last=False),
+    )
     out = tmp_path / "eval"
     denorm = Denormalizer(dataset, torch.device("cpu"))
-    metrics = evaluate_model_dataloader(model, loader, out, loss_fn=build_loss_from_config(cfg), denorm=denorm,
-                                        nb_to_plot=2, dpi=40)
+    metrics = evaluate_model_dataloader(
+        model, loader, out, loss_fn=build_loss_from_config(cfg), denorm=denorm, nb_to_plot=2, dpi=40
+    )
     assert set(metrics) >= {"loss", "mse", "sam", "recon_mse", "sam_deg", "psnr", "ssim"}
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
     for kind in ("rgb_reconstruction", "mse_per_wavelength", "spectral_comparison"):
@@ -41,21 +45,43 @@ def test_evaluate_model_dataloader_writes_metrics_and_figures(make_config, tmp_p
 
 def test_evaluate_cli_on_a_trained_checkpoint(make_config, tmp_path):
     cfg = make_config("hparams.epochs=1")
-    result = train(cfg, RunFolder(tmp_path / "run"), device=torch.device("cpu"), logger=logging.getLogger("t"))
+    result = train(
+        cfg, RunFolder(tmp_path / "run"), device=torch.device("cpu"), logger=logging.getLogger("t")
+    )
     out = tmp_path / "cli_eval"
-    cli = CliRunner().invoke(evaluate_main, [str(result.best_checkpoint), "--output-dir", str(out),
-                                             "--device", "cpu"])
+    cli = CliRunner().invoke(
+        evaluate_main, [str(result.best_checkpoint), "--output-dir", str(out), "--device", "cpu"]
+    )
     assert cli.exit_code == 0, cli.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["loss"] == pytest.approx(result.last_val["val/loss"])
 
 
 def test_bench_counts_the_training_step_flops():
-    model = build_model(img_size=20, patch_size=(5, 5), in_chans=10, embed_dim=32, encoder_depth=1,
-                        encoder_num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
-    r = bench_model("tiny", model, batch_size=2, steps=1, warmup=1, device=torch.device("cpu"), peak_gflops=10.0,
-                    amp=False)
+    model = build_model(
+        img_size=20,
+        patch_size=(5, 5),
+        in_chans=10,
+        embed_dim=32,
+        encoder_depth=1,
+        encoder_num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    r = bench_model(
+        "tiny",
+        model,
+        batch_size=2,
+        steps=1,
+        warmup=1,
+        device=torch.device("cpu"),
+        peak_gflops=10.0,
+        amp=False,
+    )
     # Forward matmul FLOPs of the patch embedding alone: 2 * visible tokens * 125 * 32; fwd+bwd is ~3x that.
     visible = int(32 * (1 - model.mask_ratio))
     assert r.gflop_per_sample * 1e9 > 3 * 2 * visible * 125 * 32
-    assert r.samples_per_s > 0 and r.tokens == 32 and r.share_of_peak == pytest.approx(r.achieved_gflops / 10.0)
+    assert (
+        r.samples_per_s > 0 and r.tokens == 32 and r.share_of_peak == pytest.approx(r.achieved_gflops / 10.0)
+    )

@@ -16,8 +16,17 @@ def make_loss(**weights):
 
 
 def test_pixel_spectra_match_unpatchify():
-    model = build_model(img_size=4, patch_size=(2, 2), in_chans=4, embed_dim=8, encoder_depth=1,
-                        encoder_num_heads=1, decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=1)
+    model = build_model(
+        img_size=4,
+        patch_size=(2, 2),
+        in_chans=4,
+        embed_dim=8,
+        encoder_depth=1,
+        encoder_num_heads=1,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=1,
+    )
     imgs = torch.randn(2, 4, 4, 4)
     spectra = tokens_to_pixel_spectra(model.patchify(imgs), model.groups, model.t)  # (B, N, C)
     assert torch.equal(spectra.sort(1).values, imgs.flatten(2).transpose(1, 2).sort(1).values)
@@ -42,8 +51,9 @@ def test_sam_is_the_angle_of_the_mixed_spectrum():
     parts = make_loss()(pred, target, mask)
     # angle between [0, 1] and [1, 1] is 45 degrees
     assert parts["sam"].item() == pytest.approx(math.pi / 4, abs=1e-4)
-    assert spectral_angle(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])).item() == pytest.approx(math.pi / 2,
-                                                                                                        abs=1e-3)
+    assert spectral_angle(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])).item() == pytest.approx(
+        math.pi / 2, abs=1e-3
+    )
 
 
 def test_variance_and_range_penalty():
@@ -82,8 +92,10 @@ def reference_parts(pred, target, mask, groups, bands_per_token):
     pass-saving formulation in MAESpectralLoss."""
     hidden = mask.sum()
     mixed = torch.where(mask.bool().unsqueeze(-1), pred, target)
-    angles = spectral_angle(tokens_to_pixel_spectra(mixed, groups, bands_per_token),
-                            tokens_to_pixel_spectra(target, groups, bands_per_token))  # (B, N)
+    angles = spectral_angle(
+        tokens_to_pixel_spectra(mixed, groups, bands_per_token),
+        tokens_to_pixel_spectra(target, groups, bands_per_token),
+    )  # (B, N)
     b, length = mask.shape
     pixels_per_site = angles.shape[1] // (length // groups)
     counted = mask.reshape(b, groups, -1).amax(1).repeat_interleave(pixels_per_site, dim=1)
@@ -122,8 +134,9 @@ def test_every_part_has_the_numerical_gradient(spread):
     target = torch.randn(2, groups * sites, bands * pixels, dtype=torch.float64)
     pred = (0.5 * target + spread * torch.randn_like(target)).requires_grad_(True)
     mask = torch.tensor([[1.0, 0, 1, 0, 1, 1], [0, 1, 1, 1, 0, 0]], dtype=torch.float64)
-    loss = MAESpectralLoss(groups, bands, mse_weight=1.0, sam_weight=0.5, variance_weight=0.3,
-                           range_penalty_weight=0.2)
+    loss = MAESpectralLoss(
+        groups, bands, mse_weight=1.0, sam_weight=0.5, variance_weight=0.3, range_penalty_weight=0.2
+    )
     assert (loss(pred, target, mask)["range_penalty"] > 0).item() == (spread > 0)
 
     def parts(p):

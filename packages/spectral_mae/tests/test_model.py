@@ -10,8 +10,18 @@ from spectral_mae.model import DECODER_ATTENTION, TABLE_PARAMS, VARIANTS, build_
 
 
 def small_model(**kw):
-    args = dict(img_size=20, patch_size=(5, 5), in_chans=10, embed_dim=32, encoder_depth=1, encoder_num_heads=2,
-                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, mask_ratio=0.75)
+    args = dict(
+        img_size=20,
+        patch_size=(5, 5),
+        in_chans=10,
+        embed_dim=32,
+        encoder_depth=1,
+        encoder_num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        mask_ratio=0.75,
+    )
     return build_model(**{**args, **kw})
 
 
@@ -76,9 +86,13 @@ def test_variant_parameter_count_matches_table_order_of_magnitude(name, decoder_
     with torch.device("meta"):  # no memory for the 600M-parameter variant
         model = build_model(name, decoder_attention=decoder_attention)
     ratio = count_parameters(model) / TABLE_PARAMS[name]
-    assert 0.5 < ratio < 2.0, f"{name}: {count_parameters(model):,} parameters vs table {TABLE_PARAMS[name]:,.0f}"
+    assert 0.5 < ratio < 2.0, (
+        f"{name}: {count_parameters(model):,} parameters vs table {TABLE_PARAMS[name]:,.0f}"
+    )
     arch = VARIANTS[name]
-    assert len(model.blocks) == arch.encoder_depth and model.blocks[0].attn.num_heads == arch.encoder_num_heads
+    assert (
+        len(model.blocks) == arch.encoder_depth and model.blocks[0].attn.num_heads == arch.encoder_num_heads
+    )
     assert len(model.decoder_blocks) == arch.decoder_depth
 
 
@@ -98,7 +112,9 @@ def test_divided_spectral_stage_mixes_groups_only_at_the_same_location():
     x = torch.randn(2, groups * locations, dim)  # (B, L, D) in (group, location) order
     changed = x.clone()
     changed[:, 1 * locations + 2] += torch.randn(dim)  # token (group 1, location 2)
-    moved = (block.spectral_stage(changed) - block.spectral_stage(x)).abs().amax(-1).reshape(2, groups, locations)
+    moved = (
+        (block.spectral_stage(changed) - block.spectral_stage(x)).abs().amax(-1).reshape(2, groups, locations)
+    )
     assert (moved[:, :, 2] > 1e-4).all()  # every group at location 2 sees the change...
     assert torch.equal(moved[:, :, [0, 1, 3, 4]], torch.zeros(2, groups, 4))  # ...and no other location does
     # The spatial stage then spreads it along each group's locations: the full block moves every token.
@@ -117,7 +133,9 @@ def test_divided_decoder_sees_visible_tokens_at_their_own_location():
     group, location = divmod(token, 16)
     row, col = divmod(location, 4)
     changed = imgs.clone()
-    changed[0, 5 * group:5 * group + 5, 5 * row:5 * row + 5, 5 * col:5 * col + 5] += torch.randn(5, 5, 5)  # its voxels
+    changed[0, 5 * group : 5 * group + 5, 5 * row : 5 * row + 5, 5 * col : 5 * col + 5] += torch.randn(
+        5, 5, 5
+    )  # its voxels
 
     outputs = []
     hook = model.decoder_blocks[0].attn_spectral.register_forward_hook(lambda m, i, o: outputs.append(o))

@@ -25,15 +25,25 @@ def run_training(cfg, folder, **kw):
 def history(folder):
     data = json.loads((folder / "metrics_history.json").read_text())["metrics"]
     # wall-clock figures differ between runs by nature; everything else must be identical
-    return {name: [(e["step"], e["value"]) for e in entries] for name, entries in data.items()
-            if not name.startswith("system/")}
+    return {
+        name: [(e["step"], e["value"]) for e in entries]
+        for name, entries in data.items()
+        if not name.startswith("system/")
+    }
 
 
 @pytest.mark.slow
 def test_short_run_loss_falls_writes_figures_and_mlflow(make_config, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = make_config("hparams.epochs=6", "hparams.valid_interval=3", "optimizer.lr=3e-3", "mlflow.enabled=true",
-                      "general.experiment_name=test_exp", "mlflow.tags.version=v1.0", "scheduler=constant")
+    cfg = make_config(
+        "hparams.epochs=6",
+        "hparams.valid_interval=3",
+        "optimizer.lr=3e-3",
+        "mlflow.enabled=true",
+        "general.experiment_name=test_exp",
+        "mlflow.tags.version=v1.0",
+        "scheduler=constant",
+    )
     run_dir = tmp_path / "run"
     result = run_training(cfg, run_dir)
     assert result.epochs_done == 6 and result.global_step == 18
@@ -67,16 +77,25 @@ def test_short_run_loss_falls_writes_figures_and_mlflow(make_config, tmp_path, m
 def easy_data(tmp_path_factory):
     """16 cubes of 20x20x10 mixed from 2 endmembers, no vessels: any visible spectral group of a location
     determines the hidden ones there (a pixel's spectrum is one abundance along a fixed line)."""
-    return write_dataset(tmp_path_factory.mktemp("easy_data"), SyntheticSpec(
-        num_images=16, size=20, bands=10, num_endmembers=2, num_vessels=0, val_fraction=0.25))
+    return write_dataset(
+        tmp_path_factory.mktemp("easy_data"),
+        SyntheticSpec(num_images=16, size=20, bands=10, num_endmembers=2, num_vessels=0, val_fraction=0.25),
+    )
 
 
 def test_short_run_beats_the_mean_predictor(config_factory, easy_data, tmp_path):
     # Catches a model that only learns the per-band mean (val MSE stuck at the zeros baseline), as the demo's
     # joint-attention decoder did: 96 steps on the easy set must get clearly below that baseline.
-    cfg = config_factory(tmp_path, f"dataset.csv_file={easy_data}", "model.decoder_embed_dim=32",
-                         "hparams.epochs=16", "hparams.valid_interval=4", "optimizer.lr=3e-3", "scheduler=constant",
-                         "show_prediction.enabled=false")
+    cfg = config_factory(
+        tmp_path,
+        f"dataset.csv_file={easy_data}",
+        "model.decoder_embed_dim=32",
+        "hparams.epochs=16",
+        "hparams.valid_interval=4",
+        "optimizer.lr=3e-3",
+        "scheduler=constant",
+        "show_prediction.enabled=false",
+    )
     run_training(cfg, tmp_path / "easy")
     hist = history(tmp_path / "easy")
     val_mse = [v for _, v in hist["val/mse"]]
@@ -86,7 +105,10 @@ def test_short_run_beats_the_mean_predictor(config_factory, easy_data, tmp_path)
 
 
 def assert_same_final_state(reference, other):
-    a, b = load_checkpoint(reference / "checkpoints" / "last.ckpt"), load_checkpoint(other / "checkpoints" / "last.ckpt")
+    a, b = (
+        load_checkpoint(reference / "checkpoints" / "last.ckpt"),
+        load_checkpoint(other / "checkpoints" / "last.ckpt"),
+    )
     for name in a["model"]:
         np.testing.assert_array_equal(a["model"][name], b["model"][name], err_msg=name)
     assert a["global_step"] == b["global_step"] and a["schedule"] == b["schedule"]
@@ -96,8 +118,12 @@ def assert_same_final_state(reference, other):
 @pytest.fixture(scope="module")
 def resume_cfg(config_factory, tmp_path_factory):
     # 6 train samples / batch 2 = 3 steps per epoch; augmentation on; a step checkpoint after every step.
-    return config_factory(tmp_path_factory.mktemp("unused"), "hparams.epochs=2", "general.checkpoint_every_n_steps=1",
-                          "scheduler.warmup_steps=2")
+    return config_factory(
+        tmp_path_factory.mktemp("unused"),
+        "hparams.epochs=2",
+        "general.checkpoint_every_n_steps=1",
+        "scheduler.warmup_steps=2",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +152,13 @@ def test_exact_resume_after_crash_from_periodic_checkpoint(resume_cfg, uninterru
 
 
 def test_overfit_batches_with_accumulation_and_bf16_autocast(make_config, tmp_path):
-    cfg = make_config("hparams.overfit_batches=2", "hparams.accumulate_grad_batches=2", "general.use_amp=true",
-                      "show_prediction.enabled=false", "early_stopping.enabled=true")
+    cfg = make_config(
+        "hparams.overfit_batches=2",
+        "hparams.accumulate_grad_batches=2",
+        "general.use_amp=true",
+        "show_prediction.enabled=false",
+        "early_stopping.enabled=true",
+    )
     result = run_training(cfg, tmp_path / "overfit")
     assert result.global_step == 2  # 2 batches per epoch, one optimizer step per 2 micro-batches, 2 epochs
     hist = history(tmp_path / "overfit")
@@ -145,7 +176,9 @@ def test_compiled_training_matches_eager(resume_cfg, uninterrupted, tmp_path, as
     assert eager.keys() == compiled.keys()
     for name in eager:
         assert [s for s, _ in compiled[name]] == [s for s, _ in eager[name]], name
-        assert [v for _, v in compiled[name]] == pytest.approx([v for _, v in eager[name]], rel=1e-3, abs=1e-5), name
+        assert [v for _, v in compiled[name]] == pytest.approx(
+            [v for _, v in eager[name]], rel=1e-3, abs=1e-5
+        ), name
     a = load_checkpoint(uninterrupted / "checkpoints" / "last.ckpt")["model"]
     b = load_checkpoint(folder / "checkpoints" / "last.ckpt")["model"]  # plain keys: no "_orig_mod." prefixes
     assert_weights_close(a, b, rtol=1e-3, atol=1e-5, lr=resume_cfg.optimizer.lr)

@@ -72,11 +72,17 @@ def bench_tile(cfg, data_dir: Path, tile: int, batch_size: int, device, steps: i
         fwd_s = _median_time(lambda: model(x), device, steps, warmup)
     model.train()
     mem = peak_memory_mb(device)
-    return {"tile": tile, "batch": batch_size, "train_tiles_per_s": batch_size / step_s,
-            "train_step_ms": 1000 * step_s, "forward_ms_per_batch": 1000 * fwd_s,
-            "train_gflop_per_tile": train_flops / batch_size / 1e9,
-            "forward_gflop_per_tile": fc_fwd.get_total_flops() / batch_size / 1e9,
-            "train_gflops_achieved": train_flops / step_s / 1e9, **{f"peak_{k}": v for k, v in mem.items()}}
+    return {
+        "tile": tile,
+        "batch": batch_size,
+        "train_tiles_per_s": batch_size / step_s,
+        "train_step_ms": 1000 * step_s,
+        "forward_ms_per_batch": 1000 * fwd_s,
+        "train_gflop_per_tile": train_flops / batch_size / 1e9,
+        "forward_gflop_per_tile": fc_fwd.get_total_flops() / batch_size / 1e9,
+        "train_gflops_achieved": train_flops / step_s / 1e9,
+        **{f"peak_{k}": v for k, v in mem.items()},
+    }
 
 
 def _trainer_steps(c, data_dir: Path, device, warmup: int) -> list[float]:
@@ -94,7 +100,9 @@ def _bare_steps(c, data_dir: Path, device, num_batches: int, warmup: int) -> lis
     opt = torch.optim.AdamW(model.parameters(), lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay)
     loss_fn = MultiTaskLoss(c.loss)
     ds = CabrucaTiles(load_split(data_dir / "train", c.data), c.data, seed=c.seed, train=True)
-    sampler = EpochBatchSampler(len(ds), c.data.batch_size, seed=c.seed, shuffle=True, num_batches=num_batches)
+    sampler = EpochBatchSampler(
+        len(ds), c.data.batch_size, seed=c.seed, shuffle=True, num_batches=num_batches
+    )
     times, last = [], time.perf_counter()
     for batch in make_loader(ds, c.data, sampler):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -111,12 +119,18 @@ def _bare_steps(c, data_dir: Path, device, num_batches: int, warmup: int) -> lis
     return times[warmup:]
 
 
-def bench_overhead(cfg, data_dir: Path, tile: int, batch_size: int, device, steps: int, warmup: int,
-                   rounds: int = 2) -> dict:
+def bench_overhead(
+    cfg, data_dir: Path, tile: int, batch_size: int, device, steps: int, warmup: int, rounds: int = 2
+) -> dict:
     """Median step time through Trainer.fit vs a bare loop over the same model init, data order and math.
     The two alternate `rounds` times so that load from other processes hits both alike."""
     c = cfg
-    c.data.data_dir, c.data.tile_size, c.data.tile_overlap, c.data.batch_size = str(data_dir), tile, 0, batch_size
+    c.data.data_dir, c.data.tile_size, c.data.tile_overlap, c.data.batch_size = (
+        str(data_dir),
+        tile,
+        0,
+        batch_size,
+    )
     c.data.num_workers, c.training.num_epochs = 0, 1
     c.training.max_steps_per_epoch, c.training.gradient_accumulation_steps = steps + warmup, 1
     c.training.save_every_n_steps, c.training.log_every_n_steps, c.training.compile = 0, 10, False
@@ -127,56 +141,94 @@ def bench_overhead(cfg, data_dir: Path, tile: int, batch_size: int, device, step
         loop_times += _trainer_steps(c, data_dir, device, warmup)
         bare_times += _bare_steps(c, data_dir, device, steps + warmup, warmup)
     t_loop, t_bare = statistics.median(loop_times), statistics.median(bare_times)
-    return {"tile": tile, "steps": len(loop_times), "trainer_step_ms": 1000 * t_loop, "bare_step_ms": 1000 * t_bare,
-            "overhead_ratio": t_loop / t_bare - 1.0}
+    return {
+        "tile": tile,
+        "steps": len(loop_times),
+        "trainer_step_ms": 1000 * t_loop,
+        "bare_step_ms": 1000 * t_bare,
+        "overhead_ratio": t_loop / t_bare - 1.0,
+    }
 
 
 @click.command()
-@click.option("--config", "config_source", default="training_config", show_default=True,
-              help="Config whose model is measured.")
+@click.option(
+    "--config",
+    "config_source",
+    default="training_config",
+    show_default=True,
+    help="Config whose model is measured.",
+)
 @click.option("--tile-sizes", default="256,512", show_default=True, help="Comma-separated tile sizes.")
 @click.option("--batch-size", default=2, show_default=True, help="Tiles per step.")
 @click.option("--steps", default=5, show_default=True, help="Timed steps per measurement (median).")
 @click.option("--warmup", default=2, show_default=True, help="Untimed warm-up steps.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-@click.option("--overhead-tile", default=128, show_default=True, help="Tile size of the trainer-overhead run.")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the figures as JSON.")
+@click.option(
+    "--overhead-tile", default=128, show_default=True, help="Tile size of the trainer-overhead run."
+)
+@click.option(
+    "--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the figures as JSON."
+)
 @click.argument("overrides", nargs=-1)
-def main(config_source, tile_sizes, batch_size, steps, warmup, device, threads, overhead_tile, json_out, overrides):
+def main(
+    config_source, tile_sizes, batch_size, steps, warmup, device, threads, overhead_tile, json_out, overrides
+):
     """Benchmark cabruca's model: speed, FLOPs, memory, matmul-peak share, trainer overhead."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch_device(device)
     sizes = [int(s) for s in tile_sizes.split(",") if s.strip()]
     cfg = config_mod.load(config_mod.resolve_source(config_source), overrides=overrides)
-    click.echo(f"device: {describe_device(dev)}; model {cfg.model.backbone} fpn {cfg.model.fpn_channels} "
-               f"heads {cfg.model.head_channels}; batch {batch_size}; medians of {steps} steps after {warmup}")
+    click.echo(
+        f"device: {describe_device(dev)}; model {cfg.model.backbone} fpn {cfg.model.fpn_channels} "
+        f"heads {cfg.model.head_channels}; batch {batch_size}; medians of {steps} steps after {warmup}"
+    )
     peak = torch_matmul_peak_gflops(dev)
     click.echo(f"float32 matmul peak (best 2048^2 matmul, same run): {peak:.1f} GFLOP/s")
     results = {"device": describe_device(dev), "matmul_peak_gflops": peak, "tiles": [], "overhead": None}
     with tempfile.TemporaryDirectory() as tmp:
         for tile in sizes:
             data = generate(Path(tmp) / f"scenes_{tile}", num_train=1, num_val=1, image_size=tile, seed=0)
-            r = bench_tile(config_mod.load(config_mod.resolve_source(config_source), overrides=overrides), data,
-                           tile, batch_size, dev, steps, warmup)
+            r = bench_tile(
+                config_mod.load(config_mod.resolve_source(config_source), overrides=overrides),
+                data,
+                tile,
+                batch_size,
+                dev,
+                steps,
+                warmup,
+            )
             r["share_of_matmul_peak"] = r["train_gflops_achieved"] / peak
             results["tiles"].append(r)
             mem = ", ".join(f"{k[5:]} {v:.0f} MB" for k, v in r.items() if k.startswith("peak_"))
-            click.echo(f"tile {tile}: train {r['train_tiles_per_s']:.2f} tiles/s ({r['train_step_ms']:.0f} ms/step), "
-                       f"forward {r['forward_ms_per_batch']:.0f} ms/batch, {r['train_gflop_per_tile']:.1f} GFLOP/tile "
-                       f"(train step), {r['train_gflops_achieved']:.1f} GFLOP/s = "
-                       f"{100 * r['share_of_matmul_peak']:.0f}% of matmul peak; peak memory: {mem}")
+            click.echo(
+                f"tile {tile}: train {r['train_tiles_per_s']:.2f} tiles/s ({r['train_step_ms']:.0f} ms/step), "
+                f"forward {r['forward_ms_per_batch']:.0f} ms/batch, {r['train_gflop_per_tile']:.1f} GFLOP/tile "
+                f"(train step), {r['train_gflops_achieved']:.1f} GFLOP/s = "
+                f"{100 * r['share_of_matmul_peak']:.0f}% of matmul peak; peak memory: {mem}"
+            )
         # Many cheap steps: the loop's bookkeeping per step is what is measured, against step-time noise.
         o_steps = max(3 * steps, 15)
         scenes = -(-(o_steps + warmup) * batch_size // 4)  # 2x2 tiles per scene
-        data = generate(Path(tmp) / "overhead", num_train=scenes, num_val=1, image_size=2 * overhead_tile, seed=0)
-        o = bench_overhead(config_mod.load(config_mod.resolve_source(config_source), overrides=overrides), data,
-                           overhead_tile, batch_size, dev, o_steps, warmup)
+        data = generate(
+            Path(tmp) / "overhead", num_train=scenes, num_val=1, image_size=2 * overhead_tile, seed=0
+        )
+        o = bench_overhead(
+            config_mod.load(config_mod.resolve_source(config_source), overrides=overrides),
+            data,
+            overhead_tile,
+            batch_size,
+            dev,
+            o_steps,
+            warmup,
+        )
         results["overhead"] = o
-        click.echo(f"trainer overhead at tile {overhead_tile}: {o['trainer_step_ms']:.1f} ms/step in Trainer.fit vs "
-                   f"{o['bare_step_ms']:.1f} ms/step in a bare loop: {100 * o['overhead_ratio']:+.2f}% per step "
-                   f"(medians of {o['steps']} steps each, alternating)")
+        click.echo(
+            f"trainer overhead at tile {overhead_tile}: {o['trainer_step_ms']:.1f} ms/step in Trainer.fit vs "
+            f"{o['bare_step_ms']:.1f} ms/step in a bare loop: {100 * o['overhead_ratio']:+.2f}% per step "
+            f"(medians of {o['steps']} steps each, alternating)"
+        )
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))
 

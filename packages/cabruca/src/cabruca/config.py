@@ -47,7 +47,9 @@ class DataConfig:
     pin_memory: bool = False  # pin host memory (useful for CUDA only)
     semantic_classes: list[str] = field(default_factory=lambda: list(SEMANTIC_CLASSES))  # mask ids 0..n-1
     instance_classes: list[str] = field(default_factory=lambda: list(INSTANCE_CLASSES))  # COCO ids 1..n
-    instance_semantic_ids: list[int] = field(default_factory=lambda: [1, 2, 3])  # semantic id of each instance class
+    instance_semantic_ids: list[int] = field(
+        default_factory=lambda: [1, 2, 3]
+    )  # semantic id of each instance class
     centre_sigma: float = 3.0  # std (px) of the Gaussian marking each tree centre in the heatmap target
     density_sigma: float = 4.0  # std (px) of the per-tree kernel in the density target
     density_scale: float = 100.0  # density target multiplier (keeps tiny per-pixel values well-conditioned)
@@ -121,7 +123,9 @@ class TrainingConfig:
     log_every_n_steps: int = 10  # training losses to the trackers every N optimizer steps
     max_steps_per_epoch: int | None = None  # cap optimizer steps per epoch (quick runs)
     profile: bool = False  # torch profiler over profile_batches
-    profile_batches: list[int] = field(default_factory=lambda: [10, 20])  # [first, last] global batch profiled
+    profile_batches: list[int] = field(
+        default_factory=lambda: [10, 20]
+    )  # [first, last] global batch profiled
     resume_mode: str = "auto"  # auto | continue | weights (see README: progressive training)
 
 
@@ -169,7 +173,10 @@ def load(source=None, *, cli=None, overrides=()) -> CabrucaConfig:
             "data.instance_classes, data.instance_semantic_ids and model.num_instance_classes must have the same "
             f"length (got {len(d.instance_classes)}, {len(d.instance_semantic_ids)}, {cfg.model.num_instance_classes})."
         )
-    if cfg.loss.semantic_class_weights and len(cfg.loss.semantic_class_weights) != cfg.model.num_semantic_classes:
+    if (
+        cfg.loss.semantic_class_weights
+        and len(cfg.loss.semantic_class_weights) != cfg.model.num_semantic_classes
+    ):
         raise ConfigError(
             f"loss.semantic_class_weights has {len(cfg.loss.semantic_class_weights)} values for "
             f"{cfg.model.num_semantic_classes} semantic classes; give one per class or leave it empty."
@@ -178,14 +185,24 @@ def load(source=None, *, cli=None, overrides=()) -> CabrucaConfig:
         raise ConfigError(
             f"data.tile_size must be at least 32 and larger than data.tile_overlap (got {d.tile_size}, {d.tile_overlap})."
         )
-    if cfg.scheduler.type not in {"none", "constant", "cosine", "onecycle", "plateau", "warm_restarts", "cosine_restarts"}:
+    if cfg.scheduler.type not in {
+        "none",
+        "constant",
+        "cosine",
+        "onecycle",
+        "plateau",
+        "warm_restarts",
+        "cosine_restarts",
+    }:
         raise ConfigError(
             f"scheduler.type {cfg.scheduler.type!r} is not one of none, cosine, onecycle, plateau, warm_restarts."
         )
     if cfg.optimizer.type not in {"adamw", "adam", "sgd"}:
         raise ConfigError(f"optimizer.type {cfg.optimizer.type!r} is not one of adamw, adam, sgd.")
     if cfg.training.resume_mode not in {"auto", "continue", "weights"}:
-        raise ConfigError(f"training.resume_mode {cfg.training.resume_mode!r} is not one of auto, continue, weights.")
+        raise ConfigError(
+            f"training.resume_mode {cfg.training.resume_mode!r} is not one of auto, continue, weights."
+        )
     return cfg
 
 

@@ -53,14 +53,18 @@ def load_split(split_dir: str | Path, cfg: DataConfig, *, check_masks: bool = Tr
     split_dir = Path(split_dir)
     ann_path = split_dir / "annotations.json"
     if not split_dir.is_dir():
-        raise DataError(f"dataset split folder {split_dir} does not exist (expected images/, masks/ and "
-                        "annotations.json inside; `python -m cabruca.synthetic OUT_DIR` writes an example).")
+        raise DataError(
+            f"dataset split folder {split_dir} does not exist (expected images/, masks/ and "
+            "annotations.json inside; `python -m cabruca.synthetic OUT_DIR` writes an example)."
+        )
     if not ann_path.is_file():
         raise _fail(split_dir, "annotations.json is missing")
     try:
         coco = json.loads(ann_path.read_text())
     except json.JSONDecodeError as exc:
-        raise DataError(f"{ann_path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
+        raise DataError(
+            f"{ann_path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})."
+        ) from None
     for key in ("images", "annotations"):
         if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
             raise DataError(f"{ann_path} is not a COCO instances file: the list '{key}' is missing.")
@@ -70,7 +74,9 @@ def load_split(split_dir: str | Path, cfg: DataConfig, *, check_masks: bool = Tr
         try:
             img_id, name, w, h = img["id"], img["file_name"], int(img["width"]), int(img["height"])
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{ann_path}: image entry {img!r} needs id, file_name, width and height.") from None
+            raise DataError(
+                f"{ann_path}: image entry {img!r} needs id, file_name, width and height."
+            ) from None
         image_path, mask_path = split_dir / "images" / name, split_dir / "masks" / (Path(name).stem + ".png")
         if not image_path.is_file():
             raise _fail(split_dir, f"image {image_path} listed in annotations.json is missing")
@@ -78,28 +84,41 @@ def load_split(split_dir: str | Path, cfg: DataConfig, *, check_masks: bool = Tr
             raise _fail(split_dir, f"semantic mask {mask_path} for image {name} is missing")
         with Image.open(image_path) as im:
             if im.size != (w, h):
-                raise _fail(split_dir, f"image {name} is {im.size[0]}x{im.size[1]} but annotations.json says {w}x{h}")
+                raise _fail(
+                    split_dir, f"image {name} is {im.size[0]}x{im.size[1]} but annotations.json says {w}x{h}"
+                )
         if check_masks:
             mask = np.asarray(Image.open(mask_path))
             if mask.shape != (h, w):
-                raise _fail(split_dir, f"mask {mask_path.name} has shape {mask.shape}, image {name} is {h}x{w}")
+                raise _fail(
+                    split_dir, f"mask {mask_path.name} has shape {mask.shape}, image {name} is {h}x{w}"
+                )
             if mask.max(initial=0) >= n_sem:
-                raise _fail(split_dir, f"mask {mask_path.name} holds class id {int(mask.max())} but only "
-                                       f"{n_sem} semantic classes exist (ids 0..{n_sem - 1})")
+                raise _fail(
+                    split_dir,
+                    f"mask {mask_path.name} holds class id {int(mask.max())} but only "
+                    f"{n_sem} semantic classes exist (ids 0..{n_sem - 1})",
+                )
         records[img_id] = ImageRecord(name, image_path, mask_path, h, w)
     for i, ann in enumerate(coco["annotations"]):
         rec = records.get(ann.get("image_id"))
         if rec is None:
-            raise DataError(f"{ann_path}: annotation #{i} refers to unknown image_id {ann.get('image_id')!r}.")
+            raise DataError(
+                f"{ann_path}: annotation #{i} refers to unknown image_id {ann.get('image_id')!r}."
+            )
         cat = ann.get("category_id")
         if not isinstance(cat, int) or not 1 <= cat <= n_inst:
-            raise DataError(f"{ann_path}: annotation #{i} on {rec.name} has category_id {cat!r}; "
-                            f"expected 1..{n_inst} ({', '.join(cfg.instance_classes)}).")
+            raise DataError(
+                f"{ann_path}: annotation #{i} on {rec.name} has category_id {cat!r}; "
+                f"expected 1..{n_inst} ({', '.join(cfg.instance_classes)})."
+            )
         seg = ann.get("segmentation")
         try:
             _decode_segmentation(seg, rec.height, rec.width)
         except Exception as exc:  # pycocotools raises assorted types on malformed input
-            raise DataError(f"{ann_path}: annotation #{i} on {rec.name} has a broken segmentation ({exc}).") from None
+            raise DataError(
+                f"{ann_path}: annotation #{i} on {rec.name} has a broken segmentation ({exc})."
+            ) from None
         kp = ann.get("keypoints")
         rec.categories.append(cat - 1)
         rec.segmentations.append(seg)
@@ -116,7 +135,10 @@ def _decode_segmentation(seg, h: int, w: int) -> np.ndarray:
     elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
         rle = mask_utils.frPyObjects(seg, h, w)
     elif isinstance(seg, dict):
-        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+        rle = {
+            "size": seg["size"],
+            "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"],
+        }
     else:
         raise ValueError("segmentation must be a polygon list or an RLE dict")
     with warnings.catch_warnings():  # pycocotools' numpy-2 `copy=` DeprecationWarning: noise, not our input
@@ -141,17 +163,25 @@ def load_image(rec: ImageRecord):
             ys, xs = np.nonzero(ids == k)
             kp = (xs.mean(), ys.mean()) if len(xs) else (-1.0, -1.0)
         centres.append(kp)
-    return rgb, semantic, ids, np.asarray(rec.categories, np.int64), np.asarray(centres, np.float32).reshape(-1, 2)
+    return (
+        rgb,
+        semantic,
+        ids,
+        np.asarray(rec.categories, np.int64),
+        np.asarray(centres, np.float32).reshape(-1, 2),
+    )
 
 
 def tile_windows(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     """Top-left corners (y0, x0) covering the image; the last row/column is flush with the edge."""
+
     def starts(n):
         if n <= tile:
             return [0]
         stride = tile - overlap
         s = list(range(0, n - tile, stride))
         return s + [n - tile]
+
     return [(y, x) for y in starts(h) for x in starts(w)]
 
 
@@ -161,10 +191,10 @@ def crop_tile(rgb, semantic, ids, labels, centres, y0: int, x0: int, tile: int):
     img = np.zeros((tile, tile, 3), np.float32)
     sem = np.zeros((tile, tile), np.uint8)
     inst = np.zeros((tile, tile), np.int32)
-    part = rgb[y0:y0 + tile, x0:x0 + tile]
+    part = rgb[y0 : y0 + tile, x0 : x0 + tile]
     h, w = part.shape[:2]
-    img[:h, :w], sem[:h, :w] = part, semantic[y0:y0 + tile, x0:x0 + tile]
-    old = ids[y0:y0 + tile, x0:x0 + tile]
+    img[:h, :w], sem[:h, :w] = part, semantic[y0 : y0 + tile, x0 : x0 + tile]
+    old = ids[y0 : y0 + tile, x0 : x0 + tile]
     present = np.unique(old)
     present = present[present > 0]
     new_labels, new_centres = [], []
@@ -177,7 +207,13 @@ def crop_tile(rgb, semantic, ids, labels, centres, y0: int, x0: int, tile: int):
             cx, cy = xs.mean(), ys.mean()
         new_labels.append(labels[k - 1])
         new_centres.append((cx, cy))
-    return img, sem, inst, np.asarray(new_labels, np.int64), np.asarray(new_centres, np.float32).reshape(-1, 2)
+    return (
+        img,
+        sem,
+        inst,
+        np.asarray(new_labels, np.int64),
+        np.asarray(new_centres, np.float32).reshape(-1, 2),
+    )
 
 
 class CabrucaTiles(torch.utils.data.Dataset):
@@ -186,8 +222,11 @@ class CabrucaTiles(torch.utils.data.Dataset):
 
     def __init__(self, records: list[ImageRecord], cfg: DataConfig, *, seed: int, train: bool):
         self.records, self.cfg, self.seed, self.train = records, cfg, seed, train
-        self.windows = [(r, y, x) for r, rec in enumerate(records)
-                        for y, x in tile_windows(rec.height, rec.width, cfg.tile_size, cfg.tile_overlap)]
+        self.windows = [
+            (r, y, x)
+            for r, rec in enumerate(records)
+            for y, x in tile_windows(rec.height, rec.width, cfg.tile_size, cfg.tile_overlap)
+        ]
         self._cache: dict[int, tuple] = {}  # decoded images (per worker process)
 
     def __len__(self) -> int:
@@ -203,15 +242,24 @@ class CabrucaTiles(torch.utils.data.Dataset):
         r, y0, x0 = self.windows[index]
         img, sem, inst, labels, centres = crop_tile(*self._image(r), y0, x0, self.cfg.tile_size)
         if self.train and self.cfg.augment.enabled:
-            img, sem, inst, centres = augment(img, sem, inst, centres, sample_rng(self.seed, epoch, index), self.cfg.augment)
+            img, sem, inst, centres = augment(
+                img, sem, inst, centres, sample_rng(self.seed, epoch, index), self.cfg.augment
+            )
         return img, sem, inst, labels, centres
 
     def __getitem__(self, item):
         index, epoch = item if isinstance(item, tuple) else (item, 0)
         img, sem, inst, labels, centres = self.tile(index, epoch)
         c = self.cfg
-        t = make_targets(inst, labels, centres, len(c.instance_classes), centre_sigma=c.centre_sigma,
-                         density_sigma=c.density_sigma, density_scale=c.density_scale)
+        t = make_targets(
+            inst,
+            labels,
+            centres,
+            len(c.instance_classes),
+            centre_sigma=c.centre_sigma,
+            density_sigma=c.density_sigma,
+            density_scale=c.density_scale,
+        )
         return {
             "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),  # (3, T, T) in [0, 1]
             "semantic": torch.from_numpy(sem.astype(np.int64)),  # (T, T)
@@ -247,11 +295,17 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
         for b in range(self.start_batch, self.num_batches):
-            yield [(int(i), self.epoch) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+            yield [(int(i), self.epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
 
-def make_loader(dataset: CabrucaTiles, cfg: DataConfig, sampler: EpochBatchSampler) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset: CabrucaTiles, cfg: DataConfig, sampler: EpochBatchSampler
+) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-        pin_memory=cfg.pin_memory, persistent_workers=False,
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory,
+        persistent_workers=False,
     )

@@ -50,9 +50,13 @@ def checkpoint_manager(run: RunFolder, cfg: CabrucaConfig) -> CheckpointManager:
     """The seed's file names; mid-epoch step checkpoints also go to checkpoint_latest.pth, so that file is
     always the newest state and `--resume .../checkpoint_latest.pth` is always exact."""
     return CheckpointManager(
-        run.checkpoints, last="checkpoint_latest.pth", best="checkpoint_best.pth",
-        monitor=cfg.training.monitor_metric, mode="min" if cfg.training.minimize_metric else "max",
-        every_n_epochs=cfg.training.checkpoint_every_n_epochs or None, periodic="checkpoint_epoch_{epoch}.pth",
+        run.checkpoints,
+        last="checkpoint_latest.pth",
+        best="checkpoint_best.pth",
+        monitor=cfg.training.monitor_metric,
+        mode="min" if cfg.training.minimize_metric else "max",
+        every_n_epochs=cfg.training.checkpoint_every_n_epochs or None,
+        periodic="checkpoint_epoch_{epoch}.pth",
         step_file="checkpoint_latest.pth",
     )
 
@@ -70,18 +74,28 @@ class FitResult:
 class Trainer:
     """Builds data, model, optimizer, schedule and bookkeeping from a config; `fit()` trains."""
 
-    def __init__(self, cfg: CabrucaConfig, run: RunFolder, device: torch.device, *, trackers,
-                 logger: logging.Logger | None = None, resume_state: dict | None = None,
-                 init_weights: dict | None = None):
+    def __init__(
+        self,
+        cfg: CabrucaConfig,
+        run: RunFolder,
+        device: torch.device,
+        *,
+        trackers,
+        logger: logging.Logger | None = None,
+        resume_state: dict | None = None,
+        init_weights: dict | None = None,
+    ):
         self.cfg, self.run, self.device, self.trackers = cfg, run, device, trackers
         self.log = logger or logging.getLogger("trainyard")
         t = cfg.training
         seed_everything(cfg.seed)
         data_dir = Path(cfg.data.data_dir)
-        self.train_set = CabrucaTiles(load_split(data_dir / cfg.data.train_split, cfg.data), cfg.data,
-                                      seed=cfg.seed, train=True)
-        self.val_set = CabrucaTiles(load_split(data_dir / cfg.data.val_split, cfg.data), cfg.data,
-                                    seed=cfg.seed, train=False)
+        self.train_set = CabrucaTiles(
+            load_split(data_dir / cfg.data.train_split, cfg.data), cfg.data, seed=cfg.seed, train=True
+        )
+        self.val_set = CabrucaTiles(
+            load_split(data_dir / cfg.data.val_split, cfg.data), cfg.data, seed=cfg.seed, train=False
+        )
         accum = t.gradient_accumulation_steps
         steps = len(self.train_set) // (cfg.data.batch_size * accum)  # whole optimizer steps per epoch
         if t.max_steps_per_epoch:
@@ -89,13 +103,18 @@ class Trainer:
         if steps < 1:
             from common.errors import ConfigError
 
-            raise ConfigError(f"{len(self.train_set)} training tiles do not fill one optimizer step of "
-                              f"batch_size {cfg.data.batch_size} x gradient_accumulation_steps {accum}; lower them "
-                              "or add data.")
+            raise ConfigError(
+                f"{len(self.train_set)} training tiles do not fill one optimizer step of "
+                f"batch_size {cfg.data.batch_size} x gradient_accumulation_steps {accum}; lower them "
+                "or add data."
+            )
         self.steps_per_epoch = steps
-        self.train_sampler = EpochBatchSampler(len(self.train_set), cfg.data.batch_size, seed=cfg.seed, shuffle=True,
-                                               num_batches=steps * accum)
-        self.val_sampler = EpochBatchSampler(len(self.val_set), cfg.data.batch_size, seed=cfg.seed, shuffle=False)
+        self.train_sampler = EpochBatchSampler(
+            len(self.train_set), cfg.data.batch_size, seed=cfg.seed, shuffle=True, num_batches=steps * accum
+        )
+        self.val_sampler = EpochBatchSampler(
+            len(self.val_set), cfg.data.batch_size, seed=cfg.seed, shuffle=False
+        )
 
         self.model = build_model(cfg.model).to(device)
         if init_weights is not None:  # warm start (progressive training / fine-tuning): weights only
@@ -112,10 +131,13 @@ class Trainer:
         self.schedule, self.interval = build_lr_schedule(cfg, self.base_lrs, steps)
         apply_lrs(self.optimizer, self.schedule.lrs)
         self.precision = parse_precision("16-mixed" if t.mixed_precision else "32", device)
-        self.stepper = OptimizerStepper(self.optimizer, precision=self.precision, accumulate=accum,
-                                        clip_grad_norm=t.gradient_clip)
+        self.stepper = OptimizerStepper(
+            self.optimizer, precision=self.precision, accumulate=accum, clip_grad_norm=t.gradient_clip
+        )
         mode = "min" if t.minimize_metric else "max"
-        self.early = EarlyStopping(monitor=t.monitor_metric, mode=mode, patience=t.early_stopping_patience or 10**9)
+        self.early = EarlyStopping(
+            monitor=t.monitor_metric, mode=mode, patience=t.early_stopping_patience or 10**9
+        )
         self.manager = checkpoint_manager(run, cfg)
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.epoch_sums: dict[str, float] = {}
@@ -126,10 +148,18 @@ class Trainer:
     # ---- checkpoint state -------------------------------------------------------------------------
     def state(self) -> dict:
         return training_state(
-            self.model, self.optimizer, schedule=self.schedule.state_dict(), early_stopping=self.early.state_dict(),
-            stepper=self.stepper.state_dict(), manager=self.manager.state_dict(), epoch=self.epoch,
-            batch_in_epoch=self.batch_in_epoch, global_step=self.global_step, epoch_sums=dict(self.epoch_sums),
-            rng=capture_rng_state(), config=config_to_dict(self.cfg),
+            self.model,
+            self.optimizer,
+            schedule=self.schedule.state_dict(),
+            early_stopping=self.early.state_dict(),
+            stepper=self.stepper.state_dict(),
+            manager=self.manager.state_dict(),
+            epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch,
+            global_step=self.global_step,
+            epoch_sums=dict(self.epoch_sums),
+            rng=capture_rng_state(),
+            config=config_to_dict(self.cfg),
         )
 
     def _restore(self, state: dict) -> None:
@@ -147,7 +177,9 @@ class Trainer:
     # ---- one optimizer step -----------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"
-        return {k: (v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        return {
+            k: (v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in batch.items()
+        }
 
     def micro_step(self, batch: dict, micro: int) -> tuple[dict[str, float], float | None]:
         """Forward + backward of one micro-batch; steps the optimizer on every accumulate-th.
@@ -188,7 +220,9 @@ class Trainer:
         (checkpoint, then return): the hook the resume tests use."""
         cfg, t = self.cfg, self.cfg.training
         accum = t.gradient_accumulation_steps
-        profiler = BatchProfiler(t.profile_batches, self.run.path("profiler"), self.log) if t.profile else None
+        profiler = (
+            BatchProfiler(t.profile_batches, self.run.path("profiler"), self.log) if t.profile else None
+        )
         metrics: dict[str, float] = {}
         self.trackers.log_params(config_to_dict(cfg))
         with GracefulStop() as stop:
@@ -219,12 +253,19 @@ class Trainer:
                     now = time.perf_counter()
                     self.step_times.append(now - last)
                     last = now
-                    if stop.requested or (stop_after_steps is not None and self.global_step >= stop_after_steps):
+                    if stop.requested or (
+                        stop_after_steps is not None and self.global_step >= stop_after_steps
+                    ):
                         path = self.manager.save_step(self.state(), epoch=self.epoch, step=self.global_step)
-                        self.log.info(stop.message(f"python -m cabruca.train --resume {path}") if stop.requested
-                                      else f"stopped after step {self.global_step}; checkpoint {path}")
+                        self.log.info(
+                            stop.message(f"python -m cabruca.train --resume {path}")
+                            if stop.requested
+                            else f"stopped after step {self.global_step}; checkpoint {path}"
+                        )
                         self.trackers.close()
-                        return FitResult(self.run.root, self.global_step, self.epoch, metrics, interrupted=True)
+                        return FitResult(
+                            self.run.root, self.global_step, self.epoch, metrics, interrupted=True
+                        )
                 elapsed = time.perf_counter() - t0
                 metrics = self._end_epoch(tiles / max(elapsed, 1e-9))
                 if self.early.should_stop:
@@ -233,7 +274,9 @@ class Trainer:
         if profiler:
             profiler.close()
         self.trackers.close()
-        return FitResult(self.run.root, self.global_step, self.epoch, metrics, stopped_early=self.early.should_stop)
+        return FitResult(
+            self.run.root, self.global_step, self.epoch, metrics, stopped_early=self.early.should_stop
+        )
 
     def _after_optimizer_step(self, step_losses: dict[str, float], grad_norm: float | None) -> None:
         t = self.cfg.training
@@ -272,9 +315,18 @@ class Trainer:
         self.manager.save(self.state(), epoch=self.epoch, metrics=metrics)
         monitor = self.cfg.training.monitor_metric
         shown = "" if monitor == "val/loss" else f" {monitor} {metrics.get(monitor, math.nan):.4f}"
-        self.log.info("epoch %d/%d step %d: loss %.4f val/loss %.4f%s mAP %.3f canopy_IoU %.3f (%.1f tiles/s)",
-                      self.epoch, self.cfg.training.num_epochs, self.global_step, train.get("train/loss", math.nan),
-                      val["val/loss"], shown, val["val/mAP"], val["val/canopy_IoU"], tiles_per_sec)
+        self.log.info(
+            "epoch %d/%d step %d: loss %.4f val/loss %.4f%s mAP %.3f canopy_IoU %.3f (%.1f tiles/s)",
+            self.epoch,
+            self.cfg.training.num_epochs,
+            self.global_step,
+            train.get("train/loss", math.nan),
+            val["val/loss"],
+            shown,
+            val["val/mAP"],
+            val["val/canopy_IoU"],
+            tiles_per_sec,
+        )
         try:
             plot_history(self.run.path(HISTORY_FILE), self.run.plots / "training_curves.png")
         except Exception as exc:  # a plot is a convenience; never stop training for it
@@ -288,9 +340,16 @@ def update_evaluator(ev: Evaluator, out: dict, batch: dict, cfg: CabrucaConfig) 
     decoded = []
     pp = cfg.postprocess
     for i in range(probs.shape[0]):
-        pred = decode_instances(probs[i], out["heatmap"][i].float(), out["offsets"][i].float(),
-                                cfg.data.instance_semantic_ids, threshold=pp.centre_threshold,
-                                nms_kernel=pp.nms_kernel, top_k=pp.top_k, min_area=pp.min_area)
+        pred = decode_instances(
+            probs[i],
+            out["heatmap"][i].float(),
+            out["offsets"][i].float(),
+            cfg.data.instance_semantic_ids,
+            threshold=pp.centre_threshold,
+            nms_kernel=pp.nms_kernel,
+            top_k=pp.top_k,
+            min_area=pp.min_area,
+        )
         gt = instances_from_ids(batch["instances"][i], batch["labels"][i])
         count = float(out["density"][i].float().sum()) / cfg.data.density_scale
         ev.update(probs[i].argmax(0), batch["semantic"][i], pred, gt, density_count=count)

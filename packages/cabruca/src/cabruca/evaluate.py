@@ -32,8 +32,9 @@ from .postprocess import Instance, instances_from_ids
 from .targets import crown_boundaries
 
 # background, cacao, shade tree, other tree, bare soil, water (extra classes cycle)
-PALETTE = np.array([[0, 0, 0], [20, 140, 40], [170, 240, 60], [200, 90, 200], [210, 160, 90], [40, 90, 230]],
-                   np.uint8)
+PALETTE = np.array(
+    [[0, 0, 0], [20, 140, 40], [170, 240, 60], [200, 90, 200], [210, 160, 90], [40, 90, 230]], np.uint8
+)
 
 
 def overlay(image: np.ndarray, semantic: np.ndarray, instances: list[Instance]) -> np.ndarray:
@@ -49,7 +50,7 @@ def overlay(image: np.ndarray, semantic: np.ndarray, instances: list[Instance]) 
     for inst in instances:
         x, y = (int(round(v)) for v in inst.centre)
         if x >= 0:
-            out[max(y - 2, 0):y + 3, x] = out[y, max(x - 2, 0):x + 3] = (255, 30, 30)
+            out[max(y - 2, 0) : y + 3, x] = out[y, max(x - 2, 0) : x + 3] = (255, 30, 30)
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -65,8 +66,16 @@ def model_from_checkpoint(path: str | Path, device) -> tuple[CabrucaNet, config_
 
 
 @torch.no_grad()
-def evaluate_checkpoint(checkpoint, data_dir, *, split: str = "val", out_dir=None, device: str = "auto",
-                        max_overlays: int = 8, batch_size: int | None = None) -> Path:
+def evaluate_checkpoint(
+    checkpoint,
+    data_dir,
+    *,
+    split: str = "val",
+    out_dir=None,
+    device: str = "auto",
+    max_overlays: int = 8,
+    batch_size: int | None = None,
+) -> Path:
     dev = torch_device(device)
     model, cfg = model_from_checkpoint(checkpoint, dev)
     out_dir = Path(out_dir or Path(checkpoint).resolve().parent.parent / "evaluation")
@@ -93,16 +102,26 @@ def evaluate_checkpoint(checkpoint, data_dir, *, split: str = "val", out_dir=Non
             gt_img = overlay(image, batch["semantic"][i].cpu().numpy(), gt)
             sep = np.full((image.shape[0], 4, 3), 255, np.uint8)
             Image.fromarray(np.concatenate([pred_img, sep, gt_img], 1)).save(
-                out_dir / "overlays" / f"tile_{n + i:04d}_pred_vs_gt.png")
+                out_dir / "overlays" / f"tile_{n + i:04d}_pred_vs_gt.png"
+            )
             written += 1
         n += batch["image"].shape[0]
     metrics = {f"loss/{k}": v / max(n, 1) for k, v in loss_sum.items()}
     metrics.update(ev.compute())
-    metrics.update({"tiles": n, "forward_ms_per_tile": 1000 * forward_s / max(n, 1),
-                    **{f"memory/{k}": v for k, v in peak_memory_mb(dev).items()}})
+    metrics.update(
+        {
+            "tiles": n,
+            "forward_ms_per_tile": 1000 * forward_s / max(n, 1),
+            **{f"memory/{k}": v for k, v in peak_memory_mb(dev).items()},
+        }
+    )
     path = out_dir / "metrics.json"
-    path.write_text(json.dumps({"checkpoint": str(checkpoint), "data_dir": str(data_dir), "split": split,
-                                "metrics": metrics}, indent=2))
+    path.write_text(
+        json.dumps(
+            {"checkpoint": str(checkpoint), "data_dir": str(data_dir), "split": split, "metrics": metrics},
+            indent=2,
+        )
+    )
     return path
 
 
@@ -110,17 +129,30 @@ def evaluate_checkpoint(checkpoint, data_dir, *, split: str = "val", out_dir=Non
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--data-dir", required=True, help="Dataset folder holding the split.")
 @click.option("--split", default="val", show_default=True, help="Sub-folder to evaluate.")
-@click.option("--output-dir", default=None, help="Where metrics.json and overlays/ go (default: <run>/evaluation).")
+@click.option(
+    "--output-dir", default=None, help="Where metrics.json and overlays/ go (default: <run>/evaluation)."
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @click.option("--max-overlays", default=8, show_default=True, help="Overlay PNGs to write.")
-@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass (default: the checkpoint's).")
+@click.option(
+    "--batch-size", type=int, default=None, help="Tiles per forward pass (default: the checkpoint's)."
+)
 def main(checkpoint, data_dir, split, output_dir, device, max_overlays, batch_size):
     """Evaluate a cabruca checkpoint: all metrics as JSON and prediction overlays."""
-    path = evaluate_checkpoint(checkpoint, data_dir, split=split, out_dir=output_dir, device=device,
-                               max_overlays=max_overlays, batch_size=batch_size)
+    path = evaluate_checkpoint(
+        checkpoint,
+        data_dir,
+        split=split,
+        out_dir=output_dir,
+        device=device,
+        max_overlays=max_overlays,
+        batch_size=batch_size,
+    )
     m = json.loads(path.read_text())["metrics"]
-    click.echo(f"mAP {m['mAP']:.3f}  mAP_50 {m['mAP_50']:.3f}  mAP_75 {m['mAP_75']:.3f}  mIoU {m['mIoU']:.3f}  "
-               f"canopy IoU {m['canopy_IoU']:.3f}  count acc {m['tree_count_accuracy']:.3f}")
+    click.echo(
+        f"mAP {m['mAP']:.3f}  mAP_50 {m['mAP_50']:.3f}  mAP_75 {m['mAP_75']:.3f}  mIoU {m['mIoU']:.3f}  "
+        f"canopy IoU {m['canopy_IoU']:.3f}  count acc {m['tree_count_accuracy']:.3f}"
+    )
     click.echo(f"metrics: {path}\noverlays: {path.parent / 'overlays'}")
 
 

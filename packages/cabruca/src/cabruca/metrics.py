@@ -20,7 +20,9 @@ def _rle(mask: torch.Tensor) -> dict:
     return rle
 
 
-def coco_mask_map(gts: list[list[Instance]], preds: list[list[Instance]], num_classes: int) -> dict[str, float]:
+def coco_mask_map(
+    gts: list[list[Instance]], preds: list[list[Instance]], num_classes: int
+) -> dict[str, float]:
     """Mask mAP by the COCO definition (101-point interpolation, maxDets 100, area 'all').
 
     gts / preds: per tile, a list of instances. Returns mAP (IoU 0.5:0.95), mAP_50, mAP_75; 0.0 when a tile
@@ -31,17 +33,35 @@ def coco_mask_map(gts: list[list[Instance]], preds: list[list[Instance]], num_cl
         images.append({"id": img_id, "width": int(w), "height": int(h)})
         for inst in gt:
             rle = _rle(inst.mask)
-            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": inst.label + 1, "segmentation": rle,
-                         "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": inst.label + 1,
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": list(mask_utils.toBbox(rle)),
+                    "iscrowd": 0,
+                }
+            )
         for inst in pred:
-            dets.append({"image_id": img_id, "category_id": inst.label + 1, "segmentation": _rle(inst.mask),
-                         "score": float(inst.score)})
+            dets.append(
+                {
+                    "image_id": img_id,
+                    "category_id": inst.label + 1,
+                    "segmentation": _rle(inst.mask),
+                    "score": float(inst.score),
+                }
+            )
     if not anns:
         return {"mAP": 0.0, "mAP_50": 0.0, "mAP_75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
         coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "annotations": anns,
-                           "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
+        coco_gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
+        }
         coco_gt.createIndex()
         if not dets:
             return {"mAP": 0.0, "mAP_50": 0.0, "mAP_75": 0.0}
@@ -63,7 +83,11 @@ class Evaluator:
     """Accumulates one validation pass: instances for mAP, semantic confusion, counts."""
 
     def __init__(self, semantic_classes: list[str], instance_classes: list[str], tree_ids: list[int]):
-        self.semantic_classes, self.instance_classes, self.tree_ids = semantic_classes, instance_classes, tree_ids
+        self.semantic_classes, self.instance_classes, self.tree_ids = (
+            semantic_classes,
+            instance_classes,
+            tree_ids,
+        )
         n = len(semantic_classes)
         self.confusion = torch.zeros(n, n, dtype=torch.long)
         self.gts: list[list[Instance]] = []
@@ -75,7 +99,9 @@ class Evaluator:
     def update(self, pred_sem, gt_sem, pred_instances, gt_instances, density_count: float | None = None):
         """One tile: label maps (H, W), instance lists, and the density head's count."""
         n = len(self.semantic_classes)
-        self.confusion += torch.bincount((gt_sem.flatten() * n + pred_sem.flatten()).cpu(), minlength=n * n).view(n, n)
+        self.confusion += torch.bincount(
+            (gt_sem.flatten() * n + pred_sem.flatten()).cpu(), minlength=n * n
+        ).view(n, n)
         # Masks move to the CPU (pycocotools encodes them there) so evaluation memory stays off the device.
         self.gts.append([Instance(i.mask.cpu(), i.label, i.score, i.centre) for i in gt_instances])
         self.preds.append([Instance(i.mask.cpu(), i.label, i.score, i.centre) for i in pred_instances])

@@ -28,8 +28,11 @@ _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(32, cout // 4), cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.GroupNorm(min(32, cout // 4), cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class FusedFPNDecoder(nn.Module):
@@ -66,21 +69,29 @@ class CabrucaNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         try:
-            self.backbone = timm.create_model(cfg.backbone, features_only=True, pretrained=cfg.pretrained,
-                                              out_indices=tuple(cfg.out_indices))
+            self.backbone = timm.create_model(
+                cfg.backbone,
+                features_only=True,
+                pretrained=cfg.pretrained,
+                out_indices=tuple(cfg.out_indices),
+            )
         except (RuntimeError, ValueError) as exc:  # unknown model name / stage index
-            raise ConfigError(f"model.backbone {cfg.backbone!r} with out_indices {cfg.out_indices} cannot be built "
-                              f"by timm as a feature extractor: {exc}") from None
+            raise ConfigError(
+                f"model.backbone {cfg.backbone!r} with out_indices {cfg.out_indices} cannot be built "
+                f"by timm as a feature extractor: {exc}"
+            ) from None
         info = self.backbone.feature_info
         self.decoder = FusedFPNDecoder(info.channels(), info.reduction(), cfg.fpn_channels, cfg.head_channels)
         hc = cfg.head_channels
-        self.heads = nn.ModuleDict({
-            "semantic": _head(hc, cfg.num_semantic_classes),
-            "heatmap": _head(hc, cfg.num_instance_classes),
-            "offsets": _head(hc, 2),
-            "crown": _head(hc, 1),
-            "density": _head(hc, 1),
-        })
+        self.heads = nn.ModuleDict(
+            {
+                "semantic": _head(hc, cfg.num_semantic_classes),
+                "heatmap": _head(hc, cfg.num_instance_classes),
+                "offsets": _head(hc, 2),
+                "crown": _head(hc, 1),
+                "density": _head(hc, 1),
+            }
+        )
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -98,8 +109,11 @@ class CabrucaNet(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by part, for per-part learning rates."""
-        return {"backbone": list(self.backbone.parameters()), "decoder": list(self.decoder.parameters()),
-                "heads": list(self.heads.parameters())}
+        return {
+            "backbone": list(self.backbone.parameters()),
+            "decoder": list(self.decoder.parameters()),
+            "heads": list(self.heads.parameters()),
+        }
 
 
 def build_model(cfg: ModelConfig) -> CabrucaNet:
@@ -124,8 +138,10 @@ def load_pretrained(model: CabrucaNet, path: str | Path) -> list[str]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # not a zip/pickle torch file either
-            raise CheckpointError(f"model.pretrained_checkpoint {path} is neither a cabruca checkpoint nor a torch "
-                                  f"state_dict ({exc}).") from None
+            raise CheckpointError(
+                f"model.pretrained_checkpoint {path} is neither a cabruca checkpoint nor a torch "
+                f"state_dict ({exc})."
+            ) from None
         state = state.get("state_dict", state.get("model", state))
     target = model
     if not any(k.startswith(("backbone.", "decoder.", "heads.")) for k in state):

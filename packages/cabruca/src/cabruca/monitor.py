@@ -1,6 +1,6 @@
 """`python -m cabruca.monitor`: launch the Trainyard dashboard (`streamlit run` on cabruca's app).
 
-    python -m cabruca.monitor [--runs-dir outputs] [--port 8501] [--host 127.0.0.1] [--open-browser]
+python -m cabruca.monitor [--runs-dir outputs] [--port 8501] [--host 127.0.0.1] [--open-browser]
 """
 
 from __future__ import annotations
@@ -17,13 +17,30 @@ APP = Path(__file__).resolve().parent / "dashboard" / "app.py"
 
 
 def streamlit_command(runs_dir: str, port: int, host: str, open_browser: bool) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port), "--server.address", host,
-            "--server.headless", "false" if open_browser else "true", "--browser.gatherUsageStats", "false",
-            "--", "--runs-dir", str(runs_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "false" if open_browser else "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--runs-dir",
+        str(runs_dir),
+    ]
 
 
 @click.command()
-@click.option("--runs-dir", default="outputs", show_default=True, help="Folder holding run folders (any package).")
+@click.option(
+    "--runs-dir", default="outputs", show_default=True, help="Folder holding run folders (any package)."
+)
 @click.option("--port", default=8501, show_default=True, help="HTTP port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--open-browser", is_flag=True, help="Open a browser tab (default: headless server only).")

@@ -43,18 +43,33 @@ def build_optimizer(model, cfg: CabrucaConfig) -> tuple[torch.optim.Optimizer, l
     return opt, names
 
 
-def build_lr_schedule(cfg: CabrucaConfig, base_lrs: list[float], steps_per_epoch: int) -> tuple[Schedule, str]:
+def build_lr_schedule(
+    cfg: CabrucaConfig, base_lrs: list[float], steps_per_epoch: int
+) -> tuple[Schedule, str]:
     """The seed's scheduler section translated to common's ScheduleConfig. Returns (schedule, interval):
     onecycle steps per optimizer step, every other schedule per epoch (plateau reads the monitored metric)."""
     sc, epochs = cfg.scheduler, cfg.training.num_epochs
     kind = {"none": "constant", "warm_restarts": "cosine_restarts"}.get(sc.type, sc.type)
-    common_cfg = ScheduleConfig(name=kind, interval="step" if kind == "onecycle" else "epoch", min_lr=sc.eta_min,
-                                warmup_steps=sc.warmup_steps if kind == "cosine" else 0, pct_start=sc.pct_start,
-                                div_factor=sc.div_factor, final_div_factor=sc.final_div_factor, T_0=sc.T_0,
-                                T_mult=sc.T_mult, factor=sc.factor, patience=sc.patience,
-                                mode="min" if cfg.training.minimize_metric else "max")
+    common_cfg = ScheduleConfig(
+        name=kind,
+        interval="step" if kind == "onecycle" else "epoch",
+        min_lr=sc.eta_min,
+        warmup_steps=sc.warmup_steps if kind == "cosine" else 0,
+        pct_start=sc.pct_start,
+        div_factor=sc.div_factor,
+        final_div_factor=sc.final_div_factor,
+        T_0=sc.T_0,
+        T_mult=sc.T_mult,
+        factor=sc.factor,
+        patience=sc.patience,
+        mode="min" if cfg.training.minimize_metric else "max",
+    )
     if kind == "onecycle":
-        peaks = [sc.max_lr] * len(base_lrs) if sc.max_lr is not None and not cfg.optimizer.param_groups else base_lrs
+        peaks = (
+            [sc.max_lr] * len(base_lrs)
+            if sc.max_lr is not None and not cfg.optimizer.param_groups
+            else base_lrs
+        )
         total = max(epochs * steps_per_epoch, 2)
         return build_schedule(common_cfg, peaks, total), "step"
     total = sc.T_max or epochs

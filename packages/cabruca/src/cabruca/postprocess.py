@@ -38,9 +38,17 @@ def find_peaks(heatmap: torch.Tensor, threshold: float, kernel: int, top_k: int)
 
 
 @torch.no_grad()
-def decode_instances(semantic_prob: torch.Tensor, heatmap: torch.Tensor, offsets: torch.Tensor,
-                     instance_semantic_ids: list[int], *, threshold: float = 0.3, nms_kernel: int = 7,
-                     top_k: int = 200, min_area: int = 4) -> list[Instance]:
+def decode_instances(
+    semantic_prob: torch.Tensor,
+    heatmap: torch.Tensor,
+    offsets: torch.Tensor,
+    instance_semantic_ids: list[int],
+    *,
+    threshold: float = 0.3,
+    nms_kernel: int = 7,
+    top_k: int = 200,
+    min_area: int = 4,
+) -> list[Instance]:
     """One tile. semantic_prob (S, H, W) class probabilities (a one-hot mask works), heatmap (C, H, W),
     offsets (2, H, W) as (dy, dx)."""
     s, h, w = semantic_prob.shape

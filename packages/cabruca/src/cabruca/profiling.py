@@ -48,5 +48,6 @@ class BatchProfiler:
         prof.export_chrome_trace(str(self.out_dir / "trace.json"))
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
         (self.out_dir / "summary.txt").write_text(
-            f"torch.profiler over training batches {self.first}..{min(self.batch, self.last)}\n{table}\n")
+            f"torch.profiler over training batches {self.first}..{min(self.batch, self.last)}\n{table}\n"
+        )
         self.log.info("profiler trace and summary written to %s", self.out_dir)

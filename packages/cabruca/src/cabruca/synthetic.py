@@ -51,8 +51,11 @@ def _place_trees(rng, size):
     """Rejection-sample tree centres so no two are closer than half their radii sum (crowns may overlap,
     centres stay distinct) and never closer than 8 px (the default peak-picking window)."""
     area = (size / 256) ** 2  # counts scale with the scene area; at least one tree of each kind
-    counts = {"cacao": max(1, int(rng.integers(10, 16) * area)), "shade": max(1, int(rng.integers(2, 5) * area)),
-              "other": max(1, int(rng.integers(1, 4) * area))}
+    counts = {
+        "cacao": max(1, int(rng.integers(10, 16) * area)),
+        "shade": max(1, int(rng.integers(2, 5) * area)),
+        "other": max(1, int(rng.integers(1, 4) * area)),
+    }
     trees: list[Tree] = []
     for kind in ("shade", "cacao", "other"):
         lo, hi = _TREE_KINDS[kind][3]
@@ -112,7 +115,9 @@ def render_scene(seed: int, size: int = 256):
     shadow = np.zeros((size, size), np.float32)
     for t in trees:
         if t.kind == "shade":  # shadow falls south-east of the crown, under and around it
-            inside, _ = _crown_mask(Tree(t.kind, t.cx + 0.4 * t.radius, t.cy + 0.4 * t.radius, t.radius, t.phase), yy, xx)
+            inside, _ = _crown_mask(
+                Tree(t.kind, t.cx + 0.4 * t.radius, t.cy + 0.4 * t.radius, t.radius, t.phase), yy, xx
+            )
             shadow = np.maximum(shadow, inside * 0.35)
     for kind in _DRAW_ORDER:
         sem_id, _, colour, _, _, _ = _TREE_KINDS[kind]
@@ -137,19 +142,30 @@ def render_scene(seed: int, size: int = 256):
 def coco_annotations(names, sizes, id_maps, tree_lists):
     """COCO dict with RLE masks and a single 'centre' keypoint per tree (visible modal masks)."""
     images, anns = [], []
-    for img_id, (name, (h, w), ids, trees) in enumerate(zip(names, sizes, id_maps, tree_lists, strict=True), start=1):
+    for img_id, (name, (h, w), ids, trees) in enumerate(
+        zip(names, sizes, id_maps, tree_lists, strict=True), start=1
+    ):
         images.append({"id": img_id, "file_name": name, "width": w, "height": h})
         for k, t in enumerate(trees, start=1):
             m = np.asfortranarray((ids == k).astype(np.uint8))
             rle = mask_utils.encode(m)
-            anns.append({
-                "id": len(anns) + 1, "image_id": img_id, "category_id": _TREE_KINDS[t.kind][1],
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "iscrowd": 0, "keypoints": [round(t.cx, 2), round(t.cy, 2), 2], "num_keypoints": 1,
-            })
-    categories = [{"id": i + 1, "name": n, "supercategory": "tree", "keypoints": ["centre"], "skeleton": []}
-                  for i, n in enumerate(INSTANCE_CLASSES)]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": _TREE_KINDS[t.kind][1],
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                    "keypoints": [round(t.cx, 2), round(t.cy, 2), 2],
+                    "num_keypoints": 1,
+                }
+            )
+    categories = [
+        {"id": i + 1, "name": n, "supercategory": "tree", "keypoints": ["centre"], "skeleton": []}
+        for i, n in enumerate(INSTANCE_CLASSES)
+    ]
     return {"images": images, "annotations": anns, "categories": categories}
 
 
@@ -159,7 +175,9 @@ def write_split(out_dir: Path, n: int, size: int, seed: int, split_id: int) -> P
     names, sizes, id_maps, tree_lists = [], [], [], []
     for i in range(n):
         # Scene seed is a pure function of (seed, split, index): the same command writes the same bytes.
-        rgb, semantic, ids, trees = render_scene(int(np.random.SeedSequence([seed, split_id, i]).generate_state(1)[0]), size)
+        rgb, semantic, ids, trees = render_scene(
+            int(np.random.SeedSequence([seed, split_id, i]).generate_state(1)[0]), size
+        )
         name = f"scene_{i:04d}.png"
         Image.fromarray(rgb).save(out_dir / "images" / name)
         Image.fromarray(semantic).save(out_dir / "masks" / name)
@@ -171,7 +189,9 @@ def write_split(out_dir: Path, n: int, size: int, seed: int, split_id: int) -> P
     return out_dir
 
 
-def generate(out: str | Path, *, num_train: int = 12, num_val: int = 4, image_size: int = 256, seed: int = 0) -> Path:
+def generate(
+    out: str | Path, *, num_train: int = 12, num_val: int = 4, image_size: int = 256, seed: int = 0
+) -> Path:
     out = Path(out)
     write_split(out / "train", num_train, image_size, seed, 0)
     write_split(out / "val", num_val, image_size, seed, 1)
@@ -182,7 +202,9 @@ def generate(out: str | Path, *, num_train: int = 12, num_val: int = 4, image_si
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--num-train", default=12, show_default=True, help="Training scenes.")
 @click.option("--num-val", default=4, show_default=True, help="Validation scenes.")
-@click.option("--image-size", default=256, show_default=True, help="Scene side in pixels (tiled at training time).")
+@click.option(
+    "--image-size", default=256, show_default=True, help="Scene side in pixels (tiled at training time)."
+)
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
 def main(out_dir, num_train, num_val, image_size, seed):
     """Write deterministic synthetic cabruca scenes (images, masks, COCO annotations with centres)."""

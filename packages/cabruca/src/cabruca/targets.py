@@ -35,8 +35,16 @@ def _gaussian_window(cx: int, cy: int, sigma: float, h: int, w: int):
     return (slice(y0, y1), slice(x0, x1)), g
 
 
-def make_targets(instances: np.ndarray, labels: np.ndarray, centres: np.ndarray, num_classes: int, *,
-                 centre_sigma: float = 3.0, density_sigma: float = 4.0, density_scale: float = 100.0) -> dict:
+def make_targets(
+    instances: np.ndarray,
+    labels: np.ndarray,
+    centres: np.ndarray,
+    num_classes: int,
+    *,
+    centre_sigma: float = 3.0,
+    density_sigma: float = 4.0,
+    density_scale: float = 100.0,
+) -> dict:
     """instances (H, W) ids 1..N, labels (N,) class index, centres (N, 2) [x, y] -> dict of float32 arrays:
     heatmap (C, H, W), offsets (2, H, W) as (dy, dx), offset_weight (H, W), crown (H, W), density (H, W),
     count () = N."""

@@ -1,9 +1,9 @@
 """`python -m cabruca.train`: train the multi-task cabruca model (the seed's train.py command line).
 
-    python -m cabruca.train --config configs/training_config.yaml [--device cpu|cuda|mps] [--resume CKPT]
-        [--use-mlflow] [--use-wandb] [--lr 1e-3] [--batch-size 8] [--epochs 50] [--grad-accum 4]
-        [--experiment-name NAME] [--mixed-precision] [--compile] [key.sub=value ...]
-    python -m cabruca.train --demo
+python -m cabruca.train --config configs/training_config.yaml [--device cpu|cuda|mps] [--resume CKPT]
+    [--use-mlflow] [--use-wandb] [--lr 1e-3] [--batch-size 8] [--epochs 50] [--grad-accum 4]
+    [--experiment-name NAME] [--mixed-precision] [--compile] [key.sub=value ...]
+python -m cabruca.train --demo
 """
 
 from __future__ import annotations
@@ -27,11 +27,21 @@ from .config import CabrucaConfig
 from .engine import HISTORY_FILE, FitResult, Trainer
 
 OPTION_KEYS = {
-    "lr": "optimizer.lr", "batch_size": "data.batch_size", "epochs": "training.num_epochs",
-    "grad_accum": "training.gradient_accumulation_steps", "experiment_name": "experiment_name",
-    "mixed_precision": "training.mixed_precision", "compile": "training.compile", "device": "device",
-    "data_dir": "data.data_dir", "output_dir": "output_dir", "seed": "seed", "tile_size": "data.tile_size",
-    "use_mlflow": "tracking.mlflow", "use_wandb": "tracking.wandb", "num_workers": "data.num_workers",
+    "lr": "optimizer.lr",
+    "batch_size": "data.batch_size",
+    "epochs": "training.num_epochs",
+    "grad_accum": "training.gradient_accumulation_steps",
+    "experiment_name": "experiment_name",
+    "mixed_precision": "training.mixed_precision",
+    "compile": "training.compile",
+    "device": "device",
+    "data_dir": "data.data_dir",
+    "output_dir": "output_dir",
+    "seed": "seed",
+    "tile_size": "data.tile_size",
+    "use_mlflow": "tracking.mlflow",
+    "use_wandb": "tracking.wandb",
+    "num_workers": "data.num_workers",
 }
 # Changing any of these between a checkpoint and a new run makes `--resume` a warm start (weights only).
 _WARM_START_KEYS = ("experiment_name", "data.tile_size", "optimizer")
@@ -56,13 +66,20 @@ def resume_plan(state: dict, cfg: CabrucaConfig) -> tuple[str, str]:
     return "continue", "same experiment, tile size and optimizer as the checkpoint's run"
 
 
-def train(cfg: CabrucaConfig, *, resume: str | None = None, stop_after_steps: int | None = None,
-          logger: logging.Logger | None = None) -> FitResult:
+def train(
+    cfg: CabrucaConfig,
+    *,
+    resume: str | None = None,
+    stop_after_steps: int | None = None,
+    logger: logging.Logger | None = None,
+) -> FitResult:
     """Run folder, logging, trackers, Trainer; also the library entry point the tests use."""
     device = torch_device(cfg.device)
     if cfg.training.mixed_precision and device.type != "cuda":
-        raise DeviceError(f"--mixed-precision (float16 autocast with a GradScaler) needs a CUDA device; this run is on "
-                          f"{device.type}. Drop the option, or train with --device cuda on a machine with a GPU.")
+        raise DeviceError(
+            f"--mixed-precision (float16 autocast with a GradScaler) needs a CUDA device; this run is on "
+            f"{device.type}. Drop the option, or train with --device cuda on a machine with a GPU."
+        )
     state, mode, why = None, None, ""
     if resume:
         state = load_checkpoint(resume)
@@ -75,21 +92,42 @@ def train(cfg: CabrucaConfig, *, resume: str | None = None, stop_after_steps: in
         run = RunFolder.timestamped(cfg.output_dir, cfg.experiment_name)
     log = setup_logging(run.logs, level="INFO")
     if resume:
-        log.info("resuming from %s: %s (%s)", resume, "exact continuation" if mode == "continue" else
-                 "new run from its weights", why)
+        log.info(
+            "resuming from %s: %s (%s)",
+            resume,
+            "exact continuation" if mode == "continue" else "new run from its weights",
+            why,
+        )
     log.info("run folder %s; device %s", run.root, describe_device(device))
     save_config(cfg, run.path("config.yaml"))
     t = cfg.tracking
     trackers = build_trackers(
-        run, history_file=HISTORY_FILE, tensorboard=t.tensorboard,
-        mlflow={"experiment": t.project, "run_name": run.root.name, "tags": {k: "" for k in t.tags}} if t.mlflow else None,
-        wandb={"project": t.project, "name": run.root.name, "tags": tuple(t.tags), "config": config_to_dict(cfg)}
-        if t.wandb else None,
-        resume_step=int(state["global_step"]) if mode == "continue" else None, logger=log,
+        run,
+        history_file=HISTORY_FILE,
+        tensorboard=t.tensorboard,
+        mlflow={"experiment": t.project, "run_name": run.root.name, "tags": {k: "" for k in t.tags}}
+        if t.mlflow
+        else None,
+        wandb={
+            "project": t.project,
+            "name": run.root.name,
+            "tags": tuple(t.tags),
+            "config": config_to_dict(cfg),
+        }
+        if t.wandb
+        else None,
+        resume_step=int(state["global_step"]) if mode == "continue" else None,
+        logger=log,
     )
-    trainer = Trainer(cfg, run, device, trackers=trackers, logger=log,
-                      resume_state=state if mode == "continue" else None,
-                      init_weights=state["model"] if mode == "weights" else None)
+    trainer = Trainer(
+        cfg,
+        run,
+        device,
+        trackers=trackers,
+        logger=log,
+        resume_state=state if mode == "continue" else None,
+        init_weights=state["model"] if mode == "weights" else None,
+    )
     result = trainer.fit(stop_after_steps=stop_after_steps)
     log.info("finished at epoch %d, step %d; outputs in %s", result.epochs_done, result.global_step, run.root)
     return result
@@ -104,38 +142,72 @@ def run_demo(output_dir: str, device: str, extra_overrides: tuple[str, ...]) -> 
     if not (data_dir / "val" / "annotations.json").exists():
         click.echo(f"generating synthetic scenes in {data_dir} ...")
         generate(data_dir, num_train=6, num_val=2, image_size=256, seed=0)
-    cfg = config_mod.load("training_config_light", cli={
-        "experiment_name": "demo", "output_dir": output_dir, "device": device, "data.data_dir": str(data_dir),
-        "training.num_epochs": 6, "training.max_steps_per_epoch": 8, "training.checkpoint_every_n_epochs": 3,
-        "scheduler.type": "onecycle", "optimizer.lr": 0.003,
-        # mAP stays near 0 in two minutes; the best checkpoint (evaluated below) follows the validation loss.
-        "training.monitor_metric": "val/loss", "training.minimize_metric": True,
-    }, overrides=extra_overrides)
+    cfg = config_mod.load(
+        "training_config_light",
+        cli={
+            "experiment_name": "demo",
+            "output_dir": output_dir,
+            "device": device,
+            "data.data_dir": str(data_dir),
+            "training.num_epochs": 6,
+            "training.max_steps_per_epoch": 8,
+            "training.checkpoint_every_n_epochs": 3,
+            "scheduler.type": "onecycle",
+            "optimizer.lr": 0.003,
+            # mAP stays near 0 in two minutes; the best checkpoint (evaluated below) follows the validation loss.
+            "training.monitor_metric": "val/loss",
+            "training.minimize_metric": True,
+        },
+        overrides=extra_overrides,
+    )
     result = train(cfg)
     best = result.run_dir / "checkpoints" / "checkpoint_best.pth"
-    report = evaluate_checkpoint(best if best.exists() else result.run_dir / "checkpoints" / "checkpoint_latest.pth",
-                                 data_dir, split="val", out_dir=result.run_dir / "evaluation", device=device)
+    report = evaluate_checkpoint(
+        best if best.exists() else result.run_dir / "checkpoints" / "checkpoint_latest.pth",
+        data_dir,
+        split="val",
+        out_dir=result.run_dir / "evaluation",
+        device=device,
+    )
     hist = result.run_dir / HISTORY_FILE
-    click.echo("\n".join([
-        "", f"demo finished: {result.epochs_done} epochs, {result.global_step} steps",
-        f"  run folder:      {result.run_dir}",
-        f"  history:         {hist}", f"  curves:          {result.run_dir / 'plots' / 'training_curves.png'}",
-        f"  evaluation:      {report}",
-        f"  TensorBoard:     tensorboard --logdir {result.run_dir / 'tensorboard'}",
-        f"  dashboard:       python -m cabruca.monitor --runs-dir {Path(output_dir)}",
-        f"  continue:        python -m cabruca.train --config {result.run_dir / 'config.yaml'} "
-        f"--resume {result.run_dir / 'checkpoints' / 'checkpoint_latest.pth'} --epochs 12",
-    ]))
+    click.echo(
+        "\n".join(
+            [
+                "",
+                f"demo finished: {result.epochs_done} epochs, {result.global_step} steps",
+                f"  run folder:      {result.run_dir}",
+                f"  history:         {hist}",
+                f"  curves:          {result.run_dir / 'plots' / 'training_curves.png'}",
+                f"  evaluation:      {report}",
+                f"  TensorBoard:     tensorboard --logdir {result.run_dir / 'tensorboard'}",
+                f"  dashboard:       python -m cabruca.monitor --runs-dir {Path(output_dir)}",
+                f"  continue:        python -m cabruca.train --config {result.run_dir / 'config.yaml'} "
+                f"--resume {result.run_dir / 'checkpoints' / 'checkpoint_latest.pth'} --epochs 12",
+            ]
+        )
+    )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": False})
-@click.option("--config", "config_source", default=None,
-              help="YAML path or bundled config name (training_config, training_config_light). "
-                   "Default: training_config.")
+@click.option(
+    "--config",
+    "config_source",
+    default=None,
+    help="YAML path or bundled config name (training_config, training_config_light). "
+    "Default: training_config.",
+)
 @click.option("--device", type=str, help="auto | cpu | cuda | cuda:N | mps.")
-@click.option("--resume", type=click.Path(dir_okay=False), help="Checkpoint to continue (or warm-start) from.")
-@click.option("--use-mlflow", is_flag=True, help="Also log to MLflow (mlruns/ in the run folder or MLFLOW_TRACKING_URI).")
-@click.option("--use-wandb", is_flag=True, help="Also log to Weights & Biases (offline without WANDB_API_KEY).")
+@click.option(
+    "--resume", type=click.Path(dir_okay=False), help="Checkpoint to continue (or warm-start) from."
+)
+@click.option(
+    "--use-mlflow",
+    is_flag=True,
+    help="Also log to MLflow (mlruns/ in the run folder or MLFLOW_TRACKING_URI).",
+)
+@click.option(
+    "--use-wandb", is_flag=True, help="Also log to Weights & Biases (offline without WANDB_API_KEY)."
+)
 @click.option("--lr", type=float, help="optimizer.lr.")
 @click.option("--batch-size", type=int, help="data.batch_size.")
 @click.option("--epochs", type=int, help="training.num_epochs.")
@@ -148,7 +220,9 @@ def run_demo(output_dir: str, device: str, extra_overrides: tuple[str, ...]) -> 
 @click.option("--tile-size", type=int, help="data.tile_size.")
 @click.option("--num-workers", type=int, help="data.num_workers.")
 @click.option("--seed", type=int, help="Seed for data order, augmentation and initialisation.")
-@click.option("--demo", is_flag=True, help="Synthetic data + light config: a two-minute CPU run, then evaluation.")
+@click.option(
+    "--demo", is_flag=True, help="Synthetic data + light config: a two-minute CPU run, then evaluation."
+)
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.argument("overrides", nargs=-1)
 @click.pass_context

@@ -60,7 +60,9 @@ def torch_sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def torch_matmul_peak_gflops(device: Any = "cpu", n: int = 2048, repeats: int = 5, dtype: Any = None) -> float:
+def torch_matmul_peak_gflops(
+    device: Any = "cpu", n: int = 2048, repeats: int = 5, dtype: Any = None
+) -> float:
     """Best GFLOP/s of torch's matmul on `device` (float32 unless `dtype` is given)."""
     import torch
 

@@ -53,6 +53,9 @@ def tune_malloc() -> str:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = [(M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20)]
     ok = all(mallopt(param, value) == 1 for param, value in settings)  # mallopt returns 1 on success
-    STATUS = ("glibc malloc: one arena, no mmap, no trim (heap buffers reused)" if ok
-              else "glibc malloc: some mallopt settings were refused (defaults kept for those)")
+    STATUS = (
+        "glibc malloc: one arena, no mmap, no trim (heap buffers reused)"
+        if ok
+        else "glibc malloc: some mallopt settings were refused (defaults kept for those)"
+    )
     return STATUS

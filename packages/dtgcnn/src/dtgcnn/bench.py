@@ -88,8 +88,11 @@ def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup
     from mlx.utils import tree_flatten
 
     return {
-        "first_step_s": compile_s, "step_s": _median(step_times), "forward_ms": 1e3 * _median(fwd_times),
-        "peak_memory_mb": mx.get_peak_memory() / 2**20, "train_gflop_per_sample": flops["train"] / 1e9,
+        "first_step_s": compile_s,
+        "step_s": _median(step_times),
+        "forward_ms": 1e3 * _median(fwd_times),
+        "peak_memory_mb": mx.get_peak_memory() / 2**20,
+        "train_gflop_per_sample": flops["train"] / 1e9,
         "naive_train_gflop_per_sample": naive["train"] / 1e9,
         "parameters": sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
     }
@@ -98,8 +101,12 @@ def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup
 def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
     from dtgcnn import streams
 
-    out = {"blas": dtgcnn.BLAS.describe(), "cpu": f"{dtgcnn.MALLOC}; {streams.describe()}",
-           "numpy_peak_gflops": numpy_matmul_peak(), "mlx_matmul_1000_s": mlx_matmul_seconds()}
+    out = {
+        "blas": dtgcnn.BLAS.describe(),
+        "cpu": f"{dtgcnn.MALLOC}; {streams.describe()}",
+        "numpy_peak_gflops": numpy_matmul_peak(),
+        "mlx_matmul_1000_s": mlx_matmul_seconds(),
+    }
     out |= time_train_step(batch_size, num_points, k, steps, warmup, jit)
     out["samples_per_s"] = batch_size / out["step_s"]
     out["achieved_gflops"] = out["samples_per_s"] * out["train_gflop_per_sample"]
@@ -114,12 +121,18 @@ def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
 @click.option("--steps", default=5, show_default=True, help="Timed steps (median).")
 @click.option("--warmup", default=2, show_default=True, help="Untimed steps first (compilation, allocator).")
 @click.option("--jit/--no-jit", default=True, show_default=True, help="mx.compile the step.")
-@click.option("--compare-reference/--no-compare-reference", default=True, show_default=True,
-              help="Also time the step on MLX's reference BLAS in a subprocess.")
+@click.option(
+    "--compare-reference/--no-compare-reference",
+    default=True,
+    show_default=True,
+    help="Also time the step on MLX's reference BLAS in a subprocess.",
+)
 @click.option("--reference-steps", default=2, show_default=True)
 @click.option("--json-output", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 @click.option("--child", is_flag=True, hidden=True, help="Print one JSON line (used for the reference run).")
-def main(batch_size, num_points, k, steps, warmup, jit, compare_reference, reference_steps, json_output, child):
+def main(
+    batch_size, num_points, k, steps, warmup, jit, compare_reference, reference_steps, json_output, child
+):
     fast = measure(batch_size, num_points, k, steps, warmup, jit)
     if child:
         click.echo(json.dumps(fast))
@@ -127,9 +140,19 @@ def main(batch_size, num_points, k, steps, warmup, jit, compare_reference, refer
     ref = None
     if compare_reference and dtgcnn.BLAS.fast:
         env = {**os.environ, "DTGCNN_FAST_BLAS": "0"}
-        cmd = [sys.executable, "-m", "dtgcnn.bench", "--child", "--no-compare-reference", f"--batch-size={batch_size}",
-               f"--num-points={num_points}", f"--k={k}", f"--steps={reference_steps}", "--warmup=1",
-               "--jit" if jit else "--no-jit"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dtgcnn.bench",
+            "--child",
+            "--no-compare-reference",
+            f"--batch-size={batch_size}",
+            f"--num-points={num_points}",
+            f"--k={k}",
+            f"--steps={reference_steps}",
+            "--warmup=1",
+            "--jit" if jit else "--no-jit",
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode == 0:
             ref = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -43,7 +43,9 @@ LIBRARY_ENV = "DTGCNN_BLAS_LIBRARY"
 class BlasStatus:
     """What `use_fast_blas` did; `describe()` is the line the CLIs log."""
 
-    name: str  # "Intel MKL 2026.2 ...", "reference BLAS (bundled with mlx)", or the custom library's file name
+    name: (
+        str  # "Intel MKL 2026.2 ...", "reference BLAS (bundled with mlx)", or the custom library's file name
+    )
     path: str | None  # the loaded library, None for the reference BLAS
     fast: bool  # True when cblas_sgemm now resolves to the loaded library
     note: str = ""  # why the reference BLAS is in use, or a caveat
@@ -99,8 +101,12 @@ def _mkl_version(lib: ctypes.CDLL) -> str:
 
 
 class _DlInfo(ctypes.Structure):
-    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
-                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+    _fields_ = [
+        ("dli_fname", ctypes.c_char_p),
+        ("dli_fbase", ctypes.c_void_p),
+        ("dli_sname", ctypes.c_char_p),
+        ("dli_saddr", ctypes.c_void_p),
+    ]
 
 
 def sgemm_provider() -> str | None:
@@ -126,15 +132,21 @@ def use_fast_blas() -> BlasStatus:
         STATUS = BlasStatus("platform BLAS (mlx links Accelerate on macOS)", None, True, "")
         return STATUS
     if os.environ.get(OPT_OUT_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
-        STATUS = BlasStatus("reference BLAS (bundled with mlx)", None, False, f"opted out with {OPT_OUT_ENV}=0")
+        STATUS = BlasStatus(
+            "reference BLAS (bundled with mlx)", None, False, f"opted out with {OPT_OUT_ENV}=0"
+        )
         return STATUS
     late = "mlx.core" in sys.modules  # libmlx already bound its BLAS symbols at load (measured): too late
     custom = os.environ.get(LIBRARY_ENV)
     path = Path(custom) if custom else _mkl_rt_path()
     if path is None:
-        STATUS = BlasStatus("reference BLAS (bundled with mlx)", None, False,
-                            "the `mkl` package is not installed; CPU training will be ~30x slower "
-                            "(pip install mkl, or set DTGCNN_BLAS_LIBRARY to an OpenBLAS/MKL library)")
+        STATUS = BlasStatus(
+            "reference BLAS (bundled with mlx)",
+            None,
+            False,
+            "the `mkl` package is not installed; CPU training will be ~30x slower "
+            "(pip install mkl, or set DTGCNN_BLAS_LIBRARY to an OpenBLAS/MKL library)",
+        )
         warnings.warn(STATUS.describe(), RuntimeWarning, stacklevel=2)
         return STATUS
     try:

@@ -77,10 +77,13 @@ def schedule_config(cfg: TrainConfig, steps_per_epoch: int) -> tuple[ScheduleCon
     Warmup and step_size are given in epochs by the seed; they become steps here so the LR moves smoothly.
     """
     name = {"cosine": "cosine", "step": "step", "exponential": "exponential", "constant": "constant"}[
-        cfg.scheduler_type]
+        cfg.scheduler_type
+    ]
     if name in ("step", "exponential"):
         # The seed's step/exponential decays count epochs; keep them per epoch.
-        return ScheduleConfig(name=name, step_size=cfg.step_size, gamma=cfg.gamma, interval="epoch"), cfg.num_epochs
+        return ScheduleConfig(
+            name=name, step_size=cfg.step_size, gamma=cfg.gamma, interval="epoch"
+        ), cfg.num_epochs
     total = max(2, cfg.num_epochs * steps_per_epoch)
     # A run shorter than its warm-up (a quick test of a long config) warms up for all but its last step.
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)

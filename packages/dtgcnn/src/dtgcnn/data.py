@@ -33,8 +33,17 @@ class Sample:
 class MeshSplit:
     """One split of a dataset directory, validated on construction (`DataError` naming file and sample)."""
 
-    def __init__(self, data_dir: str | Path, split: str, *, num_vertices: int, num_classes: int | None = None,
-                 use_normals: bool = True, center: bool = True, cache: bool = False):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        *,
+        num_vertices: int,
+        num_classes: int | None = None,
+        use_normals: bool = True,
+        center: bool = True,
+        cache: bool = False,
+    ):
         self.data_dir = Path(data_dir)
         self.split = split
         self.meta_path = self.data_dir / f"{split}_metadata.json"
@@ -63,8 +72,10 @@ class MeshSplit:
     def _read_metadata(self) -> list[Sample]:
         for path in (self.meta_path, self.h5_path):
             if not path.is_file():
-                raise DataError(f"Missing data file {path} (expected {{split}}_metadata.json and "
-                                f"{{split}}_data.h5 for split '{self.split}'; make one with python -m dtgcnn.synthetic).")
+                raise DataError(
+                    f"Missing data file {path} (expected {{split}}_metadata.json and "
+                    f"{{split}}_data.h5 for split '{self.split}'; make one with python -m dtgcnn.synthetic)."
+                )
         try:
             meta = json.loads(self.meta_path.read_text())
         except json.JSONDecodeError as exc:
@@ -73,16 +84,22 @@ class MeshSplit:
             raise DataError(f"{self.meta_path} needs a non-empty list under the key 'samples'.")
         declared = meta.get("num_vertices")
         if declared is not None and int(declared) != self.num_vertices:
-            raise DataError(f"{self.meta_path} declares num_vertices={declared} but the config expects "
-                            f"{self.num_vertices}; set num_vertices={declared}.")
+            raise DataError(
+                f"{self.meta_path} declares num_vertices={declared} but the config expects "
+                f"{self.num_vertices}; set num_vertices={declared}."
+            )
         samples = []
         for i, entry in enumerate(meta["samples"]):
-            missing = [k for k in ("subject_id", "mesh_id", "label") if not isinstance(entry, dict) or k not in entry]
+            missing = [
+                k for k in ("subject_id", "mesh_id", "label") if not isinstance(entry, dict) or k not in entry
+            ]
             if missing:
                 raise DataError(f"{self.meta_path}: sample #{i} lacks key(s) {', '.join(missing)}.")
             if not isinstance(entry["label"], int) or isinstance(entry["label"], bool) or entry["label"] < 0:
-                raise DataError(f"{self.meta_path}: sample #{i} ({entry['subject_id']}/{entry['mesh_id']}) has "
-                                f"label {entry['label']!r}; labels are integers >= 0.")
+                raise DataError(
+                    f"{self.meta_path}: sample #{i} ({entry['subject_id']}/{entry['mesh_id']}) has "
+                    f"label {entry['label']!r}; labels are integers >= 0."
+                )
             samples.append(Sample(str(entry["subject_id"]), str(entry["mesh_id"]), entry["label"]))
         return samples
 
@@ -91,13 +108,17 @@ class MeshSplit:
         for i, s in enumerate(self.samples):
             where = f"{self.h5_path} sample #{i} ({s.subject_id}/{s.mesh_id})"
             if s.label >= self.num_classes:
-                raise DataError(f"{self.meta_path}: sample #{i} ({s.subject_id}/{s.mesh_id}) has label {s.label}, "
-                                f"out of range for num_classes={self.num_classes}.")
+                raise DataError(
+                    f"{self.meta_path}: sample #{i} ({s.subject_id}/{s.mesh_id}) has label {s.label}, "
+                    f"out of range for num_classes={self.num_classes}."
+                )
             coords, normals = self._read(i, where)
             for name, arr in (("coordinates", coords), ("normals", normals)):
                 if arr.shape != (self.num_vertices, 3):
-                    raise DataError(f"{where}: {name} has shape {list(arr.shape)}, expected "
-                                    f"[{self.num_vertices}, 3] (num_vertices={self.num_vertices}).")
+                    raise DataError(
+                        f"{where}: {name} has shape {list(arr.shape)}, expected "
+                        f"[{self.num_vertices}, 3] (num_vertices={self.num_vertices})."
+                    )
                 if not np.isfinite(arr).all():
                     raise DataError(f"{where}: {name} contains NaN or inf.")
 
@@ -145,8 +166,13 @@ class MeshAugmentation:
     """Random rigid rotation (about a random axis, within +-rotation_range degrees), isotropic scale, coordinate
     jitter and mirror flip (x -> -x); normals are rotated and flipped with the surface, never scaled or jittered."""
 
-    def __init__(self, rotation_range: float = 15.0, scale_range: tuple[float, float] = (0.9, 1.1),
-                 noise_std: float = 0.01, flip_probability: float = 0.0):
+    def __init__(
+        self,
+        rotation_range: float = 15.0,
+        scale_range: tuple[float, float] = (0.9, 1.1),
+        noise_std: float = 0.01,
+        flip_probability: float = 0.0,
+    ):
         if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
             raise DataError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range}.")
         if not 0.0 <= flip_probability <= 1.0:
@@ -188,11 +214,15 @@ class PKSampler:
         self.seed = seed
         self.classes = np.unique(self.labels)
         if self.k < 2 or self.p < 2:
-            raise DataError(f"batch_size={batch_size} with samples_per_label={samples_per_label} gives "
-                            f"P={self.p} labels x K={self.k}; triplet mining needs P >= 2 and K >= 2.")
+            raise DataError(
+                f"batch_size={batch_size} with samples_per_label={samples_per_label} gives "
+                f"P={self.p} labels x K={self.k}; triplet mining needs P >= 2 and K >= 2."
+            )
         if len(self.classes) < self.p:
-            raise DataError(f"The training split has {len(self.classes)} labels but a batch needs P={self.p}; "
-                            f"lower batch_size or raise samples_per_label.")
+            raise DataError(
+                f"The training split has {len(self.classes)} labels but a batch needs P={self.p}; "
+                f"lower batch_size or raise samples_per_label."
+            )
         self.by_label = {c: np.flatnonzero(self.labels == c) for c in self.classes}
 
     @property
@@ -206,14 +236,17 @@ class PKSampler:
         """The epoch's batches of dataset indices [P*K], in order."""
         label_stream: list = []
         cursor = {c: 0 for c in self.classes}
-        order = {c: sample_rng(self.seed, epoch, 1_000_000 + int(c)).permutation(idx) for c, idx in self.by_label.items()}
+        order = {
+            c: sample_rng(self.seed, epoch, 1_000_000 + int(c)).permutation(idx)
+            for c, idx in self.by_label.items()
+        }
         out, refill = [], 0
         for _ in range(len(self)):
             if len(label_stream) < self.p:
                 perm = epoch_permutation(len(self.classes), self.seed, epoch * 1000 + refill)
                 refill += 1
                 label_stream.extend(self.classes[perm])
-            chosen, label_stream = label_stream[: self.p], label_stream[self.p:]
+            chosen, label_stream = label_stream[: self.p], label_stream[self.p :]
             batch = []
             for c in chosen:
                 idx = order[c]
@@ -229,8 +262,14 @@ def eval_batches(n: int, batch_size: int) -> list[np.ndarray]:
     return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-def make_batch(split: MeshSplit, indices: np.ndarray, augmentation: MeshAugmentation | None,
-               seed: int, epoch: int, first_position: int) -> tuple[np.ndarray, np.ndarray]:
+def make_batch(
+    split: MeshSplit,
+    indices: np.ndarray,
+    augmentation: MeshAugmentation | None,
+    seed: int,
+    epoch: int,
+    first_position: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """x [B,N,C] float32 and labels [B] int32; sample j of the batch is augmented with
     sample_rng(seed, epoch, first_position + j), so augmentation does not depend on thread timing."""
     xs = []
@@ -242,8 +281,16 @@ def make_batch(split: MeshSplit, indices: np.ndarray, augmentation: MeshAugmenta
     return np.stack(xs).astype(np.float32), split.labels[indices].astype(np.int32)
 
 
-def prefetch(split: MeshSplit, batches: list[np.ndarray], *, augmentation: MeshAugmentation | None, seed: int,
-             epoch: int, start: int = 0, depth: int = 2) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def prefetch(
+    split: MeshSplit,
+    batches: list[np.ndarray],
+    *,
+    augmentation: MeshAugmentation | None,
+    seed: int,
+    epoch: int,
+    start: int = 0,
+    depth: int = 2,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield (batch_index, x, labels) for batches[start:], prepared `depth` batches ahead in a thread."""
 
     def prepared():

@@ -25,9 +25,14 @@ log = logging.getLogger("trainyard.dtgcnn")
 def loss_terms(model: nn.Module, cfg: TrainConfig, x: mx.array, y: mx.array):
     """(loss, {ce, triplet, accuracy, ...}) of one batch; the dict is auxiliary output, not differentiated."""
     out = model(x)
-    loss, parts = joint_loss(out, y, classification_weight=cfg.classification_weight,
-                             triplet_weight=cfg.triplet_weight, margin=cfg.triplet_margin,
-                             strategy=cfg.mining_strategy)
+    loss, parts = joint_loss(
+        out,
+        y,
+        classification_weight=cfg.classification_weight,
+        triplet_weight=cfg.triplet_weight,
+        margin=cfg.triplet_margin,
+        strategy=cfg.mining_strategy,
+    )
     return loss, {**parts, **batch_metrics(out, y, cfg.triplet_margin)}
 
 
@@ -60,7 +65,9 @@ class Stepper:
     key as explicit state, so BatchNorm statistics and dropout keys flow in and out of the compiled graph.
     """
 
-    def __init__(self, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig, debug_dir: Path | None):
+    def __init__(
+        self, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig, debug_dir: Path | None
+    ):
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.accumulate = max(1, cfg.gradient_accumulation_steps)
         self.debug_dir = debug_dir
@@ -101,8 +108,13 @@ class Stepper:
         if not np.isfinite(norm):
             self._fail(x, y, step, f"gradient norm is {norm} at step {step}")
         if norm > self.cfg.grad_norm_warn:
-            log.warning("exploding gradients: global norm %.1f > %.1f at step %d (clipped to %.1f)", norm,
-                        self.cfg.grad_norm_warn, step, self.cfg.gradient_clip_val)
+            log.warning(
+                "exploding gradients: global norm %.1f > %.1f at step %d (clipped to %.1f)",
+                norm,
+                self.cfg.grad_norm_warn,
+                step,
+                self.cfg.gradient_clip_val,
+            )
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.state, self.optimizer.state)
         return norm
@@ -119,8 +131,10 @@ class Stepper:
             np.savez(path, x=x, labels=y)
             where = f" The offending batch is saved in {path}."
         self.pending, self.pending_count = None, 0
-        raise NonFiniteError(f"Training stopped: {what}; no weights were updated and no checkpoint was "
-                             f"written from this state.{where} Lower learning_rate or check the data.")
+        raise NonFiniteError(
+            f"Training stopped: {what}; no weights were updated and no checkpoint was "
+            f"written from this state.{where} Lower learning_rate or check the data."
+        )
 
 
 def evaluate_split(model: nn.Module, split: MeshSplit, cfg: TrainConfig, *, with_embeddings: bool = False):
@@ -136,9 +150,14 @@ def evaluate_split(model: nn.Module, split: MeshSplit, cfg: TrainConfig, *, with
         x, y = make_batch(split, idx, None, 0, 0, 0)
         xa, ya = mx.array(x), mx.array(y)
         out = model(xa)
-        loss, parts = joint_loss(out, ya, classification_weight=cfg.classification_weight,
-                                 triplet_weight=cfg.triplet_weight, margin=cfg.triplet_margin,
-                                 strategy=cfg.mining_strategy)
+        loss, parts = joint_loss(
+            out,
+            ya,
+            classification_weight=cfg.classification_weight,
+            triplet_weight=cfg.triplet_weight,
+            margin=cfg.triplet_margin,
+            strategy=cfg.mining_strategy,
+        )
         aux = {"loss": loss, **parts, **batch_metrics(out, ya, cfg.triplet_margin)}
         mx.eval(aux, out["embedding"], out["logits"])
         for k, v in aux.items():

@@ -22,8 +22,14 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, split: str = "test") 
     from dtgcnn.engine import evaluate_split
 
     model, cfg = load_trained(checkpoint)
-    data = MeshSplit(data_dir, split, num_vertices=cfg.num_vertices, num_classes=model.spec.num_classes,
-                     use_normals=cfg.use_normals, center=cfg.center_meshes)
+    data = MeshSplit(
+        data_dir,
+        split,
+        num_vertices=cfg.num_vertices,
+        num_classes=model.spec.num_classes,
+        use_normals=cfg.use_normals,
+        center=cfg.center_meshes,
+    )
     metrics = evaluate_split(model, data, cfg)
     return {"split": split, "num_samples": len(data), **metrics}
 
@@ -32,7 +38,11 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, split: str = "test") 
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data-dir", "--data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False), help="Metrics JSON (default <split>_metrics.json beside the checkpoint).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Metrics JSON (default <split>_metrics.json beside the checkpoint).",
+)
 def main(checkpoint, data_dir, split, output):
     metrics = evaluate(checkpoint, data_dir, split)
     out = Path(output) if output else Path(checkpoint).parent / f"{split}_metrics.json"

@@ -59,8 +59,15 @@ def triplet_loss(emb: mx.array, labels: mx.array, margin: float, strategy: str =
     return mx.sum(per_pair) / mx.maximum(mx.sum(pos), 1)
 
 
-def joint_loss(out: dict[str, mx.array], labels: mx.array, *, classification_weight: float,
-               triplet_weight: float, margin: float, strategy: str) -> tuple[mx.array, dict[str, mx.array]]:
+def joint_loss(
+    out: dict[str, mx.array],
+    labels: mx.array,
+    *,
+    classification_weight: float,
+    triplet_weight: float,
+    margin: float,
+    strategy: str,
+) -> tuple[mx.array, dict[str, mx.array]]:
     """(total loss, {"ce", "triplet"}) for the model outputs of one batch."""
     ce = mx.mean(nn.losses.cross_entropy(out["logits"].astype(mx.float32), labels))
     trip = triplet_loss(out["embedding"].astype(mx.float32), labels, margin, strategy)

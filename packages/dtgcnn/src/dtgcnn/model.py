@@ -81,7 +81,9 @@ def gather_winners(values: mx.array, idx: mx.array, choice: mx.array) -> mx.arra
     """values [B,N,C] at neighbour idx[b,i,choice[b,i,c]] per channel -> [B,N,C] (choice [B,N,C] in 0..k-1)."""
     b, n, c = values.shape
     neighbour = mx.stop_gradient(mx.take_along_axis(idx, choice, axis=2))  # [B,N,C]: each channel's winner
-    flat = (neighbour + (mx.arange(b) * n)[:, None, None]) * c + mx.arange(c)  # [B,N,C] into values.reshape(-1)
+    flat = (neighbour + (mx.arange(b) * n)[:, None, None]) * c + mx.arange(
+        c
+    )  # [B,N,C] into values.reshape(-1)
     return values.reshape(-1)[flat]
 
 
@@ -147,8 +149,16 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, num_classes: int) -> ModelSpec:
-        return cls(in_channels, num_classes, cfg.k, tuple(cfg.edge_conv_dims), cfg.fusion_dim, cfg.hidden_dim,
-                   cfg.embedding_dim, cfg.dropout)
+        return cls(
+            in_channels,
+            num_classes,
+            cfg.k,
+            tuple(cfg.edge_conv_dims),
+            cfg.fusion_dim,
+            cfg.hidden_dim,
+            cfg.embedding_dim,
+            cfg.dropout,
+        )
 
 
 class DTGCNN(nn.Module):
@@ -174,7 +184,9 @@ class DTGCNN(nn.Module):
             # later layers from their own input features: the topology changes with depth.
             h = conv(h, x[:, :, :3] if i == 0 else None)  # [B,N,C_i]
             features.append(h)
-        fused = nn.leaky_relu(self.fusion_norm(self.fusion(mx.concatenate(features, axis=-1))), 0.2)  # [B,N,F]
+        fused = nn.leaky_relu(
+            self.fusion_norm(self.fusion(mx.concatenate(features, axis=-1))), 0.2
+        )  # [B,N,F]
         pooled = mx.concatenate([mx.max(fused, axis=1), mx.mean(fused, axis=1)], axis=-1)  # [B,2F]
         hidden = self.drop(nn.leaky_relu(self.hidden_norm(self.hidden(pooled)), 0.2))  # [B,H]
         raw = self.to_embedding(hidden)  # [B,E]
@@ -201,6 +213,9 @@ def flops_per_sample(spec: ModelSpec, num_points: int, *, naive_edges: bool = Fa
         fwd += 2 * n * n * graph_c  # pairwise distances
         fwd += 2 * n * k * 2 * cin * cout if naive_edges else 2 * n * 2 * cin * cout
     fwd += 2 * n * sum(spec.edge_conv_dims) * spec.fusion_dim
-    fwd += 2 * (2 * spec.fusion_dim * spec.hidden_dim + spec.hidden_dim * spec.embedding_dim
-                + spec.embedding_dim * spec.num_classes)
+    fwd += 2 * (
+        2 * spec.fusion_dim * spec.hidden_dim
+        + spec.hidden_dim * spec.embedding_dim
+        + spec.embedding_dim * spec.num_classes
+    )
     return {"forward": fwd, "train": 3 * fwd}

@@ -9,29 +9,46 @@ import numpy as np
 
 from common.plots import plot_curves
 
-CURVES = ("loss", "ce", "triplet", "accuracy", "triplet_accuracy", "hard_negative_ratio", "recall_at_1", "roc_auc",
-          "grad_norm", "lr")
+CURVES = (
+    "loss",
+    "ce",
+    "triplet",
+    "accuracy",
+    "triplet_accuracy",
+    "hard_negative_ratio",
+    "recall_at_1",
+    "roc_auc",
+    "grad_norm",
+    "lr",
+)
 
 
 def training_curves(history_json: Path, plots_dir: Path, epoch: int) -> Path:
     """plots/training_curves_epoch_NNNN.png: the main per-epoch metrics (train and val share an axis) against
     the global step. The full record stays in metrics_history.json (drawing all ~40 series costs seconds)."""
     metrics = json.loads(Path(history_json).read_text())["metrics"]
-    series = {name: [(int(p["step"]), float(p["value"])) for p in points] for name, points in metrics.items()
-              if name.rsplit("/", 1)[-1] in CURVES}
-    return plot_curves(series, plots_dir / f"training_curves_epoch_{epoch:04d}.png",
-                       title=f"DT-GCNN training, epoch {epoch}")
+    series = {
+        name: [(int(p["step"]), float(p["value"])) for p in points]
+        for name, points in metrics.items()
+        if name.rsplit("/", 1)[-1] in CURVES
+    }
+    return plot_curves(
+        series, plots_dir / f"training_curves_epoch_{epoch:04d}.png", title=f"DT-GCNN training, epoch {epoch}"
+    )
 
 
-def loss_distribution(path: Path, batch_losses: list[float], embeddings: np.ndarray, labels: np.ndarray,
-                      epoch: int) -> Path:
+def loss_distribution(
+    path: Path, batch_losses: list[float], embeddings: np.ndarray, labels: np.ndarray, epoch: int
+) -> Path:
     """plots/loss_distribution.png: the last epoch's per-batch training losses, and the validation
     distances of same-identity vs different-identity pairs (their overlap is what the triplet loss removes)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4))
     left, right = fig.subplots(1, 2)
-    left.hist(np.asarray(batch_losses, dtype=float), bins=min(30, max(5, len(batch_losses))), color="tab:blue")
+    left.hist(
+        np.asarray(batch_losses, dtype=float), bins=min(30, max(5, len(batch_losses))), color="tab:blue"
+    )
     left.set_title(f"training loss per batch, epoch {epoch}")
     left.set_xlabel("joint loss")
     d = np.sqrt(np.maximum(2.0 - 2.0 * embeddings @ embeddings.T, 0.0))  # unit embeddings

@@ -25,7 +25,9 @@ def profile(cfg, batch_size: int, repeats: int = 3) -> dict[str, float]:
     from dtgcnn.model import DTGCNN, ModelSpec, count_parameters, flops_per_sample
 
     labels_per_batch = max(2, batch_size // max(2, cfg.samples_per_label))
-    spec = ModelSpec.from_config(cfg, 6 if cfg.use_normals else 3, max(2, cfg.num_classes or labels_per_batch))
+    spec = ModelSpec.from_config(
+        cfg, 6 if cfg.use_normals else 3, max(2, cfg.num_classes or labels_per_batch)
+    )
     model = DTGCNN(spec)
     model.train()
     rng = np.random.default_rng(0)
@@ -46,22 +48,39 @@ def profile(cfg, batch_size: int, repeats: int = 3) -> dict[str, float]:
     fwd = timed(lambda: mx.eval(model(x)["embedding"]))
     full = timed(lambda: mx.eval(grad_fn(model, x, y)))
     flops = flops_per_sample(spec, cfg.num_vertices)
-    return {"batch_size": batch_size, "num_vertices": cfg.num_vertices, "k": cfg.k,
-            "forward_ms": 1e3 * fwd, "backward_ms": 1e3 * max(full - fwd, 0.0), "train_step_ms": 1e3 * full,
-            "samples_per_s": batch_size / full, "peak_memory_mb": mx.get_peak_memory() / 2**20,
-            "parameters": count_parameters(model), "forward_gflop_per_sample": flops["forward"] / 1e9,
-            "train_gflop_per_sample": flops["train"] / 1e9, "achieved_gflops": flops["train"] * batch_size / full / 1e9}
+    return {
+        "batch_size": batch_size,
+        "num_vertices": cfg.num_vertices,
+        "k": cfg.k,
+        "forward_ms": 1e3 * fwd,
+        "backward_ms": 1e3 * max(full - fwd, 0.0),
+        "train_step_ms": 1e3 * full,
+        "samples_per_s": batch_size / full,
+        "peak_memory_mb": mx.get_peak_memory() / 2**20,
+        "parameters": count_parameters(model),
+        "forward_gflop_per_sample": flops["forward"] / 1e9,
+        "train_gflop_per_sample": flops["train"] / 1e9,
+        "achieved_gflops": flops["train"] * batch_size / full / 1e9,
+    }
 
 
 def report(stats: dict[str, float], blas: str) -> str:
-    rows = [("batch size", f"{stats['batch_size']}"), ("vertices per mesh", f"{stats['num_vertices']}"),
-            ("k neighbours", f"{stats['k']}"), ("parameters", f"{stats['parameters']:,}"),
-            ("forward", f"{stats['forward_ms']:.1f} ms / batch"), ("backward", f"{stats['backward_ms']:.1f} ms / batch"),
-            ("throughput", f"{stats['samples_per_s']:.2f} samples/s (forward + backward)"),
-            ("peak memory", f"{stats['peak_memory_mb']:.0f} MiB (MLX)"),
-            ("FLOPs / sample", f"{stats['forward_gflop_per_sample']:.3f} GFLOP forward, "
-                               f"{stats['train_gflop_per_sample']:.3f} GFLOP forward + backward"),
-            ("achieved", f"{stats['achieved_gflops']:.1f} GFLOP/s")]
+    rows = [
+        ("batch size", f"{stats['batch_size']}"),
+        ("vertices per mesh", f"{stats['num_vertices']}"),
+        ("k neighbours", f"{stats['k']}"),
+        ("parameters", f"{stats['parameters']:,}"),
+        ("forward", f"{stats['forward_ms']:.1f} ms / batch"),
+        ("backward", f"{stats['backward_ms']:.1f} ms / batch"),
+        ("throughput", f"{stats['samples_per_s']:.2f} samples/s (forward + backward)"),
+        ("peak memory", f"{stats['peak_memory_mb']:.0f} MiB (MLX)"),
+        (
+            "FLOPs / sample",
+            f"{stats['forward_gflop_per_sample']:.3f} GFLOP forward, "
+            f"{stats['train_gflop_per_sample']:.3f} GFLOP forward + backward",
+        ),
+        ("achieved", f"{stats['achieved_gflops']:.1f} GFLOP/s"),
+    ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(["DT-GCNN profile", blas, ""] + [f"{k.ljust(width)}  {v}" for k, v in rows]) + "\n"
 

@@ -31,8 +31,10 @@ def stream_count() -> int:
         try:
             return max(1, int(raw))
         except ValueError:
-            raise ConfigError(f"{STREAMS_ENV} must be a whole number of CPU streams (1 = off), got {raw!r}; "
-                              "unset it to use one stream per core.") from None
+            raise ConfigError(
+                f"{STREAMS_ENV} must be a whole number of CPU streams (1 = off), got {raw!r}; "
+                "unset it to use one stream per core."
+            ) from None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, 4))
 

@@ -66,7 +66,9 @@ def vertex_normals(coords: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
-def radial_field(dirs: np.ndarray, rng: np.random.Generator, terms: int = 12, freq: float = 2.0) -> np.ndarray:
+def radial_field(
+    dirs: np.ndarray, rng: np.random.Generator, terms: int = 12, freq: float = 2.0
+) -> np.ndarray:
     """A smooth random function on the sphere [N]: random Fourier features of the direction, unit RMS."""
     w = rng.normal(0.0, freq, size=(terms, 3))
     phase = rng.uniform(0, 2 * np.pi, size=terms)
@@ -108,7 +110,9 @@ def make_mesh(spec, dirs, faces, identity, split_index: int, subject: int, mesh:
 def generate(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """Write {split}_metadata.json and {split}_data.h5 for train/val/test into out_dir; returns out_dir."""
     if spec.num_subjects < 2 or spec.num_vertices < 16 or min(spec.per_subject) < 1:
-        raise DataError("synthetic data needs at least 2 subjects, 16 vertices and 1 mesh per subject per split")
+        raise DataError(
+            "synthetic data needs at least 2 subjects, 16 vertices and 1 mesh per subject per split"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dirs, faces = template_sphere(spec.num_vertices)
@@ -144,13 +148,34 @@ def generate(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path
 @click.option("--noise-std", default=0.005, show_default=True)
 @click.option("--max-rotation", default=30.0, show_default=True, help="Pose rotation bound, degrees.")
 @click.option("--seed", default=0, show_default=True)
-def main(out_dir, num_subjects, train_per_subject, val_per_subject, test_per_subject, num_vertices,
-         subject_scale, mesh_scale, noise_std, max_rotation, seed):
-    spec = SyntheticSpec(num_subjects, (train_per_subject, val_per_subject, test_per_subject), num_vertices,
-                         subject_scale, mesh_scale, noise_std, max_rotation, seed=seed)
+def main(
+    out_dir,
+    num_subjects,
+    train_per_subject,
+    val_per_subject,
+    test_per_subject,
+    num_vertices,
+    subject_scale,
+    mesh_scale,
+    noise_std,
+    max_rotation,
+    seed,
+):
+    spec = SyntheticSpec(
+        num_subjects,
+        (train_per_subject, val_per_subject, test_per_subject),
+        num_vertices,
+        subject_scale,
+        mesh_scale,
+        noise_std,
+        max_rotation,
+        seed=seed,
+    )
     out = generate(out_dir, spec)
-    click.echo(f"wrote {sum(spec.per_subject) * num_subjects} meshes of {num_vertices} vertices "
-               f"({num_subjects} subjects) to {out}")
+    click.echo(
+        f"wrote {sum(spec.per_subject) * num_subjects} meshes of {num_vertices} vertices "
+        f"({num_subjects} subjects) to {out}"
+    )
 
 
 if __name__ == "__main__":

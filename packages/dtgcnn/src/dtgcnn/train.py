@@ -25,9 +25,15 @@ from dtgcnn.config import config_source as resolve_source
 
 # click parameter -> config key, applied only when the user typed the option.
 OPTION_KEYS = {
-    "batch_size": "batch_size", "learning_rate": "learning_rate", "num_epochs": "num_epochs",
-    "embedding_dim": "embedding_dim", "cache_data": "cache_data", "device": "device", "seed": "seed",
-    "gradient_accumulation_steps": "gradient_accumulation_steps", "jit_compile": "jit_compile",
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate",
+    "num_epochs": "num_epochs",
+    "embedding_dim": "embedding_dim",
+    "cache_data": "cache_data",
+    "device": "device",
+    "seed": "seed",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "jit_compile": "jit_compile",
     "precision": "precision",
 }
 DEMO_DATA = dict(num_subjects=8, per_subject=(8, 4, 4), num_vertices=256)
@@ -56,10 +62,24 @@ Trailing KEY=VALUE arguments override any config key (e.g. k=10 mining_strategy=
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=HELP)
-@click.option("--data-dir", "--data_dir", type=click.Path(file_okay=False), help="Dataset folder ({split}_metadata.json + {split}_data.h5).")
-@click.option("--output-dir", "--output_dir", type=click.Path(file_okay=False), help="Run folder (default ./experiments/run_<timestamp>).")
-@click.option("--config", "config_source", default=None,
-              help=f"YAML path or bundled config name ({', '.join(bundled_configs('dtgcnn'))}).")
+@click.option(
+    "--data-dir",
+    "--data_dir",
+    type=click.Path(file_okay=False),
+    help="Dataset folder ({split}_metadata.json + {split}_data.h5).",
+)
+@click.option(
+    "--output-dir",
+    "--output_dir",
+    type=click.Path(file_okay=False),
+    help="Run folder (default ./experiments/run_<timestamp>).",
+)
+@click.option(
+    "--config",
+    "config_source",
+    default=None,
+    help=f"YAML path or bundled config name ({', '.join(bundled_configs('dtgcnn'))}).",
+)
 @click.option("--resume", type=click.Path(dir_okay=False), help="Checkpoint to continue from exactly.")
 @click.option("--batch-size", type=int)
 @click.option("--learning-rate", type=float)
@@ -71,22 +91,42 @@ Trailing KEY=VALUE arguments override any config key (e.g. k=10 mining_strategy=
 @click.option("--seed", type=int)
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--jit-compile/--no-jit-compile", default=None, help="mx.compile the training step.")
-@click.option("--demo", is_flag=True, help="Generate synthetic meshes and run a short training (~2 min on CPU).")
-@click.option("--stop-after-steps", type=int, help="Stop like an interrupt after N global steps (writes a checkpoint).")
+@click.option(
+    "--demo", is_flag=True, help="Generate synthetic meshes and run a short training (~2 min on CPU)."
+)
+@click.option(
+    "--stop-after-steps", type=int, help="Stop like an interrupt after N global steps (writes a checkpoint)."
+)
 @click.option("--distributed", is_flag=True, help="Multi-device data parallel (not available with MLX yet).")
 @click.option("--num-gpus", type=int, default=1, show_default=True)
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (startup phases, per-step details).")
 @click.argument("overrides", nargs=-1)
 @click.pass_context
-def main(ctx, data_dir, output_dir, config_source, resume, demo, stop_after_steps, distributed, num_gpus,
-         print_config, verbose, overrides, **_options):
+def main(
+    ctx,
+    data_dir,
+    output_dir,
+    config_source,
+    resume,
+    demo,
+    stop_after_steps,
+    distributed,
+    num_gpus,
+    print_config,
+    verbose,
+    overrides,
+    **_options,
+):
     if distributed or num_gpus > 1:
-        raise DeviceError("Multi-GPU training (--distributed / --num-gpus > 1) is not supported: MLX has no "
-                          "multi-device data parallelism on one machine. Train on one device (drop the flag).")
+        raise DeviceError(
+            "Multi-GPU training (--distributed / --num-gpus > 1) is not supported: MLX has no "
+            "multi-device data parallelism on one machine. Train on one device (drop the flag)."
+        )
     source = resolve_source(config_source, "demo_config" if demo else "default_config")
-    cfg = load_config(TrainConfig, source, package="dtgcnn", cli=typed_options(ctx, OPTION_KEYS),
-                      overrides=overrides)
+    cfg = load_config(
+        TrainConfig, source, package="dtgcnn", cli=typed_options(ctx, OPTION_KEYS), overrides=overrides
+    )
     if print_config:
         click.echo(dump_config(cfg))
         return
@@ -100,7 +140,9 @@ def main(ctx, data_dir, output_dir, config_source, resume, demo, stop_after_step
         from common.runs import timestamp
 
         output_dir = f"experiments/run_{timestamp()}"
-    setup_logging(Path(output_dir) / "logs", filename="training_{timestamp}.log", level="DEBUG" if verbose else "INFO")
+    setup_logging(
+        Path(output_dir) / "logs", filename="training_{timestamp}.log", level="DEBUG" if verbose else "INFO"
+    )
     from dtgcnn.trainer import train
 
     if demo:
@@ -108,17 +150,27 @@ def main(ctx, data_dir, output_dir, config_source, resume, demo, stop_after_step
     result = train(cfg, data_dir, output_dir, resume=resume, stop_after_steps=stop_after_steps)
     out = result.output_dir
     click.echo(f"\noutputs in {out}:")
-    for rel in ("metrics_history.json", "checkpoints/best_model.npz", "plots", "logs", "config.yaml",
-                "test_metrics.json"):
+    for rel in (
+        "metrics_history.json",
+        "checkpoints/best_model.npz",
+        "plots",
+        "logs",
+        "config.yaml",
+        "test_metrics.json",
+    ):
         if (out / rel).exists():
             click.echo(f"  {out / rel}")
     if result.final_val:
         v = result.final_val
-        click.echo(f"final validation: accuracy {v['accuracy']:.3f}, recall@1 {v['recall_at_1']:.3f}, "
-                   f"ROC-AUC {v['roc_auc']:.3f}")
+        click.echo(
+            f"final validation: accuracy {v['accuracy']:.3f}, recall@1 {v['recall_at_1']:.3f}, "
+            f"ROC-AUC {v['roc_auc']:.3f}"
+        )
     if result.test:
-        click.echo(f"test (best checkpoint): accuracy {result.test['accuracy']:.3f}, "
-                   f"recall@1 {result.test['recall_at_1']:.3f}")
+        click.echo(
+            f"test (best checkpoint): accuracy {result.test['accuracy']:.3f}, "
+            f"recall@1 {result.test['recall_at_1']:.3f}"
+        )
     if result.interrupted:
         click.echo(f"interrupted: resume with --resume {out / 'checkpoints' / 'last_step.npz'}")
 

@@ -40,8 +40,17 @@ from dtgcnn.model import DTGCNN, ModelSpec, count_parameters
 
 log = logging.getLogger("trainyard.dtgcnn")
 
-TRAIN_KEYS = ("loss", "ce", "triplet", "accuracy", "triplet_accuracy", "mean_positive_distance",
-              "mean_negative_distance", "hard_negative_ratio", "embedding_spread")
+TRAIN_KEYS = (
+    "loss",
+    "ce",
+    "triplet",
+    "accuracy",
+    "triplet_accuracy",
+    "mean_positive_distance",
+    "mean_negative_distance",
+    "hard_negative_ratio",
+    "embedding_spread",
+)
 
 
 @dataclass
@@ -84,8 +93,15 @@ def setup_device(cfg: TrainConfig) -> str:
 class Training:
     """One run in `output_dir`; `run()` trains until num_epochs, early stopping, a signal or `stop_after_steps`."""
 
-    def __init__(self, cfg: TrainConfig, data_dir: str | Path, output_dir: str | Path, *,
-                 resume: str | Path | None = None, stop_after_steps: int | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data_dir: str | Path,
+        output_dir: str | Path,
+        *,
+        resume: str | Path | None = None,
+        stop_after_steps: int | None = None,
+    ):
         self.cfg, self.data_dir = cfg, Path(data_dir)
         self.run_dir = RunFolder(output_dir)
         self.stop_after_steps = stop_after_steps
@@ -98,8 +114,11 @@ class Training:
         train = self.splits["train"]
         self.num_classes = train.num_classes
         self.sampler = PKSampler(train.labels, cfg.batch_size, cfg.samples_per_label, cfg.seed)
-        self.augmentation = (MeshAugmentation(cfg.rotation_range, tuple(cfg.scale_range), cfg.noise_std,
-                                              cfg.flip_probability) if cfg.augment else None)
+        self.augmentation = (
+            MeshAugmentation(cfg.rotation_range, tuple(cfg.scale_range), cfg.noise_std, cfg.flip_probability)
+            if cfg.augment
+            else None
+        )
         seed_everything(cfg.seed)
         with timer.phase("build_model"):
             self.model = build_model(cfg, train.in_channels, self.num_classes)
@@ -110,40 +129,70 @@ class Training:
         sched_cfg, total = schedule_config(cfg, updates_per_epoch)
         self.schedule_per_step = sched_cfg.interval == "step"
         self.schedule = build_schedule(sched_cfg, cfg.learning_rate, total)
-        self.early = EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience, min_delta=cfg.min_delta)
+        self.early = EarlyStopping(
+            monitor="val_loss", mode="min", patience=cfg.patience, min_delta=cfg.min_delta
+        )
         self.manager = CheckpointManager(
-            self.run_dir.checkpoints, last="last.npz", best="best_model.npz", monitor="val_loss", mode="min",
-            every_n_epochs=cfg.checkpoint_every, periodic="checkpoint_epoch_{epoch:04d}.npz",
-            step_file="last_step.npz")
+            self.run_dir.checkpoints,
+            last="last.npz",
+            best="best_model.npz",
+            monitor="val_loss",
+            mode="min",
+            every_n_epochs=cfg.checkpoint_every,
+            periodic="checkpoint_epoch_{epoch:04d}.npz",
+            step_file="last_step.npz",
+        )
         self.epoch, self.batch_in_epoch, self.global_step = 1, 0, 0
         self.sums: dict[str, float] = {}
         self.batch_losses: list[float] = []
         if resume:
             with timer.phase("resume"):
                 self._restore(Path(resume))
-        self.trackers = build_trackers(self.run_dir, tensorboard=cfg.tensorboard,
-                                       resume_step=self.global_step if resume else None, logger=log)
+        self.trackers = build_trackers(
+            self.run_dir,
+            tensorboard=cfg.tensorboard,
+            resume_step=self.global_step if resume else None,
+            logger=log,
+        )
         if not resume:
             self.trackers.log_params(config_to_dict(cfg))
         save_config(cfg, self.run_dir.path("config.yaml"))
         self.stepper = Stepper(self.model, self.optimizer, cfg, self.run_dir.path("debug"))
-        log.info("data: %s; %d train / %d val meshes, %d identities, %d batches (P=%d x K=%d) per epoch",
-                 self.data_dir, len(train), len(self.splits["val"]), self.num_classes, len(self.sampler),
-                 self.sampler.p, self.sampler.k)
-        log.info("model: %d parameters; k=%d, edge convs %s", count_parameters(self.model), cfg.k,
-                 list(cfg.edge_conv_dims))
+        log.info(
+            "data: %s; %d train / %d val meshes, %d identities, %d batches (P=%d x K=%d) per epoch",
+            self.data_dir,
+            len(train),
+            len(self.splits["val"]),
+            self.num_classes,
+            len(self.sampler),
+            self.sampler.p,
+            self.sampler.k,
+        )
+        log.info(
+            "model: %d parameters; k=%d, edge convs %s",
+            count_parameters(self.model),
+            cfg.k,
+            list(cfg.edge_conv_dims),
+        )
         timer.report()
 
     # -- state ---------------------------------------------------------------------------------------------
 
     def state(self) -> dict:
         return {
-            "model": model_state(self.model), "optimizer": optimizer_state(self.optimizer),
-            "schedule": self.schedule.state_dict(), "early_stopping": self.early.state_dict(),
-            "manager": self.manager.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "global_step": self.global_step, "epoch_sums": dict(self.sums),
-            "batch_losses": list(self.batch_losses), "rng": capture_rng_state(),
-            "config": config_to_dict(self.cfg), "num_classes": self.num_classes,
+            "model": model_state(self.model),
+            "optimizer": optimizer_state(self.optimizer),
+            "schedule": self.schedule.state_dict(),
+            "early_stopping": self.early.state_dict(),
+            "manager": self.manager.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "epoch_sums": dict(self.sums),
+            "batch_losses": list(self.batch_losses),
+            "rng": capture_rng_state(),
+            "config": config_to_dict(self.cfg),
+            "num_classes": self.num_classes,
         }
 
     def _restore(self, path: Path) -> None:
@@ -152,8 +201,9 @@ class Training:
             if key not in state:
                 raise CheckpointError(f"{path} is not a dtgcnn training checkpoint (no '{key}' entry).")
         if int(state.get("num_classes", self.num_classes)) != self.num_classes:
-            raise CheckpointError(f"{path} was trained on {state['num_classes']} identities, this data has "
-                                  f"{self.num_classes}.")
+            raise CheckpointError(
+                f"{path} was trained on {state['num_classes']} identities, this data has {self.num_classes}."
+            )
         load_model_state(self.model, state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -165,8 +215,13 @@ class Training:
         self.sums = {k: float(v) for k, v in state.get("epoch_sums", {}).items()}
         self.batch_losses = [float(v) for v in state.get("batch_losses", [])]
         restore_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d, batch %d, global step %d", path, self.epoch,
-                 self.batch_in_epoch, self.global_step)
+        log.info(
+            "resumed from %s at epoch %d, batch %d, global step %d",
+            path,
+            self.epoch,
+            self.batch_in_epoch,
+            self.global_step,
+        )
 
     # -- loop ----------------------------------------------------------------------------------------------
 
@@ -184,15 +239,29 @@ class Training:
         if not interrupted:
             test = self._final_test()
         self.trackers.close()
-        return RunResult(self.run_dir.root, self.epoch - 1, self.global_step, self.early.should_stop,
-                         interrupted, val, test)
+        return RunResult(
+            self.run_dir.root,
+            self.epoch - 1,
+            self.global_step,
+            self.early.should_stop,
+            interrupted,
+            val,
+            test,
+        )
 
     def _train_epoch(self, stop: GracefulStop) -> bool:
         """Train the rest of the current epoch; True when interrupted (a step checkpoint was written)."""
         cfg, epoch = self.cfg, self.epoch
         batches = self.sampler.batches(epoch)
-        stream = prefetch(self.splits["train"], batches, augmentation=self.augmentation, seed=cfg.seed,
-                          epoch=epoch, start=self.batch_in_epoch, depth=cfg.prefetch_batches)
+        stream = prefetch(
+            self.splits["train"],
+            batches,
+            augmentation=self.augmentation,
+            seed=cfg.seed,
+            epoch=epoch,
+            start=self.batch_in_epoch,
+            depth=cfg.prefetch_batches,
+        )
         try:
             return self._consume(stream, len(batches), stop)
         finally:
@@ -200,8 +269,9 @@ class Training:
 
     def _consume(self, stream, num_batches: int, stop: GracefulStop) -> bool:
         cfg, epoch = self.cfg, self.epoch
-        for b, x, y in progress(stream, total=num_batches - self.batch_in_epoch, desc=f"epoch {epoch}",
-                                logger=log):
+        for b, x, y in progress(
+            stream, total=num_batches - self.batch_in_epoch, desc=f"epoch {epoch}", logger=log
+        ):
             self.optimizer.learning_rate = self.schedule.lr
             metrics = self.stepper.micro_step(x, y, step=self.global_step + 1)
             self.global_step += 1
@@ -210,17 +280,23 @@ class Training:
                 self.schedule.step()
             self._accumulate(metrics)
             if self.global_step % max(1, cfg.log_interval) == 0:
-                self.trackers.log_metrics({"train/step_loss": metrics["loss"], "step_lr": self.schedule.lr},
-                                          step=self.global_step)
+                self.trackers.log_metrics(
+                    {"train/step_loss": metrics["loss"], "step_lr": self.schedule.lr}, step=self.global_step
+                )
             if self.stepper.pending_count == 0 and self.batch_in_epoch < num_batches:
-                asked = stop.requested or (self.stop_after_steps is not None
-                                           and self.global_step >= self.stop_after_steps)
+                asked = stop.requested or (
+                    self.stop_after_steps is not None and self.global_step >= self.stop_after_steps
+                )
                 periodic = cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0
                 if asked or periodic:
                     path = self.manager.save_step(self.state(), epoch=epoch, step=self.global_step)
                     if asked:
-                        log.warning("%s", stop.message(f"--resume {path}") if stop.requested else
-                                    f"stopped after step {self.global_step} as asked; resume with --resume {path}")
+                        log.warning(
+                            "%s",
+                            stop.message(f"--resume {path}")
+                            if stop.requested
+                            else f"stopped after step {self.global_step} as asked; resume with --resume {path}",
+                        )
                         return True
         return False
 
@@ -238,23 +314,45 @@ class Training:
             self._accumulate_norm(norm)
         if not self.schedule_per_step:
             self.schedule.step()
-        train = {k: self.sums[k] / self.sums[f"n_{k}"] for k in (*TRAIN_KEYS, "grad_norm") if f"n_{k}" in self.sums}
+        train = {
+            k: self.sums[k] / self.sums[f"n_{k}"] for k in (*TRAIN_KEYS, "grad_norm") if f"n_{k}" in self.sums
+        }
         val, emb, _, labels = evaluate_split(self.model, self.splits["val"], cfg, with_embeddings=True)
         memory = peak_memory_mb()
         record = {f"train/{k}": v for k, v in train.items()} | {f"val/{k}": v for k, v in val.items()}
-        record |= {"lr": self.schedule.lr, "epoch": float(epoch), **{f"memory/{k}": v for k, v in memory.items()}}
+        record |= {
+            "lr": self.schedule.lr,
+            "epoch": float(epoch),
+            **{f"memory/{k}": v for k, v in memory.items()},
+        }
         self.trackers.log_metrics(record, step=self.global_step)
-        log.info("epoch %d/%d step %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f recall@1 %.3f "
-                 "AUC %.3f | lr %.2e | peak %s", epoch, cfg.num_epochs, self.global_step, train.get("loss", math.nan),
-                 train.get("accuracy", math.nan), val["loss"], val["accuracy"], val["recall_at_1"],
-                 val["roc_auc"], self.schedule.lr, ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
+        log.info(
+            "epoch %d/%d step %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f recall@1 %.3f "
+            "AUC %.3f | lr %.2e | peak %s",
+            epoch,
+            cfg.num_epochs,
+            self.global_step,
+            train.get("loss", math.nan),
+            train.get("accuracy", math.nan),
+            val["loss"],
+            val["accuracy"],
+            val["recall_at_1"],
+            val["roc_auc"],
+            self.schedule.lr,
+            ", ".join(f"{k} {v:.0f}" for k, v in memory.items()),
+        )
         if train.get("embedding_spread", 1.0) < cfg.collapse_warn:
-            log.warning("embedding collapse: spread %.4f < %.4f; lower triplet_weight or learning_rate",
-                        train["embedding_spread"], cfg.collapse_warn)
+            log.warning(
+                "embedding collapse: spread %.4f < %.4f; lower triplet_weight or learning_rate",
+                train["embedding_spread"],
+                cfg.collapse_warn,
+            )
         self.trackers.flush()
         if cfg.plot_every and (epoch % cfg.plot_every == 0 or epoch == cfg.num_epochs):
             plotting.training_curves(self.run_dir.path("metrics_history.json"), self.run_dir.plots, epoch)
-        plotting.loss_distribution(self.run_dir.plots / "loss_distribution.png", self.batch_losses, emb, labels, epoch)
+        plotting.loss_distribution(
+            self.run_dir.plots / "loss_distribution.png", self.batch_losses, emb, labels, epoch
+        )
         self.early.update({"val_loss": val["loss"]})
         if self.early.should_stop:
             log.info("early stopping: %s", self.early.reason)
@@ -279,16 +377,29 @@ class Training:
         test = evaluate_split(self.model, self.splits["test"], self.cfg)
         self.trackers.log_metrics({f"test/{k}": v for k, v in test.items()}, step=self.global_step)
         atomic_write_text(self.run_dir.path("test_metrics.json"), json.dumps(test, indent=2))
-        log.info("test (%s): loss %.4f acc %.3f recall@1 %.3f AUC %.3f", best.name if best else "last weights",
-                 test["loss"], test["accuracy"], test["recall_at_1"], test["roc_auc"])
+        log.info(
+            "test (%s): loss %.4f acc %.3f recall@1 %.3f AUC %.3f",
+            best.name if best else "last weights",
+            test["loss"],
+            test["accuracy"],
+            test["recall_at_1"],
+            test["roc_auc"],
+        )
         return test
 
 
 def train(cfg: TrainConfig, data_dir, output_dir, *, resume=None, stop_after_steps=None) -> RunResult:
     if not Path(data_dir).is_dir():
-        raise DataError(f"Data directory {data_dir} does not exist (make one with python -m dtgcnn.synthetic).")
+        raise DataError(
+            f"Data directory {data_dir} does not exist (make one with python -m dtgcnn.synthetic)."
+        )
     started = time.perf_counter()
     result = Training(cfg, data_dir, output_dir, resume=resume, stop_after_steps=stop_after_steps).run()
-    log.info("finished in %.1f s: %d epochs, %d steps; outputs in %s", time.perf_counter() - started,
-             result.epochs_done, result.global_step, result.output_dir)
+    log.info(
+        "finished in %.1f s: %d epochs, %d steps; outputs in %s",
+        time.perf_counter() - started,
+        result.epochs_done,
+        result.global_step,
+        result.output_dir,
+    )
     return result

@@ -22,11 +22,15 @@ def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, max(2.0, (len(embeddings) - 1) / 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+            embeddings
+        )
     try:
         import umap
     except ImportError as exc:
-        raise ConfigError("UMAP needs umap-learn: pip install 'trainyard-dtgcnn[umap]' (or use --method tsne).") from exc
+        raise ConfigError(
+            "UMAP needs umap-learn: pip install 'trainyard-dtgcnn[umap]' (or use --method tsne)."
+        ) from exc
     return umap.UMAP(n_components=2, random_state=seed).fit_transform(embeddings)
 
 
@@ -35,7 +39,9 @@ def scatter(points: np.ndarray, labels: np.ndarray, title: str, path: Path) -> P
 
     fig = Figure(figsize=(7, 6))
     ax = fig.subplots()
-    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab20" if labels.max() >= 10 else "tab10", s=18, alpha=0.8)
+    sc = ax.scatter(
+        points[:, 0], points[:, 1], c=labels, cmap="tab20" if labels.max() >= 10 else "tab10", s=18, alpha=0.8
+    )
     fig.colorbar(sc, ax=ax, label="label")
     ax.set_title(title)
     fig.tight_layout()
@@ -49,14 +55,27 @@ def visualize(checkpoint, data_dir, split="val", method="both", output_dir=None)
     from dtgcnn.engine import evaluate_split
 
     model, cfg = load_trained(checkpoint)
-    data = MeshSplit(data_dir, split, num_vertices=cfg.num_vertices, num_classes=model.spec.num_classes,
-                     use_normals=cfg.use_normals, center=cfg.center_meshes)
+    data = MeshSplit(
+        data_dir,
+        split,
+        num_vertices=cfg.num_vertices,
+        num_classes=model.spec.num_classes,
+        use_normals=cfg.use_normals,
+        center=cfg.center_meshes,
+    )
     _, emb, _, labels = evaluate_split(model, data, cfg, with_embeddings=True)
     out = Path(output_dir) if output_dir else Path(checkpoint).parent.parent / "plots"
     out.mkdir(parents=True, exist_ok=True)
     methods = ["tsne"] + (["umap"] if _has_umap() else []) if method == "both" else [method]
-    return [scatter(project(emb, m, cfg.seed), labels, f"{m.upper()} of {split} embeddings ({len(labels)} meshes)",
-                    out / f"embeddings_{m}.png") for m in methods]
+    return [
+        scatter(
+            project(emb, m, cfg.seed),
+            labels,
+            f"{m.upper()} of {split} embeddings ({len(labels)} meshes)",
+            out / f"embeddings_{m}.png",
+        )
+        for m in methods
+    ]
 
 
 def _has_umap() -> bool:
@@ -69,8 +88,13 @@ def _has_umap() -> bool:
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data-dir", "--data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
-@click.option("--method", type=click.Choice(["tsne", "umap", "both"]), default="both", show_default=True,
-              help="both = t-SNE, plus UMAP when umap-learn is installed.")
+@click.option(
+    "--method",
+    type=click.Choice(["tsne", "umap", "both"]),
+    default="both",
+    show_default=True,
+    help="both = t-SNE, plus UMAP when umap-learn is installed.",
+)
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Default: the run's plots/ folder.")
 def main(checkpoint, data_dir, split, method, output_dir):
     for path in visualize(checkpoint, data_dir, split, method, output_dir):

@@ -24,7 +24,11 @@ from common.benchmarking import torch_matmul_peak_gflops, torch_sync
 from common.cli import run_cli
 from egnn_com.cliopts import option
 
-EPOCH_GRAPHS = {"small": 256, "medium": 64, "large": 32}  # enough batches that epoch-start latency is amortised
+EPOCH_GRAPHS = {
+    "small": 256,
+    "medium": 64,
+    "large": 32,
+}  # enough batches that epoch-start latency is amortised
 
 
 class _Recorder:
@@ -55,12 +59,28 @@ def make_graphs(size: str, count: int, seed: int = 0) -> list:
     from egnn_com.synthetic import SIZE_PRESETS, make_graph
 
     lo, hi = SIZE_PRESETS[size]
-    return [validate_graph({k: torch.from_numpy(v) for k, v in make_graph(seed, i, min_nodes=lo, max_nodes=hi).items()},
-                           Path(f"<{size}:{i}>")) for i in range(count)]
+    return [
+        validate_graph(
+            {k: torch.from_numpy(v) for k, v in make_graph(seed, i, min_nodes=lo, max_nodes=hi).items()},
+            Path(f"<{size}:{i}>"),
+        )
+        for i in range(count)
+    ]
 
 
-def bench_training(model_name: str, graphs: list, *, batch_size: int, hidden_dim: int, num_layers: int,
-                   epochs: int, num_workers: int, worker_type: str, device, peak: float) -> dict:
+def bench_training(
+    model_name: str,
+    graphs: list,
+    *,
+    batch_size: int,
+    hidden_dim: int,
+    num_layers: int,
+    epochs: int,
+    num_workers: int,
+    worker_type: str,
+    device,
+    peak: float,
+) -> dict:
     """Train `epochs` + 1 warm-up epochs with the real Trainer; medians over the timed epochs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -76,21 +96,45 @@ def bench_training(model_name: str, graphs: list, *, batch_size: int, hidden_dim
     from egnn_com.metrics import mae_loss
     from egnn_com.model import build_model
 
-    cfg = load_config(EgnnComConfig, overrides=[f"model.name={model_name}", f"model.hidden_dim={hidden_dim}",
-                                               f"model.num_layers={num_layers}", f"data.batch_size={batch_size}",
-                                               f"train.max_epochs={epochs + 1}", "train.save_every_n_steps=0"])
+    cfg = load_config(
+        EgnnComConfig,
+        overrides=[
+            f"model.name={model_name}",
+            f"model.hidden_dim={hidden_dim}",
+            f"model.num_layers={num_layers}",
+            f"data.batch_size={batch_size}",
+            f"train.max_epochs={epochs + 1}",
+            "train.save_every_n_steps=0",
+        ],
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(cfg.model, graphs[0].num_node_features).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
-    train_loader = make_loader(graphs, batch_size=batch_size, train=True, seed=0, num_workers=num_workers,
-                               worker_type=worker_type, device=device)
+    train_loader = make_loader(
+        graphs,
+        batch_size=batch_size,
+        train=True,
+        seed=0,
+        num_workers=num_workers,
+        worker_type=worker_type,
+        device=device,
+    )
     val_loader = make_loader(graphs[:1], batch_size=batch_size, train=False, seed=0)
     recorder = _Recorder()
-    trainer = Trainer(cfg, model=model, optimizer=optimizer, schedule=build_schedule(cfg.optim.schedule, [1e-3], 1),
-                      precision=parse_precision("32", device), device=device, train_loader=train_loader,
-                      val_loader=val_loader, manager=None, trackers=Trackers([recorder]),
-                      logger=_quiet_logger())
+    trainer = Trainer(
+        cfg,
+        model=model,
+        optimizer=optimizer,
+        schedule=build_schedule(cfg.optim.schedule, [1e-3], 1),
+        precision=parse_precision("32", device),
+        device=device,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        manager=None,
+        trackers=Trackers([recorder]),
+        logger=_quiet_logger(),
+    )
     trainer.fit()
     timed = recorder.epochs[1:] or recorder.epochs
     epoch_s = statistics.median(e["epoch_time_s"] for e in timed)
@@ -114,12 +158,20 @@ def bench_training(model_name: str, graphs: list, *, batch_size: int, hidden_dim
                 forward.append(time.perf_counter() - start)
     graphs_per_s = graphs_per_epoch / epoch_s
     achieved = flops_per_graph * graphs_per_s / 1e9
-    return {"model": model_name, "graphs_per_epoch": graphs_per_epoch, "epoch_s": epoch_s,
-            "graphs_per_s": graphs_per_s, "forward_ms": 1e3 * statistics.median(forward),
-            "data_share": statistics.median(e["data_wait_share"] for e in timed),
-            "gflop_per_graph": flops_per_graph / 1e9, "gflops": achieved, "peak_share": achieved / peak,
-            "mean_nodes": batch.num_nodes / batch.num_graphs, "mean_edges": batch.num_edges / batch.num_graphs,
-            "memory_mb": peak_memory_mb(device)}
+    return {
+        "model": model_name,
+        "graphs_per_epoch": graphs_per_epoch,
+        "epoch_s": epoch_s,
+        "graphs_per_s": graphs_per_s,
+        "forward_ms": 1e3 * statistics.median(forward),
+        "data_share": statistics.median(e["data_wait_share"] for e in timed),
+        "gflop_per_graph": flops_per_graph / 1e9,
+        "gflops": achieved,
+        "peak_share": achieved / peak,
+        "mean_nodes": batch.num_nodes / batch.num_graphs,
+        "mean_edges": batch.num_edges / batch.num_graphs,
+        "memory_mb": peak_memory_mb(device),
+    }
 
 
 def _quiet_logger():
@@ -139,34 +191,69 @@ def bench_startup(num_graphs: int, num_workers: int) -> dict:
     from egnn_com.synthetic import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = generate_dataset(Path(tmp) / "data", num_graphs=num_graphs, min_nodes=DEMO_NODES[0],
-                                max_nodes=DEMO_NODES[1])
-        cfg = load_config(EgnnComConfig, "demo", package="egnn_com",
-                          overrides=["train.fast_dev_run=1", f"data.num_workers={num_workers}", "train.num_threads=0"])
+        data = generate_dataset(
+            Path(tmp) / "data", num_graphs=num_graphs, min_nodes=DEMO_NODES[0], max_nodes=DEMO_NODES[1]
+        )
+        cfg = load_config(
+            EgnnComConfig,
+            "demo",
+            package="egnn_com",
+            overrides=["train.fast_dev_run=1", f"data.num_workers={num_workers}", "train.num_threads=0"],
+        )
         cfg.data.data_dir = str(data)
         out = run_training(cfg)
-    return {"phases": out.phases, "startup_s": sum(out.phases.values()), "first_step_s": out.time_to_first_step,
-            "num_graphs": num_graphs, "num_workers": num_workers}
+    return {
+        "phases": out.phases,
+        "startup_s": sum(out.phases.values()),
+        "first_step_s": out.time_to_first_step,
+        "num_graphs": num_graphs,
+        "num_workers": num_workers,
+    }
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @option("models", default="gcn,egnn", help="Comma-separated models.")
 @option("sizes", default="small,medium,large", help="Comma-separated size classes (small, medium, large).")
-@option("graphs", type=int, default=0,
-        help="Graphs per training epoch (0 = by size: " + ", ".join(f"{k} {v}" for k, v in EPOCH_GRAPHS.items()) + ").")
+@option(
+    "graphs",
+    type=int,
+    default=0,
+    help="Graphs per training epoch (0 = by size: "
+    + ", ".join(f"{k} {v}" for k, v in EPOCH_GRAPHS.items())
+    + ").",
+)
 @option("batch_size", type=int, default=16)
 @option("hidden_dim", type=int, default=64)
 @option("num_layers", type=int, default=4)
 @option("epochs", type=int, default=2, help="Timed epochs (after one warm-up epoch).")
-@option("num_workers", type=int, default=4, help="DataLoader workers for the timed epochs (the seed's default).")
-@option("worker_type", type=click.Choice(["thread", "process"]), default="thread",
-        help="Background loading in one thread or in worker processes (see egnn_com.data.make_loader).")
+@option(
+    "num_workers", type=int, default=4, help="DataLoader workers for the timed epochs (the seed's default)."
+)
+@option(
+    "worker_type",
+    type=click.Choice(["thread", "process"]),
+    default="thread",
+    help="Background loading in one thread or in worker processes (see egnn_com.data.make_loader).",
+)
 @option("device", default="auto")
 @option("threads", type=int, default=0, help="torch CPU threads (0 = torch's default).")
 @option("startup_graphs", type=int, default=200, help="Demo-sized dataset for the startup measurement.")
 @option("json_out", "--json", help="Also write all figures to this JSON file.")
-def main(models, sizes, graphs, batch_size, hidden_dim, num_layers, epochs, num_workers, worker_type, device,
-         threads, startup_graphs, json_out):
+def main(
+    models,
+    sizes,
+    graphs,
+    batch_size,
+    hidden_dim,
+    num_layers,
+    epochs,
+    num_workers,
+    worker_type,
+    device,
+    threads,
+    startup_graphs,
+    json_out,
+):
     """Benchmark gcn and egnn training on synthetic molecules of three size classes."""
     start = time.perf_counter()
     import torch  # timed: library import is reported apart from the startup phases
@@ -179,33 +266,61 @@ def main(models, sizes, graphs, batch_size, hidden_dim, num_layers, epochs, num_
         torch.set_num_threads(threads)
     dev = torch_device(device)
     peak = torch_matmul_peak_gflops(dev, n=4096 if dev.type == "cuda" else 2048, repeats=8)
-    click.echo(f"device: {describe_device(dev)}; float32 matmul peak {peak:.1f} GFLOP/s; "
-               f"library import {import_s:.2f}s")
+    click.echo(
+        f"device: {describe_device(dev)}; float32 matmul peak {peak:.1f} GFLOP/s; "
+        f"library import {import_s:.2f}s"
+    )
     startup = bench_startup(startup_graphs, num_workers)
-    click.echo(f"startup on {startup_graphs} demo graphs: eight phases {startup['startup_s']:.3f}s "
-               f"({', '.join(f'{k} {v:.3f}' for k, v in startup['phases'].items())}); time to first step "
-               f"{startup['first_step_s']:.3f}s")
+    click.echo(
+        f"startup on {startup_graphs} demo graphs: eight phases {startup['startup_s']:.3f}s "
+        f"({', '.join(f'{k} {v:.3f}' for k, v in startup['phases'].items())}); time to first step "
+        f"{startup['first_step_s']:.3f}s"
+    )
     rows = []
-    header = (f"{'size':<7}{'model':<6}{'graphs':>7}{'nodes':>6}{'edges':>7}{'epoch s':>9}{'graphs/s':>10}{'fwd ms':>8}"
-              f"{'data %':>8}{'GFLOP/g':>9}{'GFLOP/s':>9}{'% peak':>8}{'mem MB':>8}")
-    click.echo(f"training: batch {batch_size}, hidden {hidden_dim}, {num_layers} layers, "
-               f"{num_workers} workers ({worker_type}), median of {epochs} epochs after 1 warm-up\n{header}")
+    header = (
+        f"{'size':<7}{'model':<6}{'graphs':>7}{'nodes':>6}{'edges':>7}{'epoch s':>9}{'graphs/s':>10}{'fwd ms':>8}"
+        f"{'data %':>8}{'GFLOP/g':>9}{'GFLOP/s':>9}{'% peak':>8}{'mem MB':>8}"
+    )
+    click.echo(
+        f"training: batch {batch_size}, hidden {hidden_dim}, {num_layers} layers, "
+        f"{num_workers} workers ({worker_type}), median of {epochs} epochs after 1 warm-up\n{header}"
+    )
     for size in sizes.split(","):
         data = make_graphs(size, graphs or EPOCH_GRAPHS[size])
         for name in models.split(","):
-            r = bench_training(name, data, batch_size=batch_size, hidden_dim=hidden_dim, num_layers=num_layers,
-                               epochs=epochs, num_workers=num_workers, worker_type=worker_type, device=dev,
-                               peak=peak)
+            r = bench_training(
+                name,
+                data,
+                batch_size=batch_size,
+                hidden_dim=hidden_dim,
+                num_layers=num_layers,
+                epochs=epochs,
+                num_workers=num_workers,
+                worker_type=worker_type,
+                device=dev,
+                peak=peak,
+            )
             r["size"] = size
             rows.append(r)
             mem = max(r["memory_mb"].values()) if r["memory_mb"] else float("nan")
-            click.echo(f"{size:<7}{name:<6}{r['graphs_per_epoch']:7d}{r['mean_nodes']:6.0f}{r['mean_edges']:7.0f}{r['epoch_s']:9.3f}"
-                       f"{r['graphs_per_s']:10.1f}{r['forward_ms']:8.2f}{100 * r['data_share']:7.1f}%"
-                       f"{r['gflop_per_graph']:9.4f}{r['gflops']:9.2f}{100 * r['peak_share']:7.1f}%{mem:8.0f}")
+            click.echo(
+                f"{size:<7}{name:<6}{r['graphs_per_epoch']:7d}{r['mean_nodes']:6.0f}{r['mean_edges']:7.0f}{r['epoch_s']:9.3f}"
+                f"{r['graphs_per_s']:10.1f}{r['forward_ms']:8.2f}{100 * r['data_share']:7.1f}%"
+                f"{r['gflop_per_graph']:9.4f}{r['gflops']:9.2f}{100 * r['peak_share']:7.1f}%{mem:8.0f}"
+            )
     if json_out:
-        Path(json_out).write_text(json.dumps({"device": describe_device(dev), "matmul_peak_gflops": peak,
-                                              "import_s": import_s, "startup": startup, "training": rows},
-                                             indent=2))
+        Path(json_out).write_text(
+            json.dumps(
+                {
+                    "device": describe_device(dev),
+                    "matmul_peak_gflops": peak,
+                    "import_s": import_s,
+                    "startup": startup,
+                    "training": rows,
+                },
+                indent=2,
+            )
+        )
         click.echo(f"wrote {json_out}")
 
 

@@ -43,16 +43,22 @@ def read_raw(path: Path) -> dict[str, torch.Tensor]:
             with np.load(path, allow_pickle=False) as archive:
                 return {k: torch.from_numpy(np.array(archive[k])) for k in archive.files}
         if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else is truncated or foreign
-            raise GraphFileError(f"{path}: cannot be read (not a torch.save zip archive: corrupt or truncated)")
+            raise GraphFileError(
+                f"{path}: cannot be read (not a torch.save zip archive: corrupt or truncated)"
+            )
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except GraphFileError:
         raise
     except pickle.UnpicklingError as exc:  # weights_only refuses anything but tensors and plain containers
-        raise GraphFileError(f"{path}: refused by torch.load(weights_only=True): it holds pickled Python "
-                             f"objects, not only tensors") from exc
+        raise GraphFileError(
+            f"{path}: refused by torch.load(weights_only=True): it holds pickled Python "
+            f"objects, not only tensors"
+        ) from exc
     except Exception as exc:  # zip, npz and torch readers raise many types for damaged files
-        raise GraphFileError(f"{path}: cannot be read ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else 'damaged file'})") from exc
+        raise GraphFileError(
+            f"{path}: cannot be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'damaged file'})"
+        ) from exc
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise GraphFileError(f"{path}: expected a dict of tensors, got {type(raw).__name__}")
     return raw
@@ -81,7 +87,9 @@ def validate_graph(raw: dict[str, torch.Tensor], path: Path, *, require_target: 
     if edge_index.dtype.is_floating_point or edge_index.dtype == torch.bool:
         raise bad(f"'edge_index' has dtype {edge_index.dtype}, expected an integer type")
     if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= n):
-        raise bad(f"'edge_index' refers to node {int(edge_index.max())} (or a negative one); nodes are 0..{n - 1}")
+        raise bad(
+            f"'edge_index' refers to node {int(edge_index.max())} (or a negative one); nodes are 0..{n - 1}"
+        )
     for name in ("x", "pos", "mass") + ((TARGET_KEY,) if TARGET_KEY in raw else ()):
         t = raw[name]
         if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.bool)):
@@ -125,16 +133,26 @@ def list_graph_files(paths: str | Path | list) -> list[Path]:
         elif item.is_file():
             files.append(item)
         else:
-            raise DataError(f"data path {item} does not exist. Create a dataset with "
-                            f"`python -m egnn_com.synthetic {item}` or point --data_dir at your processed graphs.")
+            raise DataError(
+                f"data path {item} does not exist. Create a dataset with "
+                f"`python -m egnn_com.synthetic {item}` or point --data_dir at your processed graphs."
+            )
     if not files:
-        raise DataError(f"no graph files (*.pt, *.npz) in {', '.join(map(str, items))}. Create one with "
-                        f"`python -m egnn_com.synthetic {items[0]}`.")
+        raise DataError(
+            f"no graph files (*.pt, *.npz) in {', '.join(map(str, items))}. Create one with "
+            f"`python -m egnn_com.synthetic {items[0]}`."
+        )
     return files
 
 
-def load_dataset(paths: str | Path | list, *, strict: bool = False, require_target: bool = True,
-                 logger: logging.Logger | None = None, debug: bool = False) -> GraphDataset:
+def load_dataset(
+    paths: str | Path | list,
+    *,
+    strict: bool = False,
+    require_target: bool = True,
+    logger: logging.Logger | None = None,
+    debug: bool = False,
+) -> GraphDataset:
     """Load and validate every file; skip (or, if strict, refuse) invalid ones and report them.
 
     All graphs must share one node-feature size: the most common one wins, files with another size fail.
@@ -151,7 +169,9 @@ def load_dataset(paths: str | Path | list, *, strict: bool = False, require_targ
     if good:
         width = Counter(d.num_node_features for _, d in good).most_common(1)[0][0]
         for path, d in [g for g in good if g[1].num_node_features != width]:
-            failed.append((path, f"'x' has {d.num_node_features} features per node, the other files have {width}"))
+            failed.append(
+                (path, f"'x' has {d.num_node_features} features per node, the other files have {width}")
+            )
         good = [g for g in good if g[1].num_node_features == width]
     if debug:
         bad_files = {p for p, _ in failed}
@@ -172,10 +192,17 @@ def dataset_stats(graphs: list[Data]) -> dict[str, float]:
     """Graph, node and edge counts and feature sizes, for the log and the trackers."""
     nodes = np.array([g.num_nodes for g in graphs])
     edges = np.array([g.num_edges for g in graphs])
-    return {"num_graphs": len(graphs), "num_node_features": graphs[0].num_node_features,
-            "total_nodes": int(nodes.sum()), "total_edges": int(edges.sum()),
-            "mean_nodes": float(nodes.mean()), "min_nodes": int(nodes.min()), "max_nodes": int(nodes.max()),
-            "mean_edges": float(edges.mean()), "mean_degree": float(edges.sum() / max(nodes.sum(), 1))}
+    return {
+        "num_graphs": len(graphs),
+        "num_node_features": graphs[0].num_node_features,
+        "total_nodes": int(nodes.sum()),
+        "total_edges": int(edges.sum()),
+        "mean_nodes": float(nodes.mean()),
+        "min_nodes": int(nodes.min()),
+        "max_nodes": int(nodes.max()),
+        "mean_edges": float(edges.mean()),
+        "mean_degree": float(edges.sum() / max(nodes.sum(), 1)),
+    }
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +231,7 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
-        return iter(order[self.start_batch * self.batch_size:].tolist())
+        return iter(order[self.start_batch * self.batch_size :].tolist())
 
     def __len__(self) -> int:
         return max(0, self.n - self.start_batch * self.batch_size)
@@ -231,9 +258,17 @@ class ThreadPrefetchLoader(TorchDataLoader):
         return prefetch_in_thread(super().__iter__(), self.prefetch_batches, name="egnn_com-loader")
 
 
-def make_loader(graphs: list[Data], *, batch_size: int, train: bool, seed: int, num_workers: int = 0,
-                prefetch_factor: int = 4, device: torch.device | None = None,
-                worker_type: str = "thread") -> TorchDataLoader:
+def make_loader(
+    graphs: list[Data],
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    num_workers: int = 0,
+    prefetch_factor: int = 4,
+    device: torch.device | None = None,
+    worker_type: str = "thread",
+) -> TorchDataLoader:
     """The seed's optimised DataLoader of PyG Batches; its `.sampler` is an EpochSampler (call set_epoch per epoch).
 
     `num_workers` > 0 loads in the background, `num_workers x prefetch_factor` batches ahead: in one thread
@@ -243,8 +278,10 @@ def make_loader(graphs: list[Data], *, batch_size: int, train: bool, seed: int, 
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
     if train and len(graphs) < batch_size:
-        raise DataError(f"the training split has {len(graphs)} graphs, fewer than one batch of {batch_size} "
-                        f"(training drops the last partial batch). Use a smaller --batch_size or more data.")
+        raise DataError(
+            f"the training split has {len(graphs)} graphs, fewer than one batch of {batch_size} "
+            f"(training drops the last partial batch). Use a smaller --batch_size or more data."
+        )
     if worker_type not in ("thread", "process"):
         raise DataError(f"worker_type must be 'thread' or 'process', got {worker_type!r}.")
     sampler = EpochSampler(len(graphs), seed=seed, shuffle=train, batch_size=batch_size)
@@ -252,29 +289,44 @@ def make_loader(graphs: list[Data], *, batch_size: int, train: bool, seed: int, 
     packable = can_pack(graphs)
     in_thread = packable and worker_type == "thread" and workers > 0
     processes = 0 if in_thread else workers
-    extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor,
-             "worker_init_fn": _worker_init} if processes > 0 else {}
+    extra = (
+        {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+        if processes > 0
+        else {}
+    )
     # Its own generator: creating an iterator draws a worker base seed, which must not consume the global
     # torch RNG (dropout draws from that, and a resumed run restores it mid-epoch).
     generator = torch.Generator().manual_seed(seed)
-    settings = dict(batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=processes,
-                    pin_memory=device is not None and device.type == "cuda", generator=generator, **extra)
+    settings = dict(
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=processes,
+        pin_memory=device is not None and device.type == "cuda",
+        generator=generator,
+        **extra,
+    )
     if not packable:
         return DataLoader(graphs, **settings)  # graphs with other attributes: PyG's general collate
     # Same batches as PyG's loader (same sampler, same Batch contents), but collated from tensors packed
     # once up front instead of per-batch Batch.from_data_list; see egnn_com.packed.
     packed = PackedGraphs(graphs)
     if in_thread:
-        return ThreadPrefetchLoader(packed, collate_fn=packed.collate, prefetch_batches=workers * prefetch_factor,
-                                    **settings)
+        return ThreadPrefetchLoader(
+            packed, collate_fn=packed.collate, prefetch_batches=workers * prefetch_factor, **settings
+        )
     return TorchDataLoader(packed, collate_fn=packed.collate, **settings)
 
 
 def describe_loader(loader: TorchDataLoader) -> str:
     """One line of the loader settings for the debug log."""
-    workers = (f"background thread {loader.prefetch_batches} batches ahead"
-               if isinstance(loader, ThreadPrefetchLoader) else
-               f"num_workers={loader.num_workers} persistent_workers={loader.persistent_workers} "
-               f"prefetch_factor={loader.prefetch_factor}")
-    return (f"batch_size={loader.batch_size} {workers} pin_memory={loader.pin_memory} "
-            f"drop_last={loader.drop_last} batches={len(loader)}")
+    workers = (
+        f"background thread {loader.prefetch_batches} batches ahead"
+        if isinstance(loader, ThreadPrefetchLoader)
+        else f"num_workers={loader.num_workers} persistent_workers={loader.persistent_workers} "
+        f"prefetch_factor={loader.prefetch_factor}"
+    )
+    return (
+        f"batch_size={loader.batch_size} {workers} pin_memory={loader.pin_memory} "
+        f"drop_last={loader.drop_last} batches={len(loader)}"
+    )

@@ -26,7 +26,9 @@ def run_demo(output_dir: str | None = None, num_workers: int | None = None) -> d
     root = Path(output_dir or "runs/demo")
     data = root / "data"
     if not (data / "dataset_info.json").exists():
-        generate_dataset(data, num_graphs=DEMO_GRAPHS, seed=0, min_nodes=DEMO_NODES[0], max_nodes=DEMO_NODES[1])
+        generate_dataset(
+            data, num_graphs=DEMO_GRAPHS, seed=0, min_nodes=DEMO_NODES[0], max_nodes=DEMO_NODES[1]
+        )
         click.echo(f"generated {DEMO_GRAPHS} synthetic molecules in {data}")
     from egnn_com.pipeline import run_training  # imports torch and torch_geometric
 
@@ -48,17 +50,23 @@ def _print_summary(results: dict, outcomes: dict, data: Path, seconds: float) ->
     click.echo("\nvalidation error of the predicted centre of mass (Angstrom):")
     click.echo(f"  {'model':<6} {'MAE':>8} {'MAE x':>8} {'MAE y':>8} {'MAE z':>8} {'MSE':>9}")
     for name, m in results.items():
-        click.echo(f"  {name:<6} {m['val_mae']:8.4f} {m['val_mae_x']:8.4f} {m['val_mae_y']:8.4f} "
-                   f"{m['val_mae_z']:8.4f} {m['val_mse']:9.5f}")
+        click.echo(
+            f"  {name:<6} {m['val_mae']:8.4f} {m['val_mae_x']:8.4f} {m['val_mae_y']:8.4f} "
+            f"{m['val_mae_z']:8.4f} {m['val_mse']:9.5f}"
+        )
     ratio = results["egnn"]["val_mae"] / results["gcn"]["val_mae"]
     click.echo(f"  egnn MAE = {ratio:.1%} of gcn MAE (the egnn is E(3)-equivariant by construction)")
     click.echo(f"\ndemo finished in {seconds:.0f}s. Outputs:")
     click.echo(f"  data          {data}")
     for name, out in outcomes.items():
-        click.echo(f"  {name:<13} {out.run_dir}  (best: {out.best_checkpoint.name if out.best_checkpoint else '-'}; "
-                   f"curves: plots/training_curves.png; history: metrics_history.json; tensorboard/)")
+        click.echo(
+            f"  {name:<13} {out.run_dir}  (best: {out.best_checkpoint.name if out.best_checkpoint else '-'}; "
+            f"curves: plots/training_curves.png; history: metrics_history.json; tensorboard/)"
+        )
     best = outcomes["egnn"].best_checkpoint
-    click.echo("next:\n"
-               f"  python -m egnn_com.evaluate --checkpoint {best}\n"
-               f"  python -m egnn_com.predict --checkpoint {best} {data} --output predictions.csv\n"
-               f"  python -m egnn_com.train --data_dir {data} --model egnn --max_epochs 50")
+    click.echo(
+        "next:\n"
+        f"  python -m egnn_com.evaluate --checkpoint {best}\n"
+        f"  python -m egnn_com.predict --checkpoint {best} {data} --output predictions.csv\n"
+        f"  python -m egnn_com.train --data_dir {data} --model egnn --max_epochs 50"
+    )

@@ -54,10 +54,22 @@ class FitResult:
 
 
 class Trainer:
-    def __init__(self, cfg, *, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-                 precision: Precision, device: torch.device, train_loader, val_loader,
-                 manager: CheckpointManager | None, trackers: Trackers, logger: logging.Logger,
-                 stop_hook=None):
+    def __init__(
+        self,
+        cfg,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        precision: Precision,
+        device: torch.device,
+        train_loader,
+        val_loader,
+        manager: CheckpointManager | None,
+        trackers: Trackers,
+        logger: logging.Logger,
+        stop_hook=None,
+    ):
         self.cfg, self.model, self.optimizer, self.schedule = cfg, model, optimizer, schedule
         self.precision, self.device = precision, device
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -66,7 +78,9 @@ class Trainer:
         self.stepper = OptimizerStepper(optimizer, precision=precision, clip_grad_norm=clip)
         self.pos = LoopPosition()
         self.train_metrics = RegressionMetrics()  # running sums of the epoch in progress
-        self.stop_hook = stop_hook  # called after each step with the global step; returns True to stop cleanly
+        self.stop_hook = (
+            stop_hook  # called after each step with the global step; returns True to stop cleanly
+        )
         self.fast_dev_run = cfg.train.fast_dev_run
         self.per_step_schedule = cfg.optim.schedule.interval == "step"
         self.first_step_done_at: float | None = None  # perf_counter() after the run's first optimizer step
@@ -74,10 +88,18 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- state
     def state(self) -> dict:
         return training_state(
-            self.model, self.optimizer, schedule=self.schedule.state_dict(), stepper=self.stepper.state_dict(),
-            manager=self.manager.state_dict() if self.manager else None, epoch=self.pos.epoch,
-            batch_in_epoch=self.pos.batch_in_epoch, global_step=self.pos.global_step,
-            train_metrics=self.train_metrics.state_dict(), rng=capture_rng_state(), config=config_to_dict(self.cfg))
+            self.model,
+            self.optimizer,
+            schedule=self.schedule.state_dict(),
+            stepper=self.stepper.state_dict(),
+            manager=self.manager.state_dict() if self.manager else None,
+            epoch=self.pos.epoch,
+            batch_in_epoch=self.pos.batch_in_epoch,
+            global_step=self.pos.global_step,
+            train_metrics=self.train_metrics.state_dict(),
+            rng=capture_rng_state(),
+            config=config_to_dict(self.cfg),
+        )
 
     def load_state(self, state: dict) -> None:
         """Restore everything from a checkpoint tree; call last before `fit` (it restores the RNG states)."""
@@ -124,7 +146,9 @@ class Trainer:
         total = len(self.train_loader)  # batches left in this epoch
         if self.fast_dev_run:
             total = max(0, min(total, self.fast_dev_run - self.pos.batch_in_epoch))
-        for batch, wait in progress(self._batches(total), total=total, desc=f"epoch {epoch}", logger=self.log):
+        for batch, wait in progress(
+            self._batches(total), total=total, desc=f"epoch {epoch}", logger=self.log
+        ):
             t0 = time.perf_counter()
             step_metrics = self._train_step(batch)
             self.pos.batch_in_epoch += 1
@@ -135,11 +159,17 @@ class Trainer:
             self._data_wait += wait
             self._step_time += step_time + wait
             if self.cfg.train.debug and first_epoch and self.pos.batch_in_epoch <= 5:
-                self.log.debug("batch %d: data %.1f ms, step %.1f ms", self.pos.batch_in_epoch, wait * 1e3,
-                               step_time * 1e3)
+                self.log.debug(
+                    "batch %d: data %.1f ms, step %.1f ms",
+                    self.pos.batch_in_epoch,
+                    wait * 1e3,
+                    step_time * 1e3,
+                )
             if self.pos.global_step % max(1, self.cfg.logging.log_every_n_steps) == 0:
-                self.trackers.log_metrics({**prefixed(step_metrics, "train", "_step"),
-                                           "learning_rate": self.schedule.lr}, step=self.pos.global_step)
+                self.trackers.log_metrics(
+                    {**prefixed(step_metrics, "train", "_step"), "learning_rate": self.schedule.lr},
+                    step=self.pos.global_step,
+                )
             every = self.cfg.train.save_every_n_steps
             if self.manager is not None and every and self.pos.global_step % every == 0:
                 self.manager.save_step(self.state(), epoch=epoch, step=self.pos.global_step)
@@ -184,16 +214,30 @@ class Trainer:
         epoch = self.pos.epoch
         val = self.validate()
         lr = self.schedule.lr  # the LR this epoch trained with
-        metrics = {**prefixed(self.train_metrics.compute(), "train"), **prefixed(val, "val"),
-                   "epoch": float(epoch), "epoch_time_s": seconds,
-                   "data_wait_share": self._data_wait / self._step_time if self._step_time else 0.0}
+        metrics = {
+            **prefixed(self.train_metrics.compute(), "train"),
+            **prefixed(val, "val"),
+            "epoch": float(epoch),
+            "epoch_time_s": seconds,
+            "data_wait_share": self._data_wait / self._step_time if self._step_time else 0.0,
+        }
         metrics.update({f"memory_{k}": v for k, v in peak_memory_mb(self.device).items()})
         if not self.per_step_schedule:
             apply_lrs(self.optimizer, self.schedule.step(val["loss"]))
         self.trackers.log_metrics(metrics, step=self.pos.global_step)
-        self.log.info("epoch %d: train_loss %.4f  val_loss %.4f  val_mae_xyz %.4f/%.4f/%.4f  lr %.2e  %.2fs "
-                      "(data wait %.0f%%)", epoch, metrics["train_loss"], val["loss"], val["mae_x"],
-                      val["mae_y"], val["mae_z"], lr, seconds, 100 * metrics["data_wait_share"])
+        self.log.info(
+            "epoch %d: train_loss %.4f  val_loss %.4f  val_mae_xyz %.4f/%.4f/%.4f  lr %.2e  %.2fs "
+            "(data wait %.0f%%)",
+            epoch,
+            metrics["train_loss"],
+            val["loss"],
+            val["mae_x"],
+            val["mae_y"],
+            val["mae_z"],
+            lr,
+            seconds,
+            100 * metrics["data_wait_share"],
+        )
         if self.cfg.train.debug and epoch == 0:
             self.log.debug("first epoch took %.2fs", seconds)
         self.pos = LoopPosition(epoch + 1, 0, self.pos.global_step)
@@ -205,11 +249,18 @@ class Trainer:
 
     def _save_step_checkpoint(self, reason: str) -> str | None:
         if self.manager is None:
-            self.log.warning("stopped (%s) at step %d; fast_dev_run keeps no checkpoint", reason, self.pos.global_step)
+            self.log.warning(
+                "stopped (%s) at step %d; fast_dev_run keeps no checkpoint", reason, self.pos.global_step
+            )
             return None
         path = self.manager.save_step(self.state(), epoch=self.pos.epoch, step=self.pos.global_step)
-        self.log.warning("stopped (%s) at epoch %d, step %d; resume with: python -m egnn_com.train --ckpt_path %s",
-                         reason, self.pos.epoch, self.pos.global_step, path)
+        self.log.warning(
+            "stopped (%s) at epoch %d, step %d; resume with: python -m egnn_com.train --ckpt_path %s",
+            reason,
+            self.pos.epoch,
+            self.pos.global_step,
+            path,
+        )
         return str(path)
 
 
@@ -220,8 +271,12 @@ def cuda_warmup(trainer: Trainer, steps: int = 3) -> float:
     run with warm-up trains exactly like one without. Returns the seconds spent.
     """
     start = time.perf_counter()
-    saved = (copy.deepcopy(trainer.model.state_dict()), copy.deepcopy(trainer.optimizer.state_dict()),
-             trainer.stepper.state_dict(), capture_rng_state())
+    saved = (
+        copy.deepcopy(trainer.model.state_dict()),
+        copy.deepcopy(trainer.optimizer.state_dict()),
+        trainer.stepper.state_dict(),
+        capture_rng_state(),
+    )
     batch = next(iter(trainer.train_loader))
     scratch = RegressionMetrics()
     trainer.model.train()

@@ -1,7 +1,7 @@
 """`python -m egnn_com.evaluate`: a checkpoint and graph data -> metrics JSON (with per-component errors).
 
-    python -m egnn_com.evaluate --checkpoint runs/x/checkpoints/last.ckpt              # its validation split
-    python -m egnn_com.evaluate --checkpoint best.ckpt --data_dir data/test --output test_metrics.json
+python -m egnn_com.evaluate --checkpoint runs/x/checkpoints/last.ckpt              # its validation split
+python -m egnn_com.evaluate --checkpoint best.ckpt --data_dir data/test --output test_metrics.json
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ from egnn_com.inference import load_trained_model, predict
 from egnn_com.metrics import RegressionMetrics
 
 
-def evaluate(checkpoint: str | Path, data_dir: str | None = None, split: str | None = None,
-             batch_size: int = 64, device: str = "auto") -> dict:
+def evaluate(
+    checkpoint: str | Path,
+    data_dir: str | None = None,
+    split: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> dict:
     """Metrics of the checkpoint's model on `split` ('val', 'train' or 'all') of `data_dir`.
 
     Without data_dir: the training data and, by default, the same seeded validation split as training.
@@ -44,15 +49,25 @@ def evaluate(checkpoint: str | Path, data_dir: str | None = None, split: str | N
     pred = predict(model, graphs, dev, batch_size)
     acc = RegressionMetrics()
     acc.update(pred, torch.cat([g.y for g in graphs]))
-    return {"checkpoint": str(checkpoint), "model": cfg.model.name, "data_dir": str(data_dir or cfg.data.data_dir),
-            "split": split, "num_graphs": len(graphs), "files_failed": len(dataset.failed), "metrics": acc.compute()}
+    return {
+        "checkpoint": str(checkpoint),
+        "model": cfg.model.name,
+        "data_dir": str(data_dir or cfg.data.data_dir),
+        "split": split,
+        "num_graphs": len(graphs),
+        "files_failed": len(dataset.failed),
+        "metrics": acc.compute(),
+    }
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @option("checkpoint", "--ckpt_path", required=True, help="egnn_com checkpoint (.ckpt).")
 @option("data_dir", help="Graph folder (default: the training data).")
-@option("split", type=click.Choice(["val", "train", "all"]),
-        help="Graphs to score (default: val without --data_dir, all with it).")
+@option(
+    "split",
+    type=click.Choice(["val", "train", "all"]),
+    help="Graphs to score (default: val without --data_dir, all with it).",
+)
 @option("output", help="Also write the JSON here.")
 @option("batch_size", type=int, default=64, show_default=True)
 @option("device", default="auto", show_default=True)

@@ -15,7 +15,9 @@ from egnn_com.config import EgnnComConfig, config_from_dict
 from egnn_com.model import build_model
 
 
-def load_trained_model(path: str | Path, in_features: int, device: torch.device) -> tuple[torch.nn.Module, EgnnComConfig]:
+def load_trained_model(
+    path: str | Path, in_features: int, device: torch.device
+) -> tuple[torch.nn.Module, EgnnComConfig]:
     """(model in eval mode on `device`, its training config) from an egnn_com checkpoint."""
     state = load_checkpoint(path)
     if "config" not in state or "model" not in state:

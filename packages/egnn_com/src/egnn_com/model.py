@@ -30,15 +30,25 @@ def _graph_index(batch) -> tuple[Tensor, int]:
 class GCNCentreOfMass(nn.Module):
     """Seed architecture: GCNConv input -> (num_layers - 2) hidden -> output, global pooling, MLP head to 3."""
 
-    def __init__(self, in_features: int, hidden_dim: int = 128, num_layers: int = 4, dropout: float = 0.1,
-                 pooling: str = "mean"):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_dim: int = 128,
+        num_layers: int = 4,
+        dropout: float = 0.1,
+        pooling: str = "mean",
+    ):
         super().__init__()
         dims = [in_features + 3] + [hidden_dim] * num_layers  # +3: raw xyz appended to the node features
         self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.pool = POOLING[pooling]
         self.head = nn.Sequential(
-            nn.Linear(hidden_dim, hidden_dim // 2), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden_dim // 2, hidden_dim // 4), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim, hidden_dim // 2),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim // 2, hidden_dim // 4),
+            nn.ReLU(),
+            nn.Dropout(dropout),
             nn.Linear(hidden_dim // 4, 3),
         )
 
@@ -70,18 +80,23 @@ class EGNNLayer(MessagePassing):
         # E >> N concatenated edge inputs (same function, about E/N times fewer FLOPs in that layer).
         self.edge_dst = nn.Linear(hidden_dim, hidden_dim)  # W_i and the bias
         self.edge_src = nn.Linear(hidden_dim, hidden_dim, bias=False)  # W_j
-        self.edge_dist = nn.Parameter(torch.empty(hidden_dim).uniform_(-1.0, 1.0) / (2 * hidden_dim + 1) ** 0.5)
+        self.edge_dist = nn.Parameter(
+            torch.empty(hidden_dim).uniform_(-1.0, 1.0) / (2 * hidden_dim + 1) ** 0.5
+        )
         self.edge_mlp = nn.Sequential(nn.SiLU(), nn.Linear(hidden_dim, hidden_dim), nn.SiLU())
         last = nn.Linear(hidden_dim, 1, bias=False)
         nn.init.xavier_uniform_(last.weight, gain=0.001)  # start near the identity map on coordinates
         self.coord_mlp = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), last)
-        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.SiLU(),
-                                      nn.Linear(hidden_dim, hidden_dim))
+        self.node_mlp = nn.Sequential(
+            nn.Linear(2 * hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)
+        )
 
     def forward(self, h: Tensor, pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         # One propagate carries both: columns [:hidden] are messages, the last 3 the coordinate shift.
         # a_dst, a_src [N, hidden]: the per-node terms of phi_e's first layer, gathered per edge by propagate.
-        out = self.propagate(edge_index, a_dst=self.edge_dst(h), a_src=self.edge_src(h), pos=pos)  # [N, hidden+3]
+        out = self.propagate(
+            edge_index, a_dst=self.edge_dst(h), a_src=self.edge_src(h), pos=pos
+        )  # [N, hidden+3]
         m, shift = out[:, :-3], out[:, -3:]
         h = h + self.node_mlp(torch.cat([h, m.to(h.dtype)], dim=-1))  # [N, hidden]
         return h, pos + shift.to(pos.dtype)  # [N, hidden], [N, 3]
@@ -102,7 +117,9 @@ class EGNNCentreOfMass(nn.Module):
         super().__init__()
         self.embed = nn.Linear(in_features, hidden_dim)
         self.layers = nn.ModuleList(EGNNLayer(hidden_dim) for _ in range(num_layers))
-        self.weight_head = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1))
+        self.weight_head = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1)
+        )
 
     def forward(self, batch) -> Tensor:
         graph, num_graphs = _graph_index(batch)
@@ -112,16 +129,22 @@ class EGNNCentreOfMass(nn.Module):
         # Weights are invariant and sum to 1 within each graph, so the output is an affine (convex)
         # combination of equivariant points: rotation and translation pass through exactly.
         w = softmax(self.weight_head(h).squeeze(-1).float(), graph, num_nodes=h.shape[0])  # [N]
-        return scatter(w.unsqueeze(-1).to(pos.dtype) * pos, graph, dim=0, dim_size=num_graphs, reduce="sum")  # [B, 3]
+        return scatter(
+            w.unsqueeze(-1).to(pos.dtype) * pos, graph, dim=0, dim_size=num_graphs, reduce="sum"
+        )  # [B, 3]
 
 
 def build_model(cfg, in_features: int) -> nn.Module:
     """The model named by cfg.name ('gcn' | 'egnn') for node features of size `in_features`."""
     if cfg.hidden_dim < 4:
-        raise ConfigError(f"model.hidden_dim must be >= 4 (the gcn head divides it by 4), got {cfg.hidden_dim}.")
+        raise ConfigError(
+            f"model.hidden_dim must be >= 4 (the gcn head divides it by 4), got {cfg.hidden_dim}."
+        )
     if cfg.name == "gcn":
         if cfg.num_layers < 2:
-            raise ConfigError(f"model.num_layers must be >= 2 for gcn (input and output GCNConv), got {cfg.num_layers}.")
+            raise ConfigError(
+                f"model.num_layers must be >= 2 for gcn (input and output GCNConv), got {cfg.num_layers}."
+            )
         return GCNCentreOfMass(in_features, cfg.hidden_dim, cfg.num_layers, cfg.dropout, cfg.pooling)
     if cfg.name == "egnn":
         if cfg.num_layers < 1:

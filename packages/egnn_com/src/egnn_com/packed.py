@@ -23,9 +23,11 @@ def can_pack(graphs: list[Data]) -> bool:
     if not graphs:
         return False
     keys = set(graphs[0].keys())
-    return ({"x", "pos", "edge_index", "mass"} <= keys <= PACKABLE
-            and all(set(g.keys()) == keys for g in graphs)
-            and ("y" not in keys or all(g.y.shape == (1, 3) for g in graphs)))
+    return (
+        {"x", "pos", "edge_index", "mass"} <= keys <= PACKABLE
+        and all(set(g.keys()) == keys for g in graphs)
+        and ("y" not in keys or all(g.y.shape == (1, 3) for g in graphs))
+    )
 
 
 def _segments(ptr: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,7 +47,9 @@ class PackedGraphs(Dataset):
             raise ValueError("graphs must all hold x, pos, edge_index, mass (and y [1, 3] on all or none)")
         self.has_y = "y" in graphs[0]
         self.nodes = {k: torch.cat([g[k] for g in graphs]) for k in NODE_KEYS}  # [N_total, ...]
-        self.edge_index = torch.cat([g.edge_index for g in graphs], dim=1)  # [2, E_total], graph-local indices
+        self.edge_index = torch.cat(
+            [g.edge_index for g in graphs], dim=1
+        )  # [2, E_total], graph-local indices
         self.y = torch.cat([g.y for g in graphs]) if self.has_y else None  # [G, 3]
         zero = torch.zeros(1, dtype=torch.long)
         self.node_ptr = torch.cat([zero, torch.tensor([g.num_nodes for g in graphs]).cumsum(0)])  # [G + 1]

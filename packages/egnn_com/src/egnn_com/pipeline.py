@@ -58,7 +58,9 @@ def _make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     kinds = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
     if cfg.optim.optimizer not in kinds:
         raise ConfigError(f"optim.optimizer must be 'adamw' or 'adam', got {cfg.optim.optimizer!r}.")
-    return kinds[cfg.optim.optimizer](model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return kinds[cfg.optim.optimizer](
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
 
 
 def _run_folder(cfg) -> RunFolder:
@@ -74,8 +76,9 @@ def _run_folder(cfg) -> RunFolder:
     return run
 
 
-def run_training(cfg, *, resume_state: dict | None = None, import_seconds: float | None = None,
-                 stop_hook=None) -> TrainingOutcome:
+def run_training(
+    cfg, *, resume_state: dict | None = None, import_seconds: float | None = None, stop_hook=None
+) -> TrainingOutcome:
     """Train per `cfg` (an EgnnComConfig); `resume_state` is a loaded checkpoint tree to continue from."""
     fast = cfg.train.fast_dev_run > 0
     started = time.perf_counter()
@@ -104,8 +107,14 @@ def run_training(cfg, *, resume_state: dict | None = None, import_seconds: float
         train_graphs = [dataset.graphs[i] for i in train_idx]
         val_graphs = [dataset.graphs[i] for i in val_idx]
     with timer.phase("dataloader_creation"):
-        kw = {"batch_size": cfg.data.batch_size, "seed": cfg.train.seed, "num_workers": cfg.data.num_workers,
-              "prefetch_factor": cfg.data.prefetch_factor, "worker_type": cfg.data.worker_type, "device": device}
+        kw = {
+            "batch_size": cfg.data.batch_size,
+            "seed": cfg.train.seed,
+            "num_workers": cfg.data.num_workers,
+            "prefetch_factor": cfg.data.prefetch_factor,
+            "worker_type": cfg.data.worker_type,
+            "device": device,
+        }
         train_loader = make_loader(train_graphs, train=True, **kw)
         val_loader = make_loader(val_graphs, train=False, **kw)
     with timer.phase("model_initialization"):
@@ -115,33 +124,84 @@ def run_training(cfg, *, resume_state: dict | None = None, import_seconds: float
             # dynamic=True: every batch has other node/edge counts; without it the second batch recompiles
             model = torch.compile(model, dynamic=True)  # compiles lazily on the first batch
     with timer.phase("logging_setup"):
-        trackers = Trackers([], log) if fast else build_trackers(
-            run, history_file=HISTORY_FILE, tensorboard=cfg.logging.tensorboard, logger=log,
-            wandb={"project": cfg.logging.wandb_project, "name": cfg.logging.wandb_name,
-                   "tags": list(cfg.logging.wandb_tags), "config": config_to_dict(cfg)} if cfg.logging.use_wandb else None,
-            resume_step=int(resume_state["global_step"]) if resume_state else None)
-        split = {"train_graphs": len(train_graphs), "val_graphs": len(val_graphs),
-                 "files_loaded": len(dataset), "files_failed": len(dataset.failed)}
-        trackers.log_params({"config": config_to_dict(cfg), "dataset": stats, "split": split,
-                             "data_dir": str(cfg.data.data_dir)})
+        trackers = (
+            Trackers([], log)
+            if fast
+            else build_trackers(
+                run,
+                history_file=HISTORY_FILE,
+                tensorboard=cfg.logging.tensorboard,
+                logger=log,
+                wandb={
+                    "project": cfg.logging.wandb_project,
+                    "name": cfg.logging.wandb_name,
+                    "tags": list(cfg.logging.wandb_tags),
+                    "config": config_to_dict(cfg),
+                }
+                if cfg.logging.use_wandb
+                else None,
+                resume_step=int(resume_state["global_step"]) if resume_state else None,
+            )
+        )
+        split = {
+            "train_graphs": len(train_graphs),
+            "val_graphs": len(val_graphs),
+            "files_loaded": len(dataset),
+            "files_failed": len(dataset.failed),
+        }
+        trackers.log_params(
+            {
+                "config": config_to_dict(cfg),
+                "dataset": stats,
+                "split": split,
+                "data_dir": str(cfg.data.data_dir),
+            }
+        )
     with timer.phase("training_configuration"):
         optimizer = _make_optimizer(cfg, model)
         sched = cfg.optim.schedule
         if sched.name == "plateau" and sched.interval != "epoch":
-            raise ConfigError("optim.schedule: 'plateau' monitors val_loss, which exists once per epoch; "
-                              "set optim.schedule.interval=epoch.")
+            raise ConfigError(
+                "optim.schedule: 'plateau' monitors val_loss, which exists once per epoch; "
+                "set optim.schedule.interval=epoch."
+            )
         units = cfg.train.max_epochs * (len(train_loader) if sched.interval == "step" else 1)
         schedule = build_schedule(sched, [cfg.optim.lr], max(units, 1))
-        manager = None if fast else CheckpointManager(
-            run.checkpoints, last=LAST_FILE, best=BEST_TEMPLATE, monitor="val_loss", mode="min", top_k=1,
-            step_file=STEP_CHECKPOINT)
-        trainer = Trainer(cfg, model=model, optimizer=optimizer, schedule=schedule, precision=precision,
-                          device=device, train_loader=train_loader, val_loader=val_loader, manager=manager,
-                          trackers=trackers, logger=log, stop_hook=stop_hook)
+        manager = (
+            None
+            if fast
+            else CheckpointManager(
+                run.checkpoints,
+                last=LAST_FILE,
+                best=BEST_TEMPLATE,
+                monitor="val_loss",
+                mode="min",
+                top_k=1,
+                step_file=STEP_CHECKPOINT,
+            )
+        )
+        trainer = Trainer(
+            cfg,
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            precision=precision,
+            device=device,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            manager=manager,
+            trackers=trackers,
+            logger=log,
+            stop_hook=stop_hook,
+        )
         if resume_state is not None:
             trainer.load_state(resume_state)  # last: it restores the RNG states
-            log.info("resumed at epoch %d, batch %d, global step %d", trainer.pos.epoch,
-                     trainer.pos.batch_in_epoch, trainer.pos.global_step)
+            log.info(
+                "resumed at epoch %d, batch %d, global step %d",
+                trainer.pos.epoch,
+                trainer.pos.batch_in_epoch,
+                trainer.pos.global_step,
+            )
 
     _log_startup(log, cfg, timer, import_seconds, stats, split, model, train_loader)
     if device.type == "cuda" and cfg.train.cuda_warmup and not fast:
@@ -157,42 +217,79 @@ def run_training(cfg, *, resume_state: dict | None = None, import_seconds: float
     best = manager.best_path if manager else None
     _log_summary(log, run, best, fit)
     first = trainer.first_step_done_at - started if trainer.first_step_done_at else None
-    return TrainingOutcome(run.root if run else None, run.checkpoints if run else None, best, fit,
-                           dict(timer.phases), history, first)
+    return TrainingOutcome(
+        run.root if run else None,
+        run.checkpoints if run else None,
+        best,
+        fit,
+        dict(timer.phases),
+        history,
+        first,
+    )
 
 
 # plotted curves: series name in the history -> "label/axis" (names sharing the part after "/" share an axis)
-PLOTTED = {"train_loss": "train/loss (MAE)", "val_loss": "val/loss (MAE)", "train_mse": "train/MSE",
-           "val_mse": "val/MSE", "val_mae_x": "val_mae_x/val MAE per component",
-           "val_mae_y": "val_mae_y/val MAE per component", "val_mae_z": "val_mae_z/val MAE per component",
-           "learning_rate": "learning_rate"}
+PLOTTED = {
+    "train_loss": "train/loss (MAE)",
+    "val_loss": "val/loss (MAE)",
+    "train_mse": "train/MSE",
+    "val_mse": "val/MSE",
+    "val_mae_x": "val_mae_x/val MAE per component",
+    "val_mae_y": "val_mae_y/val MAE per component",
+    "val_mae_z": "val_mae_z/val MAE per component",
+    "learning_rate": "learning_rate",
+}
 
 
 def plot_training(history: Path, out: Path, *, title: str) -> Path:
     """Epoch curves from the JSON history: loss, MSE, per-component val MAE, learning rate (4 panels)."""
     metrics = json.loads(history.read_text(encoding="utf-8"))["metrics"]
-    series = {label: [(p["step"], p["value"]) for p in metrics[name]]
-              for name, label in PLOTTED.items() if name in metrics}
+    series = {
+        label: [(p["step"], p["value"]) for p in metrics[name]]
+        for name, label in PLOTTED.items()
+        if name in metrics
+    }
     return plot_curves(series, out, title=title)
 
 
-def _log_startup(log: logging.Logger, cfg, timer: PhaseTimer, import_seconds, stats, split, model,
-                 loader) -> None:
+def _log_startup(
+    log: logging.Logger, cfg, timer: PhaseTimer, import_seconds, stats, split, model, loader
+) -> None:
     level = logging.INFO if cfg.train.debug else logging.DEBUG
     timer.report(level=level)
     if import_seconds is not None:
         log.log(level, "library imports (torch, torch_geometric; not a startup phase): %.3fs", import_seconds)
-    log.info("startup took %.3fs; dataset: %d graphs, %d nodes, %d edges, %d node features; split %d train / "
-             "%d val", timer.total(), stats["num_graphs"], stats["total_nodes"], stats["total_edges"],
-             stats["num_node_features"], split["train_graphs"], split["val_graphs"])
+    log.info(
+        "startup took %.3fs; dataset: %d graphs, %d nodes, %d edges, %d node features; split %d train / "
+        "%d val",
+        timer.total(),
+        stats["num_graphs"],
+        stats["total_nodes"],
+        stats["total_edges"],
+        stats["num_node_features"],
+        split["train_graphs"],
+        split["val_graphs"],
+    )
     log.debug("model: %s", describe_model(model))
     log.debug("train loader: %s", describe_loader(loader))
 
 
 def _log_summary(log: logging.Logger, run: RunFolder | None, best: Path | None, fit: FitResult) -> None:
     if run is None:
-        log.info("fast_dev_run finished: %s", {k: round(v, 4) for k, v in fit.metrics.items()
-                                                if k.startswith(("train_loss", "val_loss", "val_mae"))})
+        log.info(
+            "fast_dev_run finished: %s",
+            {
+                k: round(v, 4)
+                for k, v in fit.metrics.items()
+                if k.startswith(("train_loss", "val_loss", "val_mae"))
+            },
+        )
         return
-    log.info("outputs in %s: config.yaml, %s, checkpoints in %s (best: %s), plots/, logs/ (%s)", run.root,
-             HISTORY_FILE, run.checkpoints, best.name if best else "none", log_file_path(log))
+    log.info(
+        "outputs in %s: config.yaml, %s, checkpoints in %s (best: %s), plots/, logs/ (%s)",
+        run.root,
+        HISTORY_FILE,
+        run.checkpoints,
+        best.name if best else "none",
+        log_file_path(log),
+    )

@@ -23,7 +23,9 @@ from egnn_com.inference import load_trained_model, predict
 COLUMNS = ["file", "num_nodes", "pred_x", "pred_y", "pred_z", "true_x", "true_y", "true_z", "abs_error"]
 
 
-def predict_files(checkpoint: str | Path, paths: list[str], batch_size: int = 64, device: str = "auto") -> list[dict]:
+def predict_files(
+    checkpoint: str | Path, paths: list[str], batch_size: int = 64, device: str = "auto"
+) -> list[dict]:
     """One row per valid graph file (invalid files are reported and skipped, as in training)."""
     dataset = load_dataset(list(paths), require_target=False)
     dev = torch_device(device)
@@ -31,11 +33,21 @@ def predict_files(checkpoint: str | Path, paths: list[str], batch_size: int = 64
     preds = predict(model, dataset.graphs, dev, batch_size)
     rows = []
     for path, graph, pred in zip(dataset.files, dataset.graphs, preds.tolist(), strict=True):
-        row = {"file": str(path), "num_nodes": graph.num_nodes, "pred_x": pred[0], "pred_y": pred[1], "pred_z": pred[2]}
+        row = {
+            "file": str(path),
+            "num_nodes": graph.num_nodes,
+            "pred_x": pred[0],
+            "pred_y": pred[1],
+            "pred_z": pred[2],
+        }
         if getattr(graph, "y", None) is not None:
             true = graph.y[0].tolist()
-            row.update(true_x=true[0], true_y=true[1], true_z=true[2],
-                       abs_error=sum(abs(p - t) for p, t in zip(pred, true, strict=True)) / 3)
+            row.update(
+                true_x=true[0],
+                true_y=true[1],
+                true_z=true[2],
+                abs_error=sum(abs(p - t) for p, t in zip(pred, true, strict=True)) / 3,
+            )
         rows.append(row)
     return rows
 

@@ -13,10 +13,14 @@ def find_latest(cfg) -> Path:
     from egnn_com.engine import STEP_CHECKPOINT
     from egnn_com.pipeline import LAST_FILE
 
-    folder = cfg.train.checkpoint_dir or (Path(cfg.train.output_dir) / "checkpoints" if cfg.train.output_dir else None)
+    folder = cfg.train.checkpoint_dir or (
+        Path(cfg.train.output_dir) / "checkpoints" if cfg.train.output_dir else None
+    )
     if folder is None or not Path(folder).is_dir():
-        raise CheckpointError("--ckpt_path auto needs --output_dir (or --checkpoint_dir) naming an earlier run's "
-                              f"folder; {folder or 'none was given'} has no checkpoints.")
+        raise CheckpointError(
+            "--ckpt_path auto needs --output_dir (or --checkpoint_dir) naming an earlier run's "
+            f"folder; {folder or 'none was given'} has no checkpoints."
+        )
     latest = CheckpointManager(folder, last=LAST_FILE, step_file=STEP_CHECKPOINT).latest()
     if latest is None:
         raise CheckpointError(f"no last.ckpt or {STEP_CHECKPOINT} in {folder} to resume from.")

@@ -70,8 +70,15 @@ def radius_edges(pos: np.ndarray, cutoff: float) -> np.ndarray:
     return np.stack([src, dst]).astype(np.int64)
 
 
-def make_graph(seed: int, index: int, *, min_nodes: int = 10, max_nodes: int = 40, translation: float = 10.0,
-               cutoff: float = 2.0) -> dict[str, np.ndarray]:
+def make_graph(
+    seed: int,
+    index: int,
+    *,
+    min_nodes: int = 10,
+    max_nodes: int = 40,
+    translation: float = 10.0,
+    cutoff: float = 2.0,
+) -> dict[str, np.ndarray]:
     """One graph as numpy arrays: x [N, 5] one-hot atom type, pos [N, 3], edge_index [2, E], mass [N], y [1, 3]."""
     rng = np.random.default_rng([seed, index])
     n = int(rng.integers(min_nodes, max_nodes + 1))
@@ -100,24 +107,43 @@ def write_graph(path: Path, graph: dict[str, np.ndarray]) -> None:
         torch.save({k: torch.from_numpy(v) for k, v in graph.items()}, path)
 
 
-def generate_dataset(out_dir: str | Path, *, num_graphs: int = 500, seed: int = 0, min_nodes: int = 10,
-                     max_nodes: int = 40, translation: float = 10.0, cutoff: float = 2.0,
-                     fmt: str = "pt") -> Path:
+def generate_dataset(
+    out_dir: str | Path,
+    *,
+    num_graphs: int = 500,
+    seed: int = 0,
+    min_nodes: int = 10,
+    max_nodes: int = 40,
+    translation: float = 10.0,
+    cutoff: float = 2.0,
+    fmt: str = "pt",
+) -> Path:
     """Write `num_graphs` graph files into out_dir (graph_00000.pt, ...) plus dataset_info.json."""
     if num_graphs < 1 or min_nodes < 2 or max_nodes < min_nodes:
-        raise DataError(f"synthetic: need num_graphs >= 1 and 2 <= min_nodes <= max_nodes, got num_graphs="
-                        f"{num_graphs}, min_nodes={min_nodes}, max_nodes={max_nodes}.")
+        raise DataError(
+            f"synthetic: need num_graphs >= 1 and 2 <= min_nodes <= max_nodes, got num_graphs="
+            f"{num_graphs}, min_nodes={min_nodes}, max_nodes={max_nodes}."
+        )
     if fmt not in ("pt", "npz"):
         raise DataError(f"synthetic: format must be 'pt' or 'npz', got {fmt!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(num_graphs):
-        graph = make_graph(seed, i, min_nodes=min_nodes, max_nodes=max_nodes, translation=translation,
-                           cutoff=cutoff)
+        graph = make_graph(
+            seed, i, min_nodes=min_nodes, max_nodes=max_nodes, translation=translation, cutoff=cutoff
+        )
         write_graph(out / f"graph_{i:05d}.{fmt}", graph)
-    info = {"num_graphs": num_graphs, "seed": seed, "min_nodes": min_nodes, "max_nodes": max_nodes,
-            "translation": translation, "cutoff": cutoff, "format": fmt, "atom_types": list(ATOM_TYPES),
-            "atom_masses": ATOM_MASSES.tolist()}
+    info = {
+        "num_graphs": num_graphs,
+        "seed": seed,
+        "min_nodes": min_nodes,
+        "max_nodes": max_nodes,
+        "translation": translation,
+        "cutoff": cutoff,
+        "format": fmt,
+        "atom_types": list(ATOM_TYPES),
+        "atom_masses": ATOM_MASSES.tolist(),
+    }
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2))
     return out
 
@@ -126,19 +152,33 @@ def generate_dataset(out_dir: str | Path, *, num_graphs: int = 500, seed: int = 
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--num_graphs", "--num-graphs", "num_graphs", default=500, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--size", type=click.Choice(sorted(SIZE_PRESETS)), default=None,
-              help="Node-count preset from the seed's speed table (overrides --min_nodes/--max_nodes).")
+@click.option(
+    "--size",
+    type=click.Choice(sorted(SIZE_PRESETS)),
+    default=None,
+    help="Node-count preset from the seed's speed table (overrides --min_nodes/--max_nodes).",
+)
 @click.option("--min_nodes", "--min-nodes", "min_nodes", default=10, show_default=True)
 @click.option("--max_nodes", "--max-nodes", "max_nodes", default=40, show_default=True)
-@click.option("--translation", default=10.0, show_default=True, help="Random shift range per axis (Angstrom).")
+@click.option(
+    "--translation", default=10.0, show_default=True, help="Random shift range per axis (Angstrom)."
+)
 @click.option("--cutoff", default=2.0, show_default=True, help="Edge radius (Angstrom).")
 @click.option("--format", "fmt", type=click.Choice(["pt", "npz"]), default="pt", show_default=True)
 def main(out_dir, num_graphs, seed, size, min_nodes, max_nodes, translation, cutoff, fmt):
     """Write deterministic molecule-like graphs (target: centre of mass) to OUT_DIR."""
     if size is not None:
         min_nodes, max_nodes = SIZE_PRESETS[size]
-    out = generate_dataset(out_dir, num_graphs=num_graphs, seed=seed, min_nodes=min_nodes, max_nodes=max_nodes,
-                           translation=translation, cutoff=cutoff, fmt=fmt)
+    out = generate_dataset(
+        out_dir,
+        num_graphs=num_graphs,
+        seed=seed,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        translation=translation,
+        cutoff=cutoff,
+        fmt=fmt,
+    )
     click.echo(f"wrote {num_graphs} graphs ({min_nodes}-{max_nodes} nodes, .{fmt}) to {out}")
 
 

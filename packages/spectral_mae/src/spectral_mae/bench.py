@@ -31,9 +31,19 @@ from spectral_mae.losses import MAESpectralLoss
 from spectral_mae.model import DECODER_ATTENTION, MaskedAutoencoderSpectral, build_model
 
 YARDSTICK = "mae_vit_base_patch16_224"
-YARDSTICK_ARCH = dict(img_size=224, patch_size=(16, 3), in_chans=3, embed_dim=768, encoder_depth=12,
-                      encoder_num_heads=12, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
-                      mask_ratio=0.75, decoder_attention="joint")
+YARDSTICK_ARCH = dict(
+    img_size=224,
+    patch_size=(16, 3),
+    in_chans=3,
+    embed_dim=768,
+    encoder_depth=12,
+    encoder_num_heads=12,
+    decoder_embed_dim=512,
+    decoder_depth=8,
+    decoder_num_heads=16,
+    mask_ratio=0.75,
+    decoder_attention="joint",
+)
 
 
 @dataclass
@@ -52,8 +62,17 @@ class BenchResult:
     peak_memory_mb: float
 
 
-def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, steps: int, warmup: int,
-                device: torch.device, peak_gflops: float, amp: bool, use_compile: bool = False) -> BenchResult:
+def bench_model(
+    name: str,
+    model: MaskedAutoencoderSpectral,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    peak_gflops: float,
+    amp: bool,
+    use_compile: bool = False,
+) -> BenchResult:
     model = model.to(device).train()
     forward = model
     loss_fn = MAESpectralLoss(model.groups, model.t)
@@ -96,50 +115,89 @@ def bench_model(name: str, model: MaskedAutoencoderSpectral, batch_size: int, st
     achieved = flops_per_sample * batch_size / step / 1e9
     memory = peak_memory_mb(device)
     return BenchResult(
-        model=name, shape=f"{model.in_chans}x{model.img_size}x{model.img_size}", tokens=model.num_patches,
-        batch_size=batch_size, step_s=step, forward_ms=1000 * statistics.median(forward_times),
-        samples_per_s=batch_size / step, tokens_per_s=batch_size * model.num_patches / step,
-        gflop_per_sample=flops_per_sample / 1e9, achieved_gflops=achieved, share_of_peak=achieved / peak_gflops,
+        model=name,
+        shape=f"{model.in_chans}x{model.img_size}x{model.img_size}",
+        tokens=model.num_patches,
+        batch_size=batch_size,
+        step_s=step,
+        forward_ms=1000 * statistics.median(forward_times),
+        samples_per_s=batch_size / step,
+        tokens_per_s=batch_size * model.num_patches / step,
+        gflop_per_sample=flops_per_sample / 1e9,
+        achieved_gflops=achieved,
+        share_of_peak=achieved / peak_gflops,
         peak_memory_mb=memory.get("cuda_peak_mb", memory.get("rss_peak_mb", float("nan"))),
     )
 
 
 def format_table(results: list[BenchResult], peak: float) -> str:
-    header = (f"{'model':<30}{'shape':>12}{'tokens':>8}{'batch':>6}{'step s':>9}{'fwd ms':>9}{'img/s':>8}"
-              f"{'tok/s':>9}{'GFLOP/img':>10}{'GFLOP/s':>9}{'peak%':>7}{'mem MB':>9}")
+    header = (
+        f"{'model':<30}{'shape':>12}{'tokens':>8}{'batch':>6}{'step s':>9}{'fwd ms':>9}{'img/s':>8}"
+        f"{'tok/s':>9}{'GFLOP/img':>10}{'GFLOP/s':>9}{'peak%':>7}{'mem MB':>9}"
+    )
     lines = [f"matmul peak (fp32, same run): {peak:.1f} GFLOP/s", header]
     for r in results:
-        lines.append(f"{r.model:<30}{r.shape:>12}{r.tokens:>8}{r.batch_size:>6}{r.step_s:>9.2f}{r.forward_ms:>9.0f}"
-                     f"{r.samples_per_s:>8.2f}{r.tokens_per_s:>9.0f}{r.gflop_per_sample:>10.1f}"
-                     f"{r.achieved_gflops:>9.1f}{100 * r.share_of_peak:>6.0f}%{r.peak_memory_mb:>9.0f}")
+        lines.append(
+            f"{r.model:<30}{r.shape:>12}{r.tokens:>8}{r.batch_size:>6}{r.step_s:>9.2f}{r.forward_ms:>9.0f}"
+            f"{r.samples_per_s:>8.2f}{r.tokens_per_s:>9.0f}{r.gflop_per_sample:>10.1f}"
+            f"{r.achieved_gflops:>9.1f}{100 * r.share_of_peak:>6.0f}%{r.peak_memory_mb:>9.0f}"
+        )
     return "\n".join(lines)
 
 
 @click.command()
 @click.option("--models", default="mae_tiny,mae_base", show_default=True, help="Comma-separated variants.")
-@click.option("--decoders", default="divided,joint", show_default=True,
-              help="Comma-separated decoder attention patterns (model.decoder_attention) to time for each model.")
+@click.option(
+    "--decoders",
+    default="divided,joint",
+    show_default=True,
+    help="Comma-separated decoder attention patterns (model.decoder_attention) to time for each model.",
+)
 @click.option("--img-size", default=500, show_default=True, help="Cube height/width (the seed's 500).")
 @click.option("--batch-size", default=2, show_default=True, help="Samples per step.")
 @click.option("--steps", default=3, show_default=True, help="Timed steps (median reported).")
 @click.option("--warmup", default=1, show_default=True, help="Untimed steps first (the first counts FLOPs).")
-@click.option("--yardstick/--no-yardstick", default=True, show_default=True,
-              help="Also time the original MAE ViT-B/16 (224x224, mask 0.75, batch 8) in the same run.")
+@click.option(
+    "--yardstick/--no-yardstick",
+    default=True,
+    show_default=True,
+    help="Also time the original MAE ViT-B/16 (224x224, mask 0.75, batch 8) in the same run.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--amp", is_flag=True, help="bf16 autocast.")
-@click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the spectral models' training forward (general.compile); the yardstick stays "
-                   "the original eager MAE.")
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the spectral models' training forward (general.compile); the yardstick stays "
+    "the original eager MAE.",
+)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
-def main(models, decoders, img_size, batch_size, steps, warmup, yardstick, device, amp, compile_, threads,
-         json_path):
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here."
+)
+def main(
+    models,
+    decoders,
+    img_size,
+    batch_size,
+    steps,
+    warmup,
+    yardstick,
+    device,
+    amp,
+    compile_,
+    threads,
+    json_path,
+):
     """Benchmark the spectral MAE training step (see the module docstring)."""
     patterns = [d.strip() for d in decoders.split(",") if d.strip()]
     unknown = sorted(set(patterns) - set(DECODER_ATTENTION))
     if unknown or not patterns:
-        raise click.BadParameter(f"{unknown or decoders!r}: expected a comma-separated subset of "
-                                 f"{', '.join(DECODER_ATTENTION)}", param_hint="--decoders")
+        raise click.BadParameter(
+            f"{unknown or decoders!r}: expected a comma-separated subset of {', '.join(DECODER_ATTENTION)}",
+            param_hint="--decoders",
+        )
     if threads:
         torch.set_num_threads(threads)
     dev = torch_device(device)
@@ -148,8 +206,11 @@ def main(models, decoders, img_size, batch_size, steps, warmup, yardstick, devic
     peak = torch_matmul_peak_gflops(dev, repeats=8)
     results = []
     if yardstick:
-        results.append(bench_model(YARDSTICK, MaskedAutoencoderSpectral(**YARDSTICK_ARCH), 8, steps, warmup, dev,
-                                   peak, amp))
+        results.append(
+            bench_model(
+                YARDSTICK, MaskedAutoencoderSpectral(**YARDSTICK_ARCH), 8, steps, warmup, dev, peak, amp
+            )
+        )
     for name in [m.strip() for m in models.split(",") if m.strip()]:
         for pattern in patterns:
             model = build_model(name, img_size=img_size, decoder_attention=pattern)
@@ -162,10 +223,13 @@ def main(models, decoders, img_size, batch_size, steps, warmup, yardstick, devic
     for r in results:
         r.share_of_peak = r.achieved_gflops / peak
     click.echo(format_table(results, peak))
-    click.echo("peak memory is the process's peak RSS so far on CPU (cumulative), the CUDA allocator peak on GPU.")
+    click.echo(
+        "peak memory is the process's peak RSS so far on CPU (cumulative), the CUDA allocator peak on GPU."
+    )
     if json_path:
-        Path(json_path).write_text(json.dumps({"matmul_peak_gflops": peak, "results": [asdict(r) for r in results]},
-                                              indent=2))
+        Path(json_path).write_text(
+            json.dumps({"matmul_peak_gflops": peak, "results": [asdict(r) for r in results]}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -33,14 +33,20 @@ class DividedSpatialSpectralBlock(nn.Module):
         """(B, L, D) -> (B, L, D): residual attention across the spectral groups of each location only."""
         b, length, dim = x.shape
         g, s = self.groups, self.locations
-        y = x.reshape(b, g, s, dim).transpose(1, 2).reshape(b * s, g, dim)  # (B*S, G, D): one sequence per location
+        y = (
+            x.reshape(b, g, s, dim).transpose(1, 2).reshape(b * s, g, dim)
+        )  # (B*S, G, D): one sequence per location
         y = y + self.attn_spectral(self.norm_spectral(y))
-        return y.reshape(b, s, g, dim).transpose(1, 2).reshape(b, length, dim)  # back to (group, row, col) order
+        return (
+            y.reshape(b, s, g, dim).transpose(1, 2).reshape(b, length, dim)
+        )  # back to (group, row, col) order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, dim = x.shape
         if length != self.groups * self.locations:
             raise ValueError(f"expected {self.groups} x {self.locations} tokens, got {length}")
         x = self.spectral_stage(x)  # (B, L, D)
-        x = self.spatial(x.reshape(b * self.groups, self.locations, dim))  # (B*G, S, D): one sequence per group
+        x = self.spatial(
+            x.reshape(b * self.groups, self.locations, dim)
+        )  # (B*G, S, D): one sequence per group
         return x.reshape(b, length, dim)

@@ -17,8 +17,14 @@ from common.schedules import ScheduleConfig
 
 PACKAGE = "spectral_mae"
 DEFAULT_CONFIG = "config"  # configs/config.yaml
-DEFAULT_GROUPS = {"dataset": "segmentation_dataset", "model": "mae_medium", "loss": "mae_spectral",
-                  "optimizer": "adamw", "scheduler": "cosine", "show_prediction": "plot_rgb"}
+DEFAULT_GROUPS = {
+    "dataset": "segmentation_dataset",
+    "model": "mae_medium",
+    "loss": "mae_spectral",
+    "optimizer": "adamw",
+    "scheduler": "cosine",
+    "show_prediction": "plot_rgb",
+}
 
 
 @dataclass
@@ -136,7 +142,8 @@ class SpectralMAEConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: ScheduleConfig = field(
-        default_factory=lambda: ScheduleConfig(name="cosine", warmup_steps=0, interval="step"))
+        default_factory=lambda: ScheduleConfig(name="cosine", warmup_steps=0, interval="step")
+    )
     show_prediction: ShowPredictionConfig = field(default_factory=ShowPredictionConfig)
     hparams: HParamsConfig = field(default_factory=HParamsConfig)
     general: GeneralConfig = field(default_factory=GeneralConfig)
@@ -157,7 +164,11 @@ def upgrade_saved_config(data: dict) -> dict:
     return data
 
 
-def load(source: str | Path | None = DEFAULT_CONFIG, *, cli: dict | None = None,
-         overrides: tuple[str, ...] | list[str] = ()) -> SpectralMAEConfig:
+def load(
+    source: str | Path | None = DEFAULT_CONFIG,
+    *,
+    cli: dict | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> SpectralMAEConfig:
     """The resolved config: schema < YAML `source` < `group=name` < typed CLI options < `a.b=value`."""
     return load_config(SpectralMAEConfig, source, package=PACKAGE, cli=cli, overrides=list(overrides))

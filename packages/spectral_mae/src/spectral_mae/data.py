@@ -62,7 +62,9 @@ def read_index(csv_file: str | Path) -> list[IndexRow]:
             if not row["path"]:
                 raise DataError(f"Dataset index {csv_path}, line {line}: empty `path`.")
             path = Path(row["path"])
-            rows.append(IndexRow(path if path.is_absolute() else csv_path.parent / path, row.get("split") or "train"))
+            rows.append(
+                IndexRow(path if path.is_absolute() else csv_path.parent / path, row.get("split") or "train")
+            )
     return rows
 
 
@@ -73,7 +75,9 @@ def split_files(csv_file: str | Path, split: str) -> list[Path]:
     return files
 
 
-def validate_cube_file(path: Path, *, bands: int, img_size: int, patch_size: int, check_values: bool = True) -> None:
+def validate_cube_file(
+    path: Path, *, bands: int, img_size: int, patch_size: int, check_values: bool = True
+) -> None:
     """DataError naming the file for: missing file/key, wrong band count or size, size not divisible, NaN/inf."""
     if not path.is_file():
         raise DataError(f"Cube file {path} listed in the dataset index does not exist.")
@@ -166,14 +170,29 @@ class SegmentationDataset(Dataset):
     `dataset[index]` is the same as `dataset[(0, index)]`.
     """
 
-    def __init__(self, csv_file, split: str = "train", *, bands: int, img_size: int, patch_size: int,
-                 stats_file: str | Path | None = None, normalize: bool = True, transform_type: str = "none",
-                 load_rgb: bool = False, num_tokens: int | None = None, seed: int = 0, validate: bool = True):
+    def __init__(
+        self,
+        csv_file,
+        split: str = "train",
+        *,
+        bands: int,
+        img_size: int,
+        patch_size: int,
+        stats_file: str | Path | None = None,
+        normalize: bool = True,
+        transform_type: str = "none",
+        load_rgb: bool = False,
+        num_tokens: int | None = None,
+        seed: int = 0,
+        validate: bool = True,
+    ):
         if transform_type not in TRANSFORMS:
             raise DataError(f"dataset.transform_type='{transform_type}' is not one of {sorted(TRANSFORMS)}.")
         self.files = split_files(csv_file, split)
         for path in self.files:  # fail before training starts, naming the bad file
-            validate_cube_file(path, bands=bands, img_size=img_size, patch_size=patch_size, check_values=validate)
+            validate_cube_file(
+                path, bands=bands, img_size=img_size, patch_size=patch_size, check_values=validate
+            )
         self.transforms = TRANSFORMS[transform_type]
         self.normalize, self.load_rgb, self.num_tokens, self.seed = normalize, load_rgb, num_tokens, seed
         stats_path = Path(stats_file) if stats_file else Path(csv_file).parent / "band_stats.json"
@@ -194,7 +213,10 @@ class SegmentationDataset(Dataset):
             cube = (cube - self.mean[:, None, None]) / self.std[:, None, None]
         rng = sample_rng(self.seed, epoch, index)
         cube, rgb = self._augment(cube, rgb, rng)
-        item: dict[str, torch.Tensor | int] = {"cube": torch.from_numpy(np.ascontiguousarray(cube)), "index": index}
+        item: dict[str, torch.Tensor | int] = {
+            "cube": torch.from_numpy(np.ascontiguousarray(cube)),
+            "index": index,
+        }
         if self.num_tokens:
             # MAE mask noise drawn here so the mask depends only on (seed, epoch, index), not on the rank.
             item["noise"] = torch.from_numpy(rng.random(self.num_tokens, dtype=np.float32))
@@ -225,11 +247,26 @@ class EpochSampler(DistributedSampler):
     batch W*b: DDP and single-process runs see the same samples per optimizer step.
     """
 
-    def __init__(self, num_samples: int, *, batch_size: int, seed: int, shuffle: bool = True,
-                 drop_last: bool = True, num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         # DistributedSampler only needs len(dataset); pass a range to avoid holding the dataset.
-        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
+        super().__init__(
+            range(num_samples),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
         self.n, self.batch_size, self.start_batch = num_samples, batch_size, 0
         global_batch = batch_size * num_replicas
         if drop_last:

@@ -1,9 +1,9 @@
 """Evaluation: loss parts and reconstruction metrics over a dataloader, metrics JSON and figures.
 
-    from spectral_mae.evaluate import evaluate_model_dataloader
-    results = evaluate_model_dataloader(model, test_loader, "results/")
+from spectral_mae.evaluate import evaluate_model_dataloader
+results = evaluate_model_dataloader(model, test_loader, "results/")
 
-    python -m spectral_mae.evaluate RUN_DIR/checkpoints/best_model.ckpt --split val --output-dir results/
+python -m spectral_mae.evaluate RUN_DIR/checkpoints/best_model.ckpt --split val --output-dir results/
 """
 
 from __future__ import annotations
@@ -40,8 +40,16 @@ def mean_baseline_mse(target: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def run_evaluation(model, loader, *, device, loss_fn: MAESpectralLoss | None = None, denorm=None,
-                   autocast=contextlib.nullcontext, keep: int = 0):
+def run_evaluation(
+    model,
+    loader,
+    *,
+    device,
+    loss_fn: MAESpectralLoss | None = None,
+    denorm=None,
+    autocast=contextlib.nullcontext,
+    keep: int = 0,
+):
     """Means over the loader of the loss parts (when loss_fn) and reconstruction metrics (physical units).
 
     Returns (metrics, examples): examples holds the first `keep` samples' original/reconstruction/mask
@@ -72,8 +80,12 @@ def run_evaluation(model, loader, *, device, loss_fn: MAESpectralLoss | None = N
         band_err = band if band_err is None else band_err + band
         seen += n
         if keep and examples is None:
-            examples = {"original": original[:keep].cpu(), "recon": recon[:keep].cpu(),
-                        "mask": voxel_mask[:keep].cpu(), "rgb": batch["rgb"][:keep] if "rgb" in batch else None}
+            examples = {
+                "original": original[:keep].cpu(),
+                "recon": recon[:keep].cpu(),
+                "mask": voxel_mask[:keep].cpu(),
+                "rgb": batch["rgb"][:keep] if "rgb" in batch else None,
+            }
     if not seen:
         raise ValueError("evaluation dataloader yielded no batches")
     if examples is not None:
@@ -81,8 +93,18 @@ def run_evaluation(model, loader, *, device, loss_fn: MAESpectralLoss | None = N
     return {name: total / seen for name, total in sums.items()}, examples
 
 
-def evaluate_model_dataloader(model, dataloader, output_folder, *, device=None, loss_fn=None, denorm=None,
-                              nb_to_plot: int = 4, save_format: str = "png", dpi: int = 150) -> dict[str, float]:
+def evaluate_model_dataloader(
+    model,
+    dataloader,
+    output_folder,
+    *,
+    device=None,
+    loss_fn=None,
+    denorm=None,
+    nb_to_plot: int = 4,
+    save_format: str = "png",
+    dpi: int = 150,
+) -> dict[str, float]:
     """Evaluate `model` on `dataloader`; write `metrics.json` and the figures into `output_folder`.
 
     Batches are dicts with "cube" (B, C, H, W) and optionally "noise" (B, L) for reproducible masks and "rgb".
@@ -91,29 +113,47 @@ def evaluate_model_dataloader(model, dataloader, output_folder, *, device=None, 
     device = device or next(unwrap(model).parameters()).device
     out = Path(output_folder)
     out.mkdir(parents=True, exist_ok=True)
-    metrics, examples = run_evaluation(model, dataloader, device=device, loss_fn=loss_fn, denorm=denorm,
-                                       keep=nb_to_plot)
+    metrics, examples = run_evaluation(
+        model, dataloader, device=device, loss_fn=loss_fn, denorm=denorm, keep=nb_to_plot
+    )
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     if examples is not None:
-        write_prediction_figures(out, "eval", examples["original"], examples["recon"], examples["mask"],
-                                 examples["mse_per_band"], reference_rgb=examples["rgb"], fmt=save_format, dpi=dpi)
+        write_prediction_figures(
+            out,
+            "eval",
+            examples["original"],
+            examples["recon"],
+            examples["mask"],
+            examples["mse_per_band"],
+            reference_rgb=examples["rgb"],
+            fmt=save_format,
+            dpi=dpi,
+        )
     return metrics
 
 
 def config_from_checkpoint(state: dict, overrides=()) -> config_module.SpectralMAEConfig:
     """The config a checkpoint was trained with (its "config" entry), with `a.b=value` overrides on top."""
     if "config" not in state:
-        raise CheckpointError("The checkpoint has no 'config' entry; it was not written by spectral_mae.train.")
+        raise CheckpointError(
+            "The checkpoint has no 'config' entry; it was not written by spectral_mae.train."
+        )
     return config_module.load(config_module.upgrade_saved_config(dict(state["config"])), overrides=overrides)
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--data-dir", "--data_dir", default=None, help="Folder holding dataset.csv (else the config's CSV).")
+@click.option(
+    "--data-dir", "--data_dir", default=None, help="Folder holding dataset.csv (else the config's CSV)."
+)
 @click.option("--split", default=None, help="CSV split to evaluate (default: the config's val split).")
-@click.option("--output-dir", "--output_dir", default=None,
-              help="Where metrics.json and figures go (default: <run folder>/evaluation_<split>).")
+@click.option(
+    "--output-dir",
+    "--output_dir",
+    default=None,
+    help="Where metrics.json and figures go (default: <run folder>/evaluation_<split>).",
+)
 @click.option("--batch-size", type=int, default=None, help="Default: hparams.batch_size.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 def main(checkpoint, overrides, data_dir, split, output_dir, batch_size, device):
@@ -128,13 +168,23 @@ def main(checkpoint, overrides, data_dir, split, output_dir, batch_size, device)
     csv_file = Path(data_dir) / "dataset.csv" if data_dir else None
     dataset = build_dataset(cfg, split, augment=False, csv_file=csv_file)
     batch = batch_size or cfg.hparams.batch_size
-    sampler = EpochSampler(len(dataset), batch_size=batch, seed=cfg.general.seed, shuffle=False, drop_last=False)
+    sampler = EpochSampler(
+        len(dataset), batch_size=batch, seed=cfg.general.seed, shuffle=False, drop_last=False
+    )
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=cfg.general.num_workers)
     out = Path(output_dir) if output_dir else Path(checkpoint).resolve().parent.parent / f"evaluation_{split}"
     sp = cfg.show_prediction
-    metrics = evaluate_model_dataloader(model, loader, out, device=dev, loss_fn=build_loss_from_config(cfg),
-                                        denorm=Denormalizer(dataset, dev), nb_to_plot=sp.nb_to_plot,
-                                        save_format=sp.save_format, dpi=sp.dpi)
+    metrics = evaluate_model_dataloader(
+        model,
+        loader,
+        out,
+        device=dev,
+        loss_fn=build_loss_from_config(cfg),
+        denorm=Denormalizer(dataset, dev),
+        nb_to_plot=sp.nb_to_plot,
+        save_format=sp.save_format,
+        dpi=sp.dpi,
+    )
     click.echo(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     click.echo(f"metrics and figures written to {out}")
 

@@ -26,8 +26,10 @@ def check_config(cfg: SpectralMAEConfig) -> None:
         problems.append(f"model.in_chans={m.in_chans} is not divisible by the spectral patch size {spectral}")
     if not 0.0 <= m.mask_ratio < 1.0:
         problems.append(f"model.mask_ratio={m.mask_ratio} must be in [0, 1)")
-    for width, heads, key in ((m.embed_dim, m.encoder_num_heads, "embed_dim"),
-                              (m.decoder_embed_dim, m.decoder_num_heads, "decoder_embed_dim")):
+    for width, heads, key in (
+        (m.embed_dim, m.encoder_num_heads, "embed_dim"),
+        (m.decoder_embed_dim, m.decoder_num_heads, "decoder_embed_dim"),
+    ):
         if heads < 1 or width % heads or width % 4:
             problems.append(f"model.{key}={width} must be divisible by its head count ({heads}) and by 4")
     for key in ("epochs", "batch_size", "valid_interval", "accumulate_grad_batches"):
@@ -44,11 +46,19 @@ def check_config(cfg: SpectralMAEConfig) -> None:
 def build_model_from_config(cfg: SpectralMAEConfig) -> MaskedAutoencoderSpectral:
     m = cfg.model
     return MaskedAutoencoderSpectral(
-        img_size=m.img_size, patch_size=tuple(m.patch_size), in_chans=m.in_chans, embed_dim=m.embed_dim,
-        encoder_depth=m.encoder_depth, encoder_num_heads=m.encoder_num_heads,
-        decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
-        decoder_num_heads=m.decoder_num_heads, mlp_ratio=m.mlp_ratio, mask_ratio=m.mask_ratio,
-        decoder_attention=m.decoder_attention)
+        img_size=m.img_size,
+        patch_size=tuple(m.patch_size),
+        in_chans=m.in_chans,
+        embed_dim=m.embed_dim,
+        encoder_depth=m.encoder_depth,
+        encoder_num_heads=m.encoder_num_heads,
+        decoder_embed_dim=m.decoder_embed_dim,
+        decoder_depth=m.decoder_depth,
+        decoder_num_heads=m.decoder_num_heads,
+        mlp_ratio=m.mlp_ratio,
+        mask_ratio=m.mask_ratio,
+        decoder_attention=m.decoder_attention,
+    )
 
 
 def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
@@ -60,9 +70,14 @@ def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
 
 def build_loss_from_config(cfg: SpectralMAEConfig) -> MAESpectralLoss:
     spectral = cfg.model.patch_size[1]
-    return MAESpectralLoss(cfg.model.in_chans // spectral, spectral, mse_weight=cfg.loss.mse_weight,
-                           sam_weight=cfg.loss.sam_weight, variance_weight=cfg.loss.variance_weight,
-                           range_penalty_weight=cfg.loss.range_penalty_weight)
+    return MAESpectralLoss(
+        cfg.model.in_chans // spectral,
+        spectral,
+        mse_weight=cfg.loss.mse_weight,
+        sam_weight=cfg.loss.sam_weight,
+        variance_weight=cfg.loss.variance_weight,
+        range_penalty_weight=cfg.loss.range_penalty_weight,
+    )
 
 
 def num_tokens(cfg: SpectralMAEConfig) -> int:
@@ -70,15 +85,29 @@ def num_tokens(cfg: SpectralMAEConfig) -> int:
     return (cfg.model.in_chans // spectral) * (cfg.model.img_size // spatial) ** 2
 
 
-def build_dataset(cfg: SpectralMAEConfig, split: str, *, augment: bool, csv_file: str | Path | None = None,
-                  load_rgb: bool | None = None) -> SegmentationDataset:
+def build_dataset(
+    cfg: SpectralMAEConfig,
+    split: str,
+    *,
+    augment: bool,
+    csv_file: str | Path | None = None,
+    load_rgb: bool | None = None,
+) -> SegmentationDataset:
     d = cfg.dataset
     return SegmentationDataset(
-        csv_file or d.csv_file, split, bands=cfg.model.in_chans, img_size=cfg.model.img_size,
-        patch_size=cfg.model.patch_size[0], stats_file=d.stats_file, normalize=d.normalize,
+        csv_file or d.csv_file,
+        split,
+        bands=cfg.model.in_chans,
+        img_size=cfg.model.img_size,
+        patch_size=cfg.model.patch_size[0],
+        stats_file=d.stats_file,
+        normalize=d.normalize,
         transform_type=d.transform_type if augment else "none",
-        load_rgb=d.load_rgb if load_rgb is None else load_rgb, num_tokens=num_tokens(cfg),
-        seed=cfg.general.seed, validate=d.check_values)
+        load_rgb=d.load_rgb if load_rgb is None else load_rgb,
+        num_tokens=num_tokens(cfg),
+        seed=cfg.general.seed,
+        validate=d.check_values,
+    )
 
 
 class Denormalizer:

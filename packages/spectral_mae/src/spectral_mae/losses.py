@@ -50,19 +50,37 @@ class MAESpectralLoss(nn.Module):
     Returns {part: scalar, ..., "loss": weighted sum}; every entry is differentiable with respect to pred.
     """
 
-    def __init__(self, groups: int, bands_per_token: int, mse_weight: float = 1.0, sam_weight: float = 0.1,
-                 variance_weight: float = 0.01, range_penalty_weight: float = 0.001):
+    def __init__(
+        self,
+        groups: int,
+        bands_per_token: int,
+        mse_weight: float = 1.0,
+        sam_weight: float = 0.1,
+        variance_weight: float = 0.01,
+        range_penalty_weight: float = 0.001,
+    ):
         super().__init__()
         self.groups, self.bands_per_token = groups, bands_per_token
-        self.weights = {"mse": mse_weight, "sam": sam_weight, "variance": variance_weight,
-                        "range_penalty": range_penalty_weight}
+        self.weights = {
+            "mse": mse_weight,
+            "sam": sam_weight,
+            "variance": variance_weight,
+            "range_penalty": range_penalty_weight,
+        }
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         if pred.dtype in (torch.float16, torch.bfloat16):  # AMP: reduce in float32 (float64 stays float64)
             pred = pred.float()
-        values = _FusedSpectralLoss.apply(pred, target.to(pred.dtype), mask.to(pred.dtype), self.groups,
-                                          self.bands_per_token,
-                                          tuple(self.weights[name] for name in PARTS))  # (5,)
+        values = _FusedSpectralLoss.apply(
+            pred,
+            target.to(pred.dtype),
+            mask.to(pred.dtype),
+            self.groups,
+            self.bands_per_token,
+            tuple(self.weights[name] for name in PARTS),
+        )  # (5,)
         *parts, total = values.unbind()
         return {**dict(zip(PARTS, parts, strict=True)), "loss": total}
 
@@ -128,20 +146,52 @@ class _FusedSpectralLoss(torch.autograd.Function):
 
             parts = torch.stack([mse, sam, variance, range_penalty])
             values = torch.cat([parts, (parts * parts.new_tensor(weights)).sum().unsqueeze(0)])
-        ctx.save_for_backward(pred, target, mask, std_p, gap, mean_p, dot, norm_x, norm_t, denom, cos, counted,
-                              per_sample, hidden, excess if excess is not None else pred.new_empty(0))
+        ctx.save_for_backward(
+            pred,
+            target,
+            mask,
+            std_p,
+            gap,
+            mean_p,
+            dot,
+            norm_x,
+            norm_t,
+            denom,
+            cos,
+            counted,
+            per_sample,
+            hidden,
+            excess if excess is not None else pred.new_empty(0),
+        )
         ctx.shape, ctx.weights = (b, g, s, t, pixels), weights
         return values
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_values):
-        (pred, target, mask, std_p, gap, mean_p, dot, norm_x, norm_t, denom, cos, counted, per_sample, hidden,
-         excess) = ctx.saved_tensors
+        (
+            pred,
+            target,
+            mask,
+            std_p,
+            gap,
+            mean_p,
+            dot,
+            norm_x,
+            norm_t,
+            denom,
+            cos,
+            counted,
+            per_sample,
+            hidden,
+            excess,
+        ) = ctx.saved_tensors
         b, g, s, t, pixels = ctx.shape
         dim = t * pixels
         # d(output)/d(part): the part's own gradient plus its weight in the total.
-        w_mse, w_sam, w_var, w_range = (grad_values[i] + grad_values[4] * w for i, w in enumerate(ctx.weights))
+        w_mse, w_sam, w_var, w_range = (
+            grad_values[i] + grad_values[4] * w for i, w in enumerate(ctx.weights)
+        )
         with torch.autocast(pred.device.type, enabled=False):
             alpha = (w_mse * 2 / (dim * hidden)) * mask  # (B, L): coefficient of (pred - target)
             safe_std = torch.where(std_p > 0, std_p, torch.ones_like(std_p))
@@ -154,7 +204,9 @@ class _FusedSpectralLoss(torch.autograd.Function):
             delta = torch.where(norm_x > 0, -kappa * dot * norm_t / (safe_norm * denom.square()), 0.0)  # of x
 
             h = mask.view(b, g, s, 1, 1)
-            coef_pred = (alpha + beta).view(b, g, s, 1, 1) + h * delta.view(b, 1, s, 1, pixels)  # (B, G, S, 1, P)
+            coef_pred = (alpha + beta).view(b, g, s, 1, 1) + h * delta.view(
+                b, 1, s, 1, pixels
+            )  # (B, G, S, 1, P)
             coef_target = alpha.view(b, g, s, 1, 1) - h * gamma.view(b, 1, s, 1, pixels)
             offset = (beta * mean_p).view(b, g, s, 1, 1)
             grad = torch.addcmul(-offset, pred.view(b, g, s, t, pixels), coef_pred)  # (B, G, S, t, P)

@@ -19,7 +19,9 @@ METRIC_NAMES = ("recon_mse", "sam_deg", "psnr", "ssim")
 
 
 @torch.no_grad()
-def reconstruction_metrics(recon: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor) -> dict[str, float]:
+def reconstruction_metrics(
+    recon: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor
+) -> dict[str, float]:
     """recon, target, voxel_mask: (B, C, H, W); voxel_mask 1 where the model had to predict.
 
     recon_mse: over the hidden voxels only (the visible ones are copied from the input);

@@ -52,15 +52,32 @@ VARIANTS: dict[str, MAEArch] = {
     "mae_huge": MAEArch(1280, 32, 16, 512, 8, 16),
 }
 # Parameter counts the seed's table gives (order of magnitude; tested).
-TABLE_PARAMS = {"mae_tiny": 5e6, "mae_small": 22e6, "mae_base": 75e6, "mae_medium": 86e6,
-                "mae_large": 307e6, "mae_huge": 632e6}
+TABLE_PARAMS = {
+    "mae_tiny": 5e6,
+    "mae_small": 22e6,
+    "mae_base": 75e6,
+    "mae_medium": 86e6,
+    "mae_large": 307e6,
+    "mae_huge": 632e6,
+}
 
 
 class MaskedAutoencoderSpectral(nn.Module):
-    def __init__(self, img_size: int = 500, patch_size: tuple[int, int] = (25, 5), in_chans: int = 30,
-                 embed_dim: int = 512, encoder_depth: int = 16, encoder_num_heads: int = 16,
-                 decoder_embed_dim: int = 256, decoder_depth: int = 8, decoder_num_heads: int = 8,
-                 mlp_ratio: float = 4.0, mask_ratio: float = 0.8, decoder_attention: str = "divided"):
+    def __init__(
+        self,
+        img_size: int = 500,
+        patch_size: tuple[int, int] = (25, 5),
+        in_chans: int = 30,
+        embed_dim: int = 512,
+        encoder_depth: int = 16,
+        encoder_num_heads: int = 16,
+        decoder_embed_dim: int = 256,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        mask_ratio: float = 0.8,
+        decoder_attention: str = "divided",
+    ):
         super().__init__()
         spatial, spectral = patch_size
         if img_size % spatial or in_chans % spectral:
@@ -68,7 +85,9 @@ class MaskedAutoencoderSpectral(nn.Module):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if decoder_attention not in DECODER_ATTENTION:
-            raise ValueError(f"decoder_attention must be one of {DECODER_ATTENTION}, got {decoder_attention!r}")
+            raise ValueError(
+                f"decoder_attention must be one of {DECODER_ATTENTION}, got {decoder_attention!r}"
+            )
         self.decoder_attention = decoder_attention
         self.img_size, self.in_chans, self.mask_ratio = img_size, in_chans, mask_ratio
         self.p, self.t = spatial, spectral
@@ -93,11 +112,17 @@ class MaskedAutoencoderSpectral(nn.Module):
         self.register_buffer("decoder_pos_spatial", self._sincos(decoder_embed_dim), persistent=False)
         self.decoder_pos_spectral = nn.Parameter(torch.zeros(1, self.groups, 1, decoder_embed_dim))
         if decoder_attention == "joint":  # MAE's decoder: every block attends over all L tokens
-            blocks = [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True)
-                      for _ in range(decoder_depth)]
+            blocks = [
+                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True)
+                for _ in range(decoder_depth)
+            ]
         else:  # spectral groups of a location, then locations of a group (blocks.py)
-            blocks = [DividedSpatialSpectralBlock(decoder_embed_dim, decoder_num_heads, self.groups,
-                                                  self.grid * self.grid, mlp_ratio) for _ in range(decoder_depth)]
+            blocks = [
+                DividedSpatialSpectralBlock(
+                    decoder_embed_dim, decoder_num_heads, self.groups, self.grid * self.grid, mlp_ratio
+                )
+                for _ in range(decoder_depth)
+            ]
         self.decoder_blocks = nn.ModuleList(blocks)
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.patch_dim)
@@ -187,8 +212,9 @@ class MaskedAutoencoderSpectral(nn.Module):
 
     def forward(self, imgs: torch.Tensor, noise: torch.Tensor | None = None, mask_ratio: float | None = None):
         """imgs (B, C, H, W) -> pred (B, L, t*p*p), mask (B, L). The loss lives in losses.MAESpectralLoss."""
-        latent, mask, ids_restore = self.forward_encoder(imgs, self.mask_ratio if mask_ratio is None else mask_ratio,
-                                                         noise)
+        latent, mask, ids_restore = self.forward_encoder(
+            imgs, self.mask_ratio if mask_ratio is None else mask_ratio, noise
+        )
         return self.forward_decoder(latent, ids_restore), mask
 
     def reconstruct(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -114,7 +114,9 @@ def make_cube(spec: SyntheticSpec, index: int) -> np.ndarray:
 def write_dataset(out_dir: str | Path, spec: SyntheticSpec) -> Path:
     """Write cubes/*.h5, previews/*.png, dataset.csv (path, split) and band_stats.json; returns the CSV path."""
     if spec.num_images < 2:
-        raise DataError(f"--num-images must be at least 2 (one train and one val image), got {spec.num_images}.")
+        raise DataError(
+            f"--num-images must be at least 2 (one train and one val image), got {spec.num_images}."
+        )
     out = Path(out_dir)
     (out / "cubes").mkdir(parents=True, exist_ok=True)
     (out / "previews").mkdir(exist_ok=True)
@@ -129,7 +131,9 @@ def write_dataset(out_dir: str | Path, spec: SyntheticSpec) -> Path:
             f.create_dataset(RGB_KEY, data=rgb)
             f.attrs["wavelengths_nm"] = wavelengths(spec.bands)
         _save_png(rgb, out / "previews" / f"{name}.png")
-        rows.append({"path": f"cubes/{name}.h5", "split": "val" if index >= spec.num_images - num_val else "train"})
+        rows.append(
+            {"path": f"cubes/{name}.h5", "split": "val" if index >= spec.num_images - num_val else "train"}
+        )
     csv_path = out / "dataset.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "split"])

@@ -1,9 +1,9 @@
 """`python -m spectral_mae.train [OPTIONS] [group=name ...] [a.b=value ...]` (the seed's train_model.py).
 
-    python -m spectral_mae.train --demo                       # synthetic data, mae_tiny, ~2 minutes on CPU
-    python -m spectral_mae.train model=mae_large hparams.batch_size=2
-    python -m spectral_mae.train --cfg job                    # print the resolved config and exit
-    python -m spectral_mae.train --resume working_env/spectral_mae_20260101_120000
+python -m spectral_mae.train --demo                       # synthetic data, mae_tiny, ~2 minutes on CPU
+python -m spectral_mae.train model=mae_large hparams.batch_size=2
+python -m spectral_mae.train --cfg job                    # print the resolved config and exit
+python -m spectral_mae.train --resume working_env/spectral_mae_20260101_120000
 """
 
 from __future__ import annotations
@@ -84,39 +84,58 @@ def make_demo_data(csv_file: str, logger: logging.Logger) -> None:
 
 def report(result: TrainResult, cfg, logger: logging.Logger) -> None:
     root = result.run_dir
-    lines = [f"run folder: {root}", f"  config: {root / 'config.yaml'}",
-             f"  checkpoints: {root / 'checkpoints'} (best: {result.best_checkpoint})",
-             f"  metrics: {root / 'metrics_history.json'}, plots: {root / 'plots'}"]
+    lines = [
+        f"run folder: {root}",
+        f"  config: {root / 'config.yaml'}",
+        f"  checkpoints: {root / 'checkpoints'} (best: {result.best_checkpoint})",
+        f"  metrics: {root / 'metrics_history.json'}, plots: {root / 'plots'}",
+    ]
     val = result.last_val
     if "val/mse" in val and "val/mean_baseline_mse" in val:
         # The yardstick beside the result: a model that learned only the per-band mean scores the baseline.
-        lines.append(f"  last validation: masked-token MSE {val['val/mse']:.3f} (normalised units) vs "
-                     f"{val['val/mean_baseline_mse']:.3f} for predicting the per-band mean")
+        lines.append(
+            f"  last validation: masked-token MSE {val['val/mse']:.3f} (normalised units) vs "
+            f"{val['val/mean_baseline_mse']:.3f} for predicting the per-band mean"
+        )
     log_file = log_file_path(logger)
     if log_file:
         lines.append(f"  log: {log_file}")
     if cfg.mlflow.enabled:
-        lines.append(f"  MLflow: mlflow ui --backend-store-uri sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
-                     " (then open http://localhost:5000)")
+        lines.append(
+            f"  MLflow: mlflow ui --backend-store-uri sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+            " (then open http://localhost:5000)"
+        )
     click.echo("\n".join(lines))
 
 
 def options(fn):
     """The options train and train_ddp share."""
-    for decorator in reversed([
-        click.argument("overrides", nargs=-1),
-        click.option("--config", default=None,
-                     help=f"YAML file or bundled config ({', '.join(bundled_configs('spectral_mae'))}); "
-                          "default: config (or the run's config.yaml with --resume)."),
-        click.option("--data-dir", "--data_dir", default=None, help="Folder holding dataset.csv."),
-        click.option("--output-dir", "--output_dir", default=None, help="Parent folder of run folders."),
-        click.option("--resume", default=None, help="Checkpoint file or run folder to continue."),
-        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps"),
-        click.option("--seed", type=int, default=None, help="Random seed (general.seed)."),
-        click.option("--cfg", "print_cfg", type=click.Choice(["job"]), default=None,
-                     help="`--cfg job`: print the resolved config and exit."),
-        click.option("--demo", is_flag=True, help="Synthetic data + mae_tiny, a short run (about 2 min on CPU)."),
-    ]):
+    for decorator in reversed(
+        [
+            click.argument("overrides", nargs=-1),
+            click.option(
+                "--config",
+                default=None,
+                help=f"YAML file or bundled config ({', '.join(bundled_configs('spectral_mae'))}); "
+                "default: config (or the run's config.yaml with --resume).",
+            ),
+            click.option("--data-dir", "--data_dir", default=None, help="Folder holding dataset.csv."),
+            click.option("--output-dir", "--output_dir", default=None, help="Parent folder of run folders."),
+            click.option("--resume", default=None, help="Checkpoint file or run folder to continue."),
+            click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps"),
+            click.option("--seed", type=int, default=None, help="Random seed (general.seed)."),
+            click.option(
+                "--cfg",
+                "print_cfg",
+                type=click.Choice(["job"]),
+                default=None,
+                help="`--cfg job`: print the resolved config and exit.",
+            ),
+            click.option(
+                "--demo", is_flag=True, help="Synthetic data + mae_tiny, a short run (about 2 min on CPU)."
+            ),
+        ]
+    ):
         fn = decorator(fn)
     return fn
 
@@ -145,7 +164,9 @@ def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, pri
     if demo and result.best_checkpoint and not result.interrupted:
         from spectral_mae.evaluate import main as evaluate_main
 
-        evaluate_main.main([str(result.best_checkpoint), "--device", cfg.general.device], standalone_mode=False)
+        evaluate_main.main(
+            [str(result.best_checkpoint), "--device", cfg.general.device], standalone_mode=False
+        )
     if is_main_process():
         report(result, cfg, logger)
 

@@ -54,8 +54,10 @@ def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, pri
         if dist.is_initialized():
             dist.broadcast_object_list(chosen, src=0)
         run, checkpoint = chosen[0]
-        logger = setup_logging(run.logs if is_main_process() else None,
-                               level=("DEBUG" if cfg.general.debug else "INFO") if is_main_process() else "WARNING")
+        logger = setup_logging(
+            run.logs if is_main_process() else None,
+            level=("DEBUG" if cfg.general.debug else "INFO") if is_main_process() else "WARNING",
+        )
         if demo and is_main_process():
             make_demo_data(cfg.dataset.csv_file, logger)
         barrier()  # the demo data exists before any rank reads it

@@ -28,7 +28,9 @@ def _rgb_bands(bands: int) -> list[int]:
     return [min(round(bands * f), bands - 1) for f in (0.45, 0.25, 0.05)]
 
 
-def plot_rgb_reconstruction(original, recon, voxel_mask, path: Path, *, reference_rgb=None, dpi: int = 150) -> Path:
+def plot_rgb_reconstruction(
+    original, recon, voxel_mask, path: Path, *, reference_rgb=None, dpi: int = 150
+) -> Path:
     """One row per sample: original | masked input (hidden voxels grey) | reconstruction [| reference RGB]."""
     original, recon, voxel_mask = _np(original), _np(recon), _np(voxel_mask)
     picks = _rgb_bands(original.shape[1])
@@ -38,8 +40,11 @@ def plot_rgb_reconstruction(original, recon, voxel_mask, path: Path, *, referenc
         rgb_orig = orig[picks].transpose(1, 2, 0)  # (H, W, 3)
         lo, hi = np.percentile(rgb_orig, 1), np.percentile(rgb_orig, 99)  # one stretch for all columns
         hidden = msk[picks].transpose(1, 2, 0) > 0.5
-        panels = [_stretch(rgb_orig, lo, hi), np.where(hidden, 0.5, _stretch(rgb_orig, lo, hi)),
-                  _stretch(rec[picks].transpose(1, 2, 0), lo, hi)]
+        panels = [
+            _stretch(rgb_orig, lo, hi),
+            np.where(hidden, 0.5, _stretch(rgb_orig, lo, hi)),
+            _stretch(rec[picks].transpose(1, 2, 0), lo, hi),
+        ]
         titles = ["original", "masked input", "reconstruction"]
         if reference_rgb is not None:
             panels.append(_np(reference_rgb[row]).astype(np.uint8))
@@ -70,8 +75,9 @@ def plot_mse_per_wavelength(mse_per_band, path: Path, *, wavelengths_nm=None, dp
     return path
 
 
-def plot_spectral_comparison(original, recon, path: Path, *, pixels_per_image: int = 3, seed: int = 0,
-                             dpi: int = 150) -> Path:
+def plot_spectral_comparison(
+    original, recon, path: Path, *, pixels_per_image: int = 3, seed: int = 0, dpi: int = 150
+) -> Path:
     """Per sample, input vs reconstructed spectra at `pixels_per_image` fixed random pixels."""
     original, recon = _np(original), _np(recon)
     rng = np.random.default_rng(seed)  # same pixels at every validation, so figures compare across epochs
@@ -81,7 +87,13 @@ def plot_spectral_comparison(original, recon, path: Path, *, pixels_per_image: i
         for k in range(pixels_per_image):
             y, x = rng.integers(orig.shape[1]), rng.integers(orig.shape[2])
             line = ax.plot(bands, orig[:, y, x], label=f"input ({y},{x})")[0]
-            ax.plot(bands, rec[:, y, x], "--", color=line.get_color(), label=f"output ({y},{x})" if k == 0 else None)
+            ax.plot(
+                bands,
+                rec[:, y, x],
+                "--",
+                color=line.get_color(),
+                label=f"output ({y},{x})" if k == 0 else None,
+            )
         ax.set_xlabel("band")
         ax.set_ylabel("reflectance")
         ax.legend(fontsize=6)
@@ -92,16 +104,36 @@ def plot_spectral_comparison(original, recon, path: Path, *, pixels_per_image: i
     return path
 
 
-def write_prediction_figures(folder: Path, tag: str, original, recon, voxel_mask, mse_per_band, *,
-                             reference_rgb=None, fmt: str = "png", dpi: int = 150,
-                             pixels_per_image: int = 3) -> list[Path]:
+def write_prediction_figures(
+    folder: Path,
+    tag: str,
+    original,
+    recon,
+    voxel_mask,
+    mse_per_band,
+    *,
+    reference_rgb=None,
+    fmt: str = "png",
+    dpi: int = 150,
+    pixels_per_image: int = 3,
+) -> list[Path]:
     """The three figures for one validation (tag e.g. "epoch_0010"), named <kind>_<tag>.<fmt>."""
     folder.mkdir(parents=True, exist_ok=True)
     return [
-        plot_rgb_reconstruction(original, recon, voxel_mask, folder / f"rgb_reconstruction_{tag}.{fmt}",
-                                reference_rgb=reference_rgb, dpi=dpi),
+        plot_rgb_reconstruction(
+            original,
+            recon,
+            voxel_mask,
+            folder / f"rgb_reconstruction_{tag}.{fmt}",
+            reference_rgb=reference_rgb,
+            dpi=dpi,
+        ),
         plot_mse_per_wavelength(mse_per_band, folder / f"mse_per_wavelength_{tag}.{fmt}", dpi=dpi),
-        plot_spectral_comparison(original, recon, folder / f"spectral_comparison_{tag}.{fmt}",
-                                 pixels_per_image=pixels_per_image, dpi=dpi),
+        plot_spectral_comparison(
+            original,
+            recon,
+            folder / f"spectral_comparison_{tag}.{fmt}",
+            pixels_per_image=pixels_per_image,
+            dpi=dpi,
+        ),
     ]
-

@@ -55,7 +55,9 @@ def curves_tab(run: R.Run, history: pd.DataFrame) -> None:
                 st.line_chart(R.wide(history, [name]), height=220)
     else:
         st.line_chart(R.wide(history, chosen))
-    st.dataframe(R.summary(history[history["metric"].isin(chosen)]), hide_index=True, use_container_width=True)
+    st.dataframe(
+        R.summary(history[history["metric"].isin(chosen)]), hide_index=True, use_container_width=True
+    )
 
 
 def system_tab(history: pd.DataFrame) -> None:
@@ -66,12 +68,17 @@ def system_tab(history: pd.DataFrame) -> None:
     cols[2].metric("Memory use", f"{snap['memory_percent']:.0f} %")
     if "cuda_memory_allocated_gb" in snap:
         cols[3].metric("CUDA memory", f"{snap['cuda_memory_allocated_gb']:.2f} GB")
-    system = sorted(m for m in history["metric"].unique() if m.startswith(("system", "memory", "time"))) \
-        if not history.empty else []
+    system = (
+        sorted(m for m in history["metric"].unique() if m.startswith(("system", "memory", "time")))
+        if not history.empty
+        else []
+    )
     if system:
         st.subheader("Logged by the run")
         st.line_chart(R.wide(history, system), height=260)
-        st.dataframe(R.summary(history[history["metric"].isin(system)]), hide_index=True, use_container_width=True)
+        st.dataframe(
+            R.summary(history[history["metric"].isin(system)]), hide_index=True, use_container_width=True
+        )
     else:
         st.caption("The run logged no system metrics (names starting with system/).")
 
@@ -87,20 +94,31 @@ def checkpoints_tab(run: R.Run, history: pd.DataFrame) -> None:
 def compare_tab(all_runs: list[R.Run]) -> None:
     labels = {str(r.path): r for r in all_runs}
     default = list(labels)[: min(3, len(labels))]
-    chosen = st.multiselect("Runs", list(labels), default=default, format_func=lambda p: labels[p].name,
-                            key="compare_runs")
+    chosen = st.multiselect(
+        "Runs", list(labels), default=default, format_func=lambda p: labels[p].name, key="compare_runs"
+    )
     histories = {labels[p].name: R.load_history(labels[p]) for p in chosen}
     names = sorted(set().union(*[set(h["metric"].unique()) for h in histories.values()])) if histories else []
     if not names:
         st.info("Pick runs that have logged metrics.")
         return
-    metric = st.selectbox("Metric", names, index=names.index(_default_metrics(names)[0]), key="compare_metric")
+    metric = st.selectbox(
+        "Metric", names, index=names.index(_default_metrics(names)[0]), key="compare_metric"
+    )
     series = {name: h[h["metric"] == metric].set_index("step")["value"] for name, h in histories.items()}
     series = {k: v[~v.index.duplicated(keep="last")] for k, v in series.items() if not v.empty}
     if series:
         st.line_chart(pd.DataFrame(series).sort_index())
-    rows = [{"run": k, "last": v.iloc[-1], "best (min)": v.min(), "best (max)": v.max(), "steps": int(v.index.max())}
-            for k, v in series.items()]
+    rows = [
+        {
+            "run": k,
+            "last": v.iloc[-1],
+            "best (min)": v.min(),
+            "best (max)": v.max(),
+            "steps": int(v.index.max()),
+        }
+        for k, v in series.items()
+    ]
     st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
 
 
@@ -122,8 +140,10 @@ def main() -> None:
     all_runs = R.find_runs(runs_dir)
     if not all_runs:
         st.title("Trainyard monitor")
-        st.warning(f"No run folders found under {os.path.abspath(runs_dir)}. Train something first, e.g. "
-                   "`python -m cabruca.train --demo`, or point the sidebar at another folder.")
+        st.warning(
+            f"No run folders found under {os.path.abspath(runs_dir)}. Train something first, e.g. "
+            "`python -m cabruca.train --demo`, or point the sidebar at another folder."
+        )
         return
     names = [str(r.path) for r in all_runs]
     picked = st.sidebar.selectbox("Run", names, format_func=lambda p: os.path.relpath(p, runs_dir), key="run")
@@ -135,8 +155,10 @@ def main() -> None:
     def body() -> None:
         history = R.load_history(run)
         st.title(run.name)
-        st.caption(f"{run.path}  ·  {history['metric'].nunique() if not history.empty else 0} metrics  ·  "
-                   f"last step {int(history['step'].max()) if not history.empty else '-'}")
+        st.caption(
+            f"{run.path}  ·  {history['metric'].nunique() if not history.empty else 0} metrics  ·  "
+            f"last step {int(history['step'].max()) if not history.empty else '-'}"
+        )
         tabs = st.tabs(["Training curves", "System", "Checkpoints", "Compare runs", "Config"])
         with tabs[0]:
             curves_tab(run, history)

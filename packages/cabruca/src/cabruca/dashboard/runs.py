@@ -60,7 +60,9 @@ def find_runs(root: str | Path, max_depth: int = 3) -> list[Run]:
             continue
         if depth < max_depth:
             try:
-                frontier += [(p, depth + 1) for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+                frontier += [
+                    (p, depth + 1) for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                ]
             except OSError:
                 continue
     return sorted(found, key=lambda r: r.modified(), reverse=True)
@@ -128,8 +130,11 @@ def checkpoints(run: Run, history: pd.DataFrame | None = None) -> pd.DataFrame:
             if p.suffix not in CHECKPOINT_SUFFIXES or not p.is_file() or ".tmp" in p.name:
                 continue
             st = p.stat()
-            row = {"file": p.name, "size_mb": round(st.st_size / 2**20, 2),
-                   "modified": pd.Timestamp(st.st_mtime, unit="s").strftime("%Y-%m-%d %H:%M:%S")}
+            row = {
+                "file": p.name,
+                "size_mb": round(st.st_size / 2**20, 2),
+                "modified": pd.Timestamp(st.st_mtime, unit="s").strftime("%Y-%m-%d %H:%M:%S"),
+            }
             row.update(_checkpoint_position(p))
             rows.append(row)
     df = pd.DataFrame(rows)
@@ -168,9 +173,13 @@ def system_snapshot() -> dict[str, float]:
     import psutil
 
     vm = psutil.virtual_memory()
-    snap = {"cpu_percent": psutil.cpu_percent(interval=0.1), "cpu_count": psutil.cpu_count(),
-            "memory_used_gb": round((vm.total - vm.available) / 2**30, 2), "memory_total_gb": round(vm.total / 2**30, 2),
-            "memory_percent": vm.percent}
+    snap = {
+        "cpu_percent": psutil.cpu_percent(interval=0.1),
+        "cpu_count": psutil.cpu_count(),
+        "memory_used_gb": round((vm.total - vm.available) / 2**30, 2),
+        "memory_total_gb": round(vm.total / 2**30, 2),
+        "memory_percent": vm.percent,
+    }
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         snap["cuda_memory_allocated_gb"] = round(torch.cuda.memory_allocated() / 2**30, 2)
