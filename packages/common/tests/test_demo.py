@@ -1,16 +1,14 @@
 """common's self-demo end to end: it learns, writes the run folder, and resumes exactly."""
 
 import json
-import os
-import signal
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from common import demo
 from common.checkpoint import load_checkpoint
 from common.demo import DemoConfig, train
+from common.testing import SignalAt, history_series
 
 
 def small(tmp_path, name: str, **kw) -> DemoConfig:
@@ -25,7 +23,7 @@ def test_demo_learns_and_writes_the_run_folder(tmp_path):
     cfg = small(tmp_path, "run")
     result = train(cfg)
     run = tmp_path / "run"
-    assert result["val_loss"] < 0.1  # the noise floor is 0.01; a random start is ~8
+    assert result.metrics["val/loss"] < 0.1  # the noise floor is 0.01; a random start is ~8
     for path in ("config.yaml", "metrics_history.json", "checkpoints/last.npz", "plots/training_curves.png"):
         assert (run / path).is_file(), path
     assert list(run.glob("logs/training_*.log"))
@@ -35,33 +33,13 @@ def test_demo_learns_and_writes_the_run_folder(tmp_path):
     assert len(list((run / "checkpoints").glob("best-*.npz"))) == 1
 
 
-def sigterm_at_step(monkeypatch, step: int) -> None:
-    """Deliver a real SIGTERM to this process when the demo logs global step `step`."""
-    real_build = demo.build_trackers
-
-    def build(*args, **kwargs):
-        trackers = real_build(*args, **kwargs)
-        log_metrics = trackers.log_metrics
-
-        def log_and_maybe_signal(metrics, step_now):
-            log_metrics(metrics, step_now)
-            if step_now == step:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        trackers.log_metrics = lambda metrics, step: log_and_maybe_signal(metrics, step)
-        return trackers
-
-    monkeypatch.setattr(demo, "build_trackers", build)
-
-
 @pytest.mark.parametrize("stop_at_step", [5, 8, 17])
-def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch, stop_at_step):
+def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, stop_at_step):
     train(small(tmp_path, "reference"))
 
     interrupted = small(tmp_path, "interrupted")
-    with monkeypatch.context() as patch:
-        sigterm_at_step(patch, stop_at_step)
-        assert train(interrupted) == {}  # stopped early, wrote a checkpoint
+    # a real SIGTERM to this process after step `stop_at_step`
+    assert train(interrupted, callbacks=[SignalAt(stop_at_step, "SIGTERM")]).interrupted == "SIGTERM"
     step_file = tmp_path / "interrupted/checkpoints/last_step.npz"
     assert load_checkpoint(step_file)["global_step"] == stop_at_step
     train(interrupted, resume=str(step_file))
@@ -69,12 +47,5 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch
     done = load_checkpoint(tmp_path / "reference/checkpoints/last.npz")
     resumed = load_checkpoint(tmp_path / "interrupted/checkpoints/last.npz")
     np.testing.assert_array_equal(done["w"], resumed["w"])
-    history = [
-        json.loads((tmp_path / f"{n}/metrics_history.json").read_text())["metrics"]
-        for n in ("reference", "interrupted")
-    ]
-    assert history[0].keys() == history[1].keys()
-    for name in history[0]:
-        assert [(e["step"], e["value"]) for e in history[0][name]] == [
-            (e["step"], e["value"]) for e in history[1][name]
-        ], name
+    reference_rows = history_series(tmp_path / "reference/metrics_history.json")
+    assert reference_rows == history_series(tmp_path / "interrupted/metrics_history.json")

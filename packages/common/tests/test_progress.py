@@ -49,7 +49,7 @@ def test_early_break_stops_quietly(logger, caplog):
 
 
 def test_terminal_draws_a_tqdm_bar(monkeypatch, capsys, logger, caplog):
-    monkeypatch.setattr(progress_module, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(progress_module, "stderr_is_terminal", lambda: True)
     items = list(progress(range(5), desc="train", logger=logger))
     assert items == list(range(5))
     err = capsys.readouterr().err

@@ -85,13 +85,13 @@ def test_16_mixed_on_cuda_has_a_scaler_and_trains():
     model, (x, y) = _model().cuda(), _data()
     stepper = OptimizerStepper(torch.optim.SGD(model.parameters(), lr=0.05), precision=p)
     losses = []
-    for i in range(30):
+    for _ in range(30):
         with p.autocast():
             out = model(x.cuda())
             assert out.dtype == torch.float16
             loss = torch.nn.functional.mse_loss(out.float(), y.cuda())
         stepper.backward(loss)
-        stepper.step_if_ready(i)
+        stepper.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
@@ -101,13 +101,13 @@ def test_bf16_mixed_trains_a_tiny_model_on_cpu():
     model, (x, y) = _model(), _data(64)
     stepper = OptimizerStepper(torch.optim.Adam(model.parameters(), lr=0.02), precision=p)
     losses = []
-    for i in range(60):
+    for _ in range(60):
         with p.autocast():
             out = model(x)
         assert out.dtype == torch.bfloat16  # autocast really ran the linear layers in bf16
         loss = torch.nn.functional.mse_loss(out.float(), y)
         stepper.backward(loss)
-        assert stepper.step_if_ready(i) is not None
+        assert stepper.step() is not None
         losses.append(loss.item())
     assert all(prm.dtype == torch.float32 for prm in model.parameters())  # master weights stay fp32
     assert losses[-1] < 0.1 * losses[0]
@@ -127,16 +127,13 @@ def test_accumulating_four_micro_batches_equals_one_big_batch():
     opt_big = torch.optim.SGD(big.parameters(), lr=0.1, momentum=0.9)
     opt_acc = torch.optim.SGD(acc.parameters(), lr=0.1, momentum=0.9)
     s_big = OptimizerStepper(opt_big, precision=_fp32())
-    s_acc = OptimizerStepper(opt_acc, precision=_fp32(), accumulate=4)
-    for update in range(3):
+    s_acc = OptimizerStepper(opt_acc, precision=_fp32())
+    for _ in range(3):
         s_big.backward(torch.nn.functional.mse_loss(big(x), y))
-        norm_big = s_big.step_if_ready(update)
-        norms = []
-        for i, (xb, yb) in enumerate(zip(x.chunk(4), y.chunk(4), strict=True)):
-            s_acc.backward(torch.nn.functional.mse_loss(acc(xb), yb))  # mean over 4 rows, divided by 4
-            norms.append(s_acc.step_if_ready(update * 4 + i))
-        assert norms[:3] == [None, None, None]
-        assert norms[3] == pytest.approx(norm_big, rel=1e-5)
+        norm_big = s_big.step()
+        for xb, yb in zip(x.chunk(4), y.chunk(4), strict=True):
+            s_acc.backward(torch.nn.functional.mse_loss(acc(xb), yb), 0.25)  # mean over 4 rows, scaled once
+        assert s_acc.step() == pytest.approx(norm_big, rel=1e-5)
     for a, b in zip(big.parameters(), acc.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -152,7 +149,7 @@ def test_clipping_caps_the_update_and_returns_the_raw_norm():
         torch.optim.SGD(model.parameters(), lr=1.0), precision=_fp32(), clip_grad_norm=0.5
     )
     stepper.backward(loss_fn())
-    assert stepper.step_if_ready(0) == pytest.approx(raw_norm, rel=1e-5)
+    assert stepper.step() == pytest.approx(raw_norm, rel=1e-5)
     moved = torch.nn.utils.parameters_to_vector(model.parameters()) - before  # = -lr * clipped grad
     assert torch.linalg.vector_norm(moved).item() == pytest.approx(0.5, rel=1e-4)
     assert all(p.grad is None for p in model.parameters())  # zeroed for the next step
@@ -168,7 +165,7 @@ def test_nan_loss_and_nan_grads_leave_weights_unchanged():
     handle = model[0].weight.register_hook(lambda g: g * math.nan)
     stepper.backward(torch.nn.functional.mse_loss(model(x), y))
     with pytest.raises(NonFiniteError, match="gradient norm is nan"):
-        stepper.step_if_ready(0)
+        stepper.step()
     handle.remove()
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -185,18 +182,18 @@ def test_scaler_skips_overflow_steps_and_round_trips_its_state():
         torch.optim.SGD(model.parameters(), lr=0.05), precision=precision, max_consecutive_skips=3
     )
     stepper.backward(torch.nn.functional.mse_loss(model(x), y))
-    assert stepper.step_if_ready(0) is not None
+    assert stepper.step() is not None
     before = copy.deepcopy(model.state_dict())
     handle = model[0].weight.register_hook(lambda g: g * math.inf)  # an "overflow"
-    for i in (1, 2):
+    for _ in (1, 2):
         stepper.backward(torch.nn.functional.mse_loss(model(x), y))
-        assert stepper.step_if_ready(i) is None  # skipped, as torch's GradScaler intends
+        assert stepper.step() is None  # skipped, as torch's GradScaler intends
     assert stepper.skipped_steps == 2 and precision.scaler.get_scale() == 2.0**8
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     state = stepper.state_dict()
     stepper.backward(torch.nn.functional.mse_loss(model(x), y))
     with pytest.raises(NonFiniteError, match="3 optimizer steps in a row"):
-        stepper.step_if_ready(3)
+        stepper.step()
     handle.remove()
     fresh = OptimizerStepper(
         torch.optim.SGD(model.parameters(), lr=0.05),
@@ -205,14 +202,6 @@ def test_scaler_skips_overflow_steps_and_round_trips_its_state():
     )
     fresh.load_state_dict(state)
     assert fresh.scaler.get_scale() == 2.0**8 and fresh.skipped_steps == 2
-
-
-def test_flush_steps_a_partial_accumulation_group():
-    model, (x, y) = _model(), _data()
-    stepper = OptimizerStepper(torch.optim.SGD(model.parameters(), lr=0.1), precision=_fp32(), accumulate=4)
-    stepper.backward(torch.nn.functional.mse_loss(model(x), y))
-    assert stepper.step_if_ready(0) is None
-    assert stepper.step_if_ready(0, flush=True) is not None
 
 
 def test_apply_lrs():
@@ -302,9 +291,9 @@ def test_to_numpy_state_copies_and_rejects_unknown_objects():
 
 
 def _train(model, opt, stepper, x, y, steps):
-    for i in range(steps):
+    for _ in range(steps):
         stepper.backward(torch.nn.functional.mse_loss(model(x), y))
-        stepper.step_if_ready(i)
+        stepper.step()
 
 
 def test_checkpoint_save_load_continues_identically(tmp_path):

@@ -83,3 +83,58 @@ def _fail(message: str, code: int) -> None:
     text = re.sub(r"\n\s*\n", "\n", message.strip())
     print(f"error: {text}", file=sys.stderr)
     sys.exit(code)
+
+
+# -- the options every package spells alike ------------------------------------------------------------------
+# Each takes click.option's keyword arguments (help, required, type, default...) to adapt it; both the dashed
+# and the underscored spelling are accepted, so seed command lines (`--data_dir`) and ours (`--data-dir`) work.
+
+
+def _option(dashed: str, dest: str, help_text: str, kw: dict):
+    underscored = "--" + dashed[2:].replace("-", "_")
+    names = (dashed, underscored) if underscored != dashed else (dashed,)
+    kw.setdefault("help", help_text)
+    return click.option(*names, dest, **kw)
+
+
+def config_option(package: str, **kw):
+    """--config: a YAML path or the name of a config bundled with `package`."""
+    return _option(
+        "--config", "config", f"YAML config file, or the name of a config bundled in {package}/configs.", kw
+    )
+
+
+def data_dir_option(**kw):
+    """--data-dir / --data_dir: the dataset folder."""
+    return _option("--data-dir", "data_dir", "Dataset folder.", kw)
+
+
+def output_dir_option(**kw):
+    """--output-dir / --output_dir: the run folder."""
+    return _option("--output-dir", "output_dir", "Run folder: config, checkpoints, logs, plots, history.", kw)
+
+
+def resume_option(**kw):
+    """--resume last | RUN_FOLDER | CHECKPOINT (see common.resume.find_checkpoint)."""
+    text = (
+        "Continue a run exactly: 'last' (the newest checkpoint of --output-dir), a run folder, or a checkpoint "
+        "file. The run's saved config is used; options typed beside it override it."
+    )
+    return _option("--resume", "resume", text, kw)
+
+
+def device_option(choices: str = "auto | cpu | cuda | cuda:N | mps", **kw):
+    """--device: where to train (`common.devices` resolves and validates it)."""
+    return _option("--device", "device", f"Device: {choices}.", kw)
+
+
+def precision_option(choices: Sequence[str] = ("32", "16", "bf16", "16-mixed", "bf16-mixed"), **kw):
+    """--precision: numeric precision (`common.torch_support.parse_precision` for torch)."""
+    kw.setdefault("type", click.Choice(list(choices)))
+    return _option("--precision", "precision", "Numeric precision.", kw)
+
+
+def seed_option(**kw):
+    """--seed: the run's random seed."""
+    kw.setdefault("type", int)
+    return _option("--seed", "seed", "Random seed (data order, initialisation, augmentation).", kw)

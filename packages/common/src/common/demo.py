@@ -1,29 +1,39 @@
 """`python -m common.demo`: common's self-demo and the smallest complete Trainyard trainer.
 
 It fits a noisy linear regression with plain NumPy minibatch SGD, but goes through every piece a real
-package uses: a config schema with overrides, a run folder with logs, a per-step LR schedule, early
-stopping, atomic checkpoints with retention, exact resume, the JSON history and a curves plot. Read it as
-the template for a new package's train.py.
+package uses: a config schema with overrides, a run folder with logs, the shared training loop with a
+`Task`, a per-step LR schedule, gradient accumulation, early stopping, atomic checkpoints with retention,
+exact resume (`--resume last`), the JSON history and a curves plot. Read it as the template for a new
+package's train.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
-from common.checkpoint import CheckpointManager, load_checkpoint
+from common.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    TrackerLogger,
+    build_callbacks,
+)
 from common.cli import run_cli, typed_options
 from common.config import config_to_dict, dump_config, load_config, save_config
-from common.early_stopping import EarlyStopping
 from common.logs import setup_logging
+from common.loop import FitResult, Loop, Plan, Task
 from common.plots import plot_history
+from common.resume import find_checkpoint, read_training_checkpoint, saved_config
 from common.runs import RunFolder
+from common.sampler import ResumableSampler
 from common.schedules import ScheduleConfig, build_schedule
-from common.seeding import capture_rng_state, epoch_permutation, restore_rng_state, seed_everything
-from common.signals import GracefulStop
+from common.seeding import seed_everything
 from common.trackers import build_trackers
 
 
@@ -35,13 +45,20 @@ class DemoConfig:
     features: int = 8  # input dimension
     noise: float = 0.1  # standard deviation of the label noise
     epochs: int = 20  # passes over the training data
-    batch_size: int = 32  # samples per SGD step
+    max_steps: int = 0  # stop after this many optimizer steps (0: no limit)
+    batch_size: int = 32  # samples per micro-batch
+    accumulate: int = 1  # micro-batches per SGD step
+    dropout: float = 0.0  # probability of zeroing an input feature in training (draws from numpy's RNG)
     lr: float = 0.1  # peak learning rate
     schedule: ScheduleConfig = field(
         default_factory=lambda: ScheduleConfig(name="cosine", warmup_steps=16, min_lr=1e-3, interval="step")
     )
-    patience: int = 5  # early-stopping patience in epochs (val_loss)
+    patience: int = 5  # early-stopping patience in epochs (val/loss)
     save_every_steps: int = 8  # mid-epoch checkpoint period, for crash recovery
+    log_every_n_steps: int = 1  # train/<metric>_step rows every N optimizer steps
+    callbacks: list[Any] = field(
+        default_factory=list
+    )  # extra callbacks: class paths or {class_path, init_args}
 
 
 def make_data(cfg: DemoConfig) -> tuple[np.ndarray, ...]:
@@ -57,91 +74,112 @@ def mse(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((x @ w - y) ** 2))
 
 
-def train(cfg: DemoConfig, resume: str | None = None) -> dict[str, float]:
+class RegressionTask(Task):
+    """Linear regression by SGD: the whole of a package's side of the loop."""
+
+    def __init__(self, cfg: DemoConfig) -> None:
+        self.cfg = cfg
+        self.x, self.y, self.x_val, self.y_val = make_data(cfg)
+        self.sampler = ResumableSampler(len(self.x), cfg.batch_size, seed=cfg.seed)
+        self.w = np.random.normal(scale=0.01, size=cfg.features)  # [F]
+        self.grad = np.zeros_like(self.w)  # summed scaled gradients of the step in progress
+        self.lr = cfg.lr
+
+    def num_batches(self, epoch: int) -> int:
+        return self.sampler.batches_per_epoch()
+
+    def batches(self, epoch: int, start: int):
+        self.sampler.set_epoch(epoch, start)
+        for idx in self.sampler:
+            yield self.x[idx], self.y[idx]  # [B, F], [B]
+
+    def micro_step(self, batch, scale: float) -> dict[str, float]:
+        xb, yb = batch
+        if self.cfg.dropout:
+            keep = np.random.random_sample(xb.shape) >= self.cfg.dropout  # the global RNG: resumed exactly
+            xb = xb * keep / (1 - self.cfg.dropout)
+        residual = xb @ self.w - yb  # [B]
+        self.grad += scale * 2 * xb.T @ residual / len(yb)  # d/dw of the batch MSE, [F]
+        return {"loss": float(np.mean(residual**2))}
+
+    def optimizer_step(self) -> float:
+        norm = float(np.linalg.norm(self.grad))
+        self.w = self.w - self.lr * self.grad
+        self.grad = np.zeros_like(self.w)
+        return norm
+
+    def set_lrs(self, lrs) -> None:
+        self.lr = float(lrs[0])
+
+    def validate(self) -> dict[str, float]:
+        return {"loss": mse(self.w, self.x_val, self.y_val)}
+
+    def state_dict(self) -> dict:
+        return {"w": self.w.copy(), "config": config_to_dict(self.cfg)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.w = np.array(state["w"])
+
+
+def train(cfg: DemoConfig, resume: str | Path | dict | None = None, callbacks=()) -> FitResult:
     run = RunFolder(cfg.output_dir)
     log = setup_logging(run.logs)
     save_config(cfg, run.path("config.yaml"))
     seed_everything(cfg.seed)
-    x_train, y_train, x_val, y_val = make_data(cfg)
-    steps_per_epoch = len(x_train) // cfg.batch_size
-
-    w = np.random.normal(scale=0.01, size=cfg.features)
-    schedule = build_schedule(cfg.schedule, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
-    stopper = EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience)
-    manager = CheckpointManager(
+    task = RegressionTask(cfg)
+    plan = Plan(
+        max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or None,
+        accumulate=cfg.accumulate,
+        log_every_n_steps=cfg.log_every_n_steps,
+        schedule_interval=cfg.schedule.interval,
+    )
+    steps_per_epoch = -(-task.num_batches(0) // cfg.accumulate)
+    units = cfg.epochs * (steps_per_epoch if cfg.schedule.interval == "step" else 1)
+    schedule = build_schedule(cfg.schedule, cfg.lr, total_steps=units)
+    step = None
+    if isinstance(resume, dict):
+        step = int(resume["global_step"])
+    elif resume is not None:
+        resume = read_training_checkpoint(resume)
+        step = int(resume["global_step"])
+    trackers = build_trackers(run, resume_step=step, logger=log)
+    trackers.log_params(config_to_dict(cfg))
+    checkpoints = ModelCheckpoint(
         run.checkpoints,
-        last="last.npz",
-        best="best-{epoch:02d}-{val_loss:.4f}.npz",
-        monitor="val_loss",
-        mode="min",
+        filename="best-{epoch:02d}-{val_loss:.4f}.npz",
+        monitor="val/loss",
+        save_last="last.npz",
+        every_n_steps=cfg.save_every_steps,
         step_file="last_step.npz",
     )
-    epoch, batch_in_epoch, global_step = 0, 0, 0
-    if resume:
-        state = load_checkpoint(resume)
-        w = state["w"]
-        schedule.load_state_dict(state["schedule"])
-        stopper.load_state_dict(state["early_stopping"])
-        manager.load_state_dict(state["manager"])
-        restore_rng_state(state["rng"])
-        epoch, batch_in_epoch, global_step = state["epoch"], state["batch_in_epoch"], state["global_step"]
-        log.info("resumed from %s at epoch %d, batch %d", resume, epoch, batch_in_epoch)
-    trackers = build_trackers(run, resume_step=global_step if resume else None, logger=log)
-    trackers.log_params(config_to_dict(cfg))
-
-    def state(next_epoch: int, next_batch: int) -> dict:
-        return {
-            "w": w,
-            "schedule": schedule.state_dict(),
-            "early_stopping": stopper.state_dict(),
-            "manager": manager.state_dict(),
-            "rng": capture_rng_state(),
-            "epoch": next_epoch,
-            "batch_in_epoch": next_batch,
-            "global_step": global_step,
-            "config": config_to_dict(cfg),
-        }
-
-    with GracefulStop() as stop:
-        while epoch < cfg.epochs and not stopper.should_stop:
-            order = epoch_permutation(len(x_train), cfg.seed, epoch)  # data order = f(seed, epoch)
-            for batch in range(batch_in_epoch, steps_per_epoch):
-                idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
-                xb, yb = x_train[idx], y_train[idx]  # [B, F], [B]
-                grad = 2 * xb.T @ (xb @ w - yb) / len(idx)  # d/dw of the batch MSE, [F]
-                w = w - schedule.lr * grad
-                global_step += 1
-                trackers.log_metrics({"train/step_loss": mse(w, xb, yb), "lr": schedule.lr}, step=global_step)
-                schedule.step()
-                if stop.requested or global_step % cfg.save_every_steps == 0:
-                    manager.save_step(state(epoch, batch + 1), epoch=epoch, step=global_step)
-                if stop.requested:
-                    log.info(
-                        "stopped by %s; resume with: python -m common.demo --resume %s",
-                        stop.signal_name,
-                        manager.latest(),
-                    )
-                    trackers.close()
-                    return {}
-            batch_in_epoch = 0
-            metrics = {"val_loss": mse(w, x_val, y_val), "train_loss": mse(w, x_train, y_train)}
-            trackers.log_metrics(
-                {"train/loss": metrics["train_loss"], "val/loss": metrics["val_loss"]}, step=global_step
-            )
-            stopper.update(metrics)
-            epoch += 1
-            manager.save(state(epoch, 0), epoch=epoch, metrics=metrics)
-            log.info(
-                "epoch %d  train_loss %.4f  val_loss %.4f  lr %.4f",
-                epoch,
-                metrics["train_loss"],
-                metrics["val_loss"],
-                schedule.lr,
-            )
-    trackers.close()
+    callbacks = [
+        TrackerLogger(trackers),
+        LearningRateMonitor(),
+        EarlyStopping("val/loss", patience=cfg.patience),
+        ProgressBar(),
+        *build_callbacks(cfg.callbacks),
+        *callbacks,
+        checkpoints,
+    ]
+    loop = Loop(
+        task, plan, callbacks=callbacks, schedule=schedule, resume=resume, command="python -m common.demo"
+    )
+    try:
+        result = loop.fit()
+    finally:
+        trackers.close()
+    result.run_dir = run.root
+    if result.interrupted:
+        return result
     plot_history(run.path("metrics_history.json"), run.plots / "training_curves.png")
-    log.info("done: best val_loss %.4f in %s; outputs in %s", manager.best_value, manager.best_path, run.root)
-    return {"val_loss": mse(w, x_val, y_val), "best_val_loss": manager.best_value}
+    log.info(
+        "done: best val/loss %.4f in %s; outputs in %s",
+        checkpoints.best_model_score,
+        result.best_checkpoint,
+        run.root,
+    )
+    return result
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -150,7 +188,10 @@ def train(cfg: DemoConfig, resume: str | None = None) -> dict[str, float]:
 @click.option("--epochs", type=int, help="Number of epochs.")
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--seed", type=int, help="Random seed.")
-@click.option("--resume", type=click.Path(exists=True, dir_okay=False), help="Checkpoint to continue from.")
+@click.option(
+    "--resume",
+    help="Continue a run: 'last' (the newest checkpoint of --output-dir), a run folder or a checkpoint.",
+)
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.argument("overrides", nargs=-1)
 @click.pass_context
@@ -160,13 +201,20 @@ def main(ctx: click.Context, config_path, output_dir, epochs, lr, seed, resume, 
     Trailing KEY=VALUE arguments override config keys, e.g. `schedule.name=step batch_size=64`.
     """
     cli = typed_options(ctx, {"output_dir": "output_dir", "epochs": "epochs", "lr": "lr", "seed": "seed"})
-    cfg = load_config(DemoConfig, config_path, cli=cli, overrides=overrides)
+    state = None
+    if resume:
+        state = read_training_checkpoint(find_checkpoint(resume, output_dir or DemoConfig.output_dir))
+    source = config_path or (saved_config(state) if state else None)
+    cfg = load_config(DemoConfig, source, cli=cli, overrides=overrides)
     if print_config:
         click.echo(dump_config(cfg))
-        return
-    result = train(cfg, resume)
-    if result:
-        click.echo(f"val_loss {result['val_loss']:.4f}; outputs in {Path(cfg.output_dir).resolve()}")
+        return 0
+    result = train(cfg, state)
+    if not result.interrupted:
+        click.echo(
+            f"val/loss {result.metrics.get('val/loss', float('nan')):.4f}; outputs in {Path(cfg.output_dir).resolve()}"
+        )
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def progress(
         except TypeError:
             total = None
     logger = logger or logging.getLogger("trainyard")
-    if _stderr_is_terminal():
+    if stderr_is_terminal():
         # tqdm only when a bar is actually drawn (keeps `import common` light)
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -66,7 +66,7 @@ def _logged(
                 logger.info("%s%d %.1f it/s", label, done, rate)
 
 
-def _stderr_is_terminal() -> bool:
+def stderr_is_terminal() -> bool:
     try:
         return sys.stderr is not None and sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed stderr

@@ -15,11 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.distributed import all_reduce_mean
 from common.errors import CheckpointError, ConfigError, DeviceError, NonFiniteError
+from common.loop import Task
 
 __all__ = [
     "OptimizerStepper",
     "Precision",
+    "TorchTask",
     "apply_lrs",
     "from_numpy_state",
     "parse_precision",
@@ -150,19 +153,19 @@ def _total_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 class OptimizerStepper:
-    """One optimizer update per `accumulate` micro-batches, with loss scaling, clipping and a NaN guard.
+    """The guarded optimizer step of a torch task: loss scaling, unscale, clipping, NaN guard, step, zero.
 
-        for i, batch in enumerate(batches):          # i: 0-based micro-batch index (in the epoch)
-            with precision.autocast():
-                loss = model_loss(batch)
-            stepper.backward(loss)                   # divides by `accumulate`
-            norm = stepper.step_if_ready(i)          # None until the accumulate-th micro-batch
-            if norm is not None: schedule / logging per optimizer step
+        with precision.autocast():
+            loss = model_loss(batch)
+        stepper.backward(loss, scale)                # scale: 1/(micro-batches in this step), from the loop
+        ...                                          # more micro-batches of the same step
+        norm = stepper.step()                        # once per optimizer step
 
-    Non-finite loss: NonFiniteError before backward. Non-finite gradients: without a scaler,
-    NonFiniteError before optimizer.step (weights untouched, gradients cleared). With a float16 scaler an
-    overflow is expected early on and handled as torch intends (step skipped, scale lowered, returns None);
-    only `max_consecutive_skips` skips in a row (a real divergence) raise NonFiniteError.
+    The training loop (`common.loop`) decides when a step ends and hands each micro-batch its scale, so the
+    loss is scaled exactly once. Non-finite loss: NonFiniteError before backward. Non-finite gradients:
+    without a scaler, NonFiniteError before optimizer.step (weights untouched, gradients cleared). With a
+    float16 scaler an overflow is expected early on and handled as torch intends (step skipped, scale lowered,
+    returns None); only `max_consecutive_skips` skips in a row (a real divergence) raise NonFiniteError.
     """
 
     def __init__(
@@ -170,16 +173,13 @@ class OptimizerStepper:
         optimizer: torch.optim.Optimizer,
         *,
         precision: Precision,
-        accumulate: int = 1,
         clip_grad_norm: float | None = None,
         max_consecutive_skips: int = 20,
     ):
-        if accumulate < 1:
-            raise ConfigError(f"gradient accumulation must be >= 1 micro-batches, got {accumulate}.")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ConfigError(f"gradient clipping norm must be > 0 (or off), got {clip_grad_norm}.")
         self.optimizer, self.precision = optimizer, precision
-        self.accumulate, self.clip_grad_norm = accumulate, clip_grad_norm
+        self.clip_grad_norm = clip_grad_norm
         self.max_consecutive_skips = max_consecutive_skips
         self.skipped_steps = 0  # float16 overflow steps skipped by the scaler, whole run
         self._consecutive_skips = 0
@@ -191,25 +191,23 @@ class OptimizerStepper:
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate `loss / accumulate` (scaled for float16); NonFiniteError if loss is NaN/inf."""
+    def backward(self, loss: torch.Tensor, scale: float = 1.0) -> None:
+        """Backpropagate `loss * scale` (and the float16 loss scale); NonFiniteError if loss is NaN/inf."""
         if not bool(torch.isfinite(loss.detach()).all()):
             raise NonFiniteError(
                 f"The training loss is {loss.detach().float().cpu().tolist()}; no gradient was "
                 "applied and the weights are unchanged. Lower the learning rate, enable gradient "
                 "clipping, check the data for NaN/inf, or use 'bf16-mixed'/'32' precision."
             )
-        loss = loss / self.accumulate
+        if scale != 1.0:
+            loss = loss * scale
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward()
 
-    def step_if_ready(self, micro_step: int, *, flush: bool = False) -> float | None:
-        """After the backward of 0-based micro-batch `micro_step`: on every `accumulate`-th one (or when
-        `flush`, e.g. the last micro-batch of an epoch) unscale, check, clip, step, zero the grads and return
-        the total gradient norm before clipping. Otherwise (or on a skipped float16 overflow) None."""
-        if (micro_step + 1) % self.accumulate != 0 and not flush:
-            return None
+    def step(self) -> float | None:
+        """Unscale, check, clip, step, zero the grads; the total gradient norm before clipping, or None when
+        the float16 scaler skipped the step."""
         opt, scaler = self.optimizer, self.scaler
         params = self._params()
         if scaler is not None:
@@ -407,3 +405,53 @@ def restore_training_state(
                 f"optimizer type or parameter groups?): {_short(e)}"
             ) from e
     return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+
+
+# --------------------------------------------------------------------------------------- the loop's task
+
+
+class TorchTask(Task):
+    """The torch half of a `common.loop.Task`, shared by the torch packages.
+
+    A subclass sets `self.model` (the plain module, not a DDP/compile wrapper), `self.optimizer`,
+    `self.stepper` (an OptimizerStepper) and `self.config` (the run's config dataclass), and implements
+    `num_batches`, `batches`, `micro_step` (calling `self.stepper.backward(loss, scale)`) and `validate`.
+    Extra state of its own goes through `extra_state` / `load_extra_state`.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    stepper: OptimizerStepper
+    config: Any
+
+    def optimizer_step(self) -> float | None:
+        return self.stepper.step()
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        apply_lrs(self.optimizer, lrs)
+
+    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return all_reduce_mean(metrics)
+
+    def extra_state(self) -> dict:
+        """More state to checkpoint (numpy-convertible); {} by default."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what `extra_state` saved; `state` holds every checkpoint entry but model and optimizer."""
+
+    def state_dict(self) -> dict:
+        from common.config import config_to_dict
+
+        return training_state(
+            self.model,
+            self.optimizer,
+            stepper=self.stepper.state_dict(),
+            config=config_to_dict(self.config),
+            **self.extra_state(),
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        rest = restore_training_state(state, self.model, self.optimizer)
+        self.stepper.load_state_dict(rest.get("stepper") or {})
+        self.load_extra_state(rest)

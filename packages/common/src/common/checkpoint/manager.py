@@ -97,14 +97,25 @@ class CheckpointManager:
         return self.directory / self._kept[0][2] if self._kept else None
 
     @property
+    def kept_paths(self) -> list[Path]:
+        """The best files kept, best first."""
+        return [self.directory / name for _, _, name in self._kept]
+
+    @property
+    def last_path(self) -> Path | None:
+        """The `last` file written by the latest `save` (None before the first)."""
+        return self.directory / self._last_name if self._last_name else None
+
+    @property
     def best_value(self) -> float | None:
         return self._kept[0][0] if self._kept else None
 
     def save(self, state: dict, *, epoch: int, metrics: dict[str, float] | None = None) -> list[Path]:
         """End-of-epoch save: `last`, the periodic file when due, `best` when the metric makes the top_k."""
         metrics = dict(metrics or {})
-        fields = {"epoch": epoch, "step": state.get("global_step", 0) if isinstance(state, dict) else 0}
-        fields.update({k.replace("/", "_"): v for k, v in metrics.items()})
+        fields = {k.replace("/", "_"): v for k, v in metrics.items()}
+        # the counters win over a logged metric of the same name (the loop logs "epoch" too)
+        fields.update(epoch=epoch, step=state.get("global_step", 0) if isinstance(state, dict) else 0)
         targets: list[Path] = []
         dropped: list[str] = []
         value = self._monitored(metrics)

@@ -1,0 +1,87 @@
+"""`--resume last | <run folder> | <checkpoint file>`: finding the checkpoint a run continues from.
+
+Every package's `--resume` takes the same three spellings. A resumed run rebuilds itself from the config
+stored in the checkpoint (`saved_config`), so the resume command a run prints works exactly as printed;
+options typed beside it still override that config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.checkpoint import load_checkpoint
+from common.checkpoint.format import _is_temp_file
+from common.errors import CheckpointError
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "find_checkpoint",
+    "latest_checkpoint",
+    "read_training_checkpoint",
+    "saved_config",
+]
+
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".npz")
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint file in `folder` (the state a crash or a signal left last), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not _is_temp_file(p)
+    ]
+    # Files written by one save share their state; among equal times the name decides, for a stable answer.
+    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name)) if files else None
+
+
+def find_checkpoint(
+    spec: str | Path, run_dir: str | Path | None = None, *, checkpoints: str = "checkpoints"
+) -> Path:
+    """The checkpoint file meant by a `--resume` value.
+
+    "last" (or "auto"): the newest checkpoint of `run_dir` (the run's --output-dir); a folder: the newest
+    checkpoint in it or in its `checkpoints/`; a file: that file."""
+    spec_text = str(spec)
+    if spec_text in ("last", "auto"):
+        if run_dir is None:
+            raise CheckpointError(
+                f"--resume {spec_text} needs the run folder: add --output-dir pointing at the run to continue, "
+                "or pass the checkpoint file or run folder to --resume."
+            )
+        folder = Path(run_dir)
+    else:
+        folder = Path(spec_text)
+        if folder.is_file():
+            return folder
+        if not folder.exists():
+            raise CheckpointError(f"--resume {spec_text}: no such checkpoint file or run folder.")
+    for candidate in (folder / checkpoints, folder):
+        found = latest_checkpoint(candidate)
+        if found is not None:
+            return found
+    raise CheckpointError(
+        f"--resume {spec_text}: {folder} holds no checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) to resume from."
+    )
+
+
+def read_training_checkpoint(path: str | Path) -> dict:
+    """A verified checkpoint that can resume a run (it holds the loop's state and the run's config)."""
+    state = load_checkpoint(path)
+    missing = [k for k in ("loop", "config", "rng") if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} cannot resume a run: it has no {', '.join(missing)} entry (a weights-only checkpoint or one "
+            "written before the shared training loop). Start a new run from its weights instead."
+        )
+    return state
+
+
+def saved_config(state: dict) -> dict:
+    """The run's config as the checkpoint recorded it (a mapping `common.config.load_config` accepts)."""
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError("The checkpoint records no run config to resume with.")
+    return state["config"]

@@ -1,0 +1,100 @@
+"""Helpers for testing training runs: callbacks that interrupt a run at a chosen step, and exact comparisons.
+
+    callbacks: [{class_path: common.testing.KillAt, init_args: {step: 7}}]     # SIGKILL after step 7
+    callbacks: [{class_path: common.testing.SignalAt, init_args: {step: 3, signal: SIGTERM}}]
+
+They act in `on_train_batch_end`, before `ModelCheckpoint` (which always runs last), so a kill at step N
+leaves the checkpoint of an earlier step, as a real crash would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal as signal_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.callbacks import Callback
+
+__all__ = ["CrashAt", "KillAt", "SignalAt", "SimulatedCrash", "assert_trees_equal", "history_series"]
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by `CrashAt`: the run dies without saving anything, like a crash."""
+
+
+class KillAt(Callback):
+    """SIGKILL this process after optimizer step `step` (nothing can clean up)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, loop, outputs) -> None:
+        if loop.pos.step == self.step:
+            os.kill(os.getpid(), signal_module.SIGKILL)
+
+
+class SignalAt(Callback):
+    """Send `signal` ("SIGINT" / "SIGTERM") to this process after optimizer step `step`."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM") -> None:
+        self.step, self.signum = step, getattr(signal_module, signal)
+
+    def on_train_batch_end(self, loop, outputs) -> None:
+        if loop.pos.step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class CrashAt(Callback):
+    """Raise `SimulatedCrash` after optimizer step `step`: an in-process stand-in for SIGKILL."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, loop, outputs) -> None:
+        if loop.pos.step == self.step:
+            raise SimulatedCrash(f"simulated crash after step {self.step}")
+
+
+def assert_trees_equal(a: Any, b: Any, path: str = "state", *, skip: tuple[str, ...] = ()) -> None:
+    """Bit-exact equality of two state trees (dicts, lists, arrays, numbers; NaN equals NaN)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys_a, keys_b = set(a) - set(skip), set(b) - set(skip)
+        assert keys_a == keys_b, f"{path}: keys differ: {sorted(map(str, keys_a ^ keys_b))}"
+        for k in keys_a:
+            assert_trees_equal(a[k], b[k], f"{path}.{k}", skip=skip)
+    elif isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        assert len(a) == len(b), f"{path}: lengths {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_trees_equal(x, y, f"{path}[{i}]", skip=skip)
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        x, y = np.asarray(a), np.asarray(b)
+        assert x.shape == y.shape and x.dtype == y.dtype, f"{path}: {x.dtype}{x.shape} != {y.dtype}{y.shape}"
+        assert x.tobytes() == y.tobytes(), f"{path}: values differ (max |diff| {_max_diff(x, y)})"
+    elif isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def _max_diff(x: np.ndarray, y: np.ndarray) -> float:
+    try:
+        return float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def history_series(
+    path: str | Path, *, exclude: tuple[str, ...] = ("system/",)
+) -> dict[str, list[tuple[int, float]]]:
+    """{metric: [(step, value), ...]} of a metrics_history.json, without wall-clock metrics and times."""
+    metrics = json.loads(Path(path).read_text(encoding="utf-8"))["metrics"]
+    return {
+        name: [(e["step"], e["value"]) for e in entries]
+        for name, entries in metrics.items()
+        if not name.startswith(exclude)
+    }
