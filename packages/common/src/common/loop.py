@@ -30,6 +30,7 @@ the task for the epoch's batches from `pos.batch` and replays nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -93,6 +94,11 @@ class Task:
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Mean of each metric over all processes (distributed runs); one process: unchanged."""
         return metrics
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Context for a micro-batch that does not end its optimizer step: data-parallel tasks skip the
+        gradient all-reduce there (it runs once, on the step's last micro-batch)."""
+        return contextlib.nullcontext()
 
 
 @dataclass
@@ -299,11 +305,13 @@ class Loop:
             for batch in batches:
                 group_start = pos.batch - pos.batch % plan.accumulate  # first micro-batch of this step
                 group_size = min(plan.accumulate, total - group_start)
-                out = task.micro_step(batch, 1.0 / group_size)
+                ends_step = pos.batch + 1 - group_start == group_size
+                with contextlib.nullcontext() if ends_step else task.no_sync():
+                    out = task.micro_step(batch, 1.0 / group_size)
                 pos.batch += 1
                 _add(self._step_sums, out)
                 self._step_micro += 1
-                if pos.batch - group_start < group_size:
+                if not ends_step:
                     continue
                 self._after_optimizer_step(task.optimizer_step())
                 if stop.requested:

@@ -416,13 +416,18 @@ class TorchTask(Task):
     A subclass sets `self.model` (the plain module, not a DDP/compile wrapper), `self.optimizer`,
     `self.stepper` (an OptimizerStepper) and `self.config` (the run's config dataclass), and implements
     `num_batches`, `batches`, `micro_step` (calling `self.stepper.backward(loss, scale)`) and `validate`.
-    Extra state of its own goes through `extra_state` / `load_extra_state`.
+    A data-parallel task also sets `self.ddp` (its DistributedDataParallel wrapper), so micro-batches that do
+    not end a step skip the gradient all-reduce. Extra state goes through `extra_state` / `load_extra_state`.
     """
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     stepper: OptimizerStepper
     config: Any
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
     def optimizer_step(self) -> float | None:
         return self.stepper.step()
