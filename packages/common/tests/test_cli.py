@@ -140,3 +140,24 @@ def test_typed_options_rejects_a_mapping_typo():
     ctx.params = {"lr": 0.1}
     with pytest.raises(ValueError, match="no parameter 'lrr'"):
         typed_options(ctx, {"lrr": "optim.lr"})
+
+
+def test_shared_options_accept_both_spellings_and_click_keywords():
+    import click
+
+    from common.cli import data_dir_option, device_option, output_dir_option, resume_option, seed_option
+
+    @click.command()
+    @data_dir_option(required=True)
+    @output_dir_option()
+    @resume_option()
+    @device_option()
+    @seed_option()
+    def command(data_dir, output_dir, resume, device, seed):
+        return (data_dir, output_dir, resume, device, seed)
+
+    args = ["--data_dir", "d", "--output-dir", "o", "--resume", "last", "--device", "cpu", "--seed", "3"]
+    assert command.main(args, standalone_mode=False) == ("d", "o", "last", "cpu", 3)
+    assert command.main(["--data-dir", "d"], standalone_mode=False) == ("d", None, None, None, None)
+    with pytest.raises(click.MissingParameter):
+        command.main([], standalone_mode=False)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.checkpoint import load_checkpoint
-from common.checkpoint.format import _is_temp_file
 from common.errors import CheckpointError
+from common.runs import is_temp_file
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -30,9 +30,7 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     if not folder.is_dir():
         return None
     files = [
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not _is_temp_file(p)
+        p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not is_temp_file(p)
     ]
     # Files written by one save share their state; among equal times the name decides, for a stable answer.
     return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name)) if files else None

@@ -11,7 +11,9 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 def _read_umask() -> int:
@@ -69,29 +71,47 @@ class RunFolder:
         return f"RunFolder({str(self.root)!r})"
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers only ever see the old or the complete new content.
+# In every temp file name, so the leftovers of a writer killed mid-write are recognisable (and removable).
+TEMP_MARK = ".trainyard-"
+
+
+def is_temp_file(path: Path) -> bool:
+    """True for the temporary file of an unfinished atomic write."""
+    return path.name.startswith(".") and TEMP_MARK in path.name and path.name.endswith(".tmp")
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """A binary file that replaces `path` only when the `with` block ends cleanly: readers see the old or the
+    complete new content, never a torn mix.
 
     The temporary file lives in the destination folder because os.replace is only atomic within one
-    filesystem; fsync before the rename so a power loss cannot leave a renamed-but-empty file.
+    filesystem; it is fsynced before the rename, and the folder after it, so a power loss cannot leave a
+    renamed-but-empty file. On any error (also KeyboardInterrupt) the temp file is removed and `path` is
+    untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file 0600; give it the mode a plain open() would have (0666 minus the umask).
         os.chmod(tmp_name, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, "w+b") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        # Leave no half-written temp files behind (also on KeyboardInterrupt).
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_writer`)."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

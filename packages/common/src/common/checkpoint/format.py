@@ -21,7 +21,6 @@ Loading never unpickles: arrays are read with allow_pickle=False and the skeleto
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import io
@@ -29,32 +28,21 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from common.errors import CheckpointError
-from common.runs import fsync_dir
+from common.runs import atomic_writer, is_temp_file
 
 FORMAT = 1
 META_MEMBER = "__trainyard__.npy"
 TRAILER_PREFIX = b"trainyard-sha256:"
 _DIGEST_HEX_LEN = 64
-_TEMP_MARK = ".trainyard-"  # in every temp file name, so leftovers of a killed writer are recognisable
 _CHUNK = 1 << 20
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only portable way to read the umask: set it and put it back, once, at import
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -200,27 +188,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
         raise CheckpointError(f"A checkpoint state must be a dict, got {type(state).__name__} for {path}.")
     encoder = _Encoder()
     skeleton = encoder.encode(state, "")
-    with _atomic_target(path) as fh:
+    with atomic_writer(path) as fh:
         _write_archive(fh, encoder.arrays, skeleton)
     return path
-
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[IO[bytes]]:
-    """A temp file beside `path`; on a clean exit it is fsynced and renamed over `path`, else removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TEMP_MARK}", suffix=".tmp")
-    try:
-        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the mode a plain open() would
-        with os.fdopen(fd, "w+b") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def _write_archive(fh, arrays: dict[str, np.ndarray], skeleton: Any) -> None:
@@ -359,10 +329,6 @@ def _read_archive(path: Path) -> dict:
     return _decode(meta["skeleton"], arrays)
 
 
-def _is_temp_file(p: Path) -> bool:
-    return p.name.startswith(".") and _TEMP_MARK in p.name and p.name.endswith(".tmp")
-
-
 def _alternatives_hint(path: Path) -> str:
     """' Other checkpoints in <folder>: a, b. ...' so a broken `last` points the user at best/periodic files."""
     folder = path.parent
@@ -372,7 +338,7 @@ def _alternatives_hint(path: Path) -> str:
     others = [
         p
         for p in folder.iterdir()
-        if p.is_file() and p != path and not _is_temp_file(p) and (not suffix or p.suffix == suffix)
+        if p.is_file() and p != path and not is_temp_file(p) and (not suffix or p.suffix == suffix)
     ]
     if not others:
         return ""

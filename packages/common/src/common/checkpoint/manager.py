@@ -9,8 +9,9 @@ import string
 from pathlib import Path
 from typing import Any
 
-from common.checkpoint.format import _CHUNK, _atomic_target, _is_temp_file, save_checkpoint
+from common.checkpoint.format import _CHUNK, save_checkpoint
 from common.errors import CheckpointError, ConfigError
+from common.runs import atomic_writer, is_temp_file
 
 
 def _template_fields(template: str) -> list[str]:
@@ -28,7 +29,7 @@ def _template_glob(template: str) -> str:
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    with _atomic_target(dst) as fh, src.open("rb") as source:
+    with atomic_writer(dst) as fh, src.open("rb") as source:
         shutil.copyfileobj(source, fh, _CHUNK)
 
 
@@ -155,7 +156,7 @@ class CheckpointManager:
         for template in (self.last, self.step_file):
             if template is not None:
                 candidates += [
-                    p for p in self.directory.glob(_template_glob(template)) if not _is_temp_file(p)
+                    p for p in self.directory.glob(_template_glob(template)) if not is_temp_file(p)
                 ]
         candidates = [p for p in candidates if p.is_file()]
         return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
@@ -229,5 +230,5 @@ class CheckpointManager:
         # A writer killed mid-save leaves its temp file behind; they are never loadable checkpoints and can
         # be as large as the model, so a new run in the same folder removes them.
         for p in self.directory.iterdir():
-            if _is_temp_file(p):
+            if is_temp_file(p):
                 p.unlink(missing_ok=True)

@@ -84,10 +84,10 @@ class Trackers:
 
     @property
     def history(self):
-        """The JsonHistory among the trackers (for `series`), or None (rank != 0, or none was given)."""
-        from common.trackers.json_history import JsonHistory
-
-        return next((t for t in self._active if isinstance(t, JsonHistory)), None)
+        """The tracker that keeps the series in memory (the JsonHistory), or None (rank != 0, none given)."""
+        # Found by what it offers rather than by class, so this module does not import json_history,
+        # which imports this one.
+        return next((t for t in self._active if callable(getattr(t, "series", None))), None)
 
     def log_params(self, params: dict) -> None:
         if not isinstance(params, Mapping):

@@ -1,0 +1,34 @@
+"""--resume last | RUN | CKPT, and refusing checkpoints that cannot resume a run."""
+
+import os
+
+import pytest
+
+from common.checkpoint import save_checkpoint
+from common.errors import CheckpointError
+from common.resume import find_checkpoint, read_training_checkpoint, saved_config
+
+
+def test_last_is_the_newest_checkpoint_of_the_run(tmp_path):
+    ckpts = tmp_path / "run/checkpoints"
+    for i, name in enumerate(["best.ckpt", "last.ckpt", "last_step.ckpt"]):
+        save_checkpoint(ckpts / name, {"i": i})
+        os.utime(ckpts / name, ns=(i * 10**9, i * 10**9))
+    (ckpts / ".last.ckpt.trainyard-x.tmp").write_bytes(b"torn")
+    assert find_checkpoint("last", tmp_path / "run") == ckpts / "last_step.ckpt"
+    assert find_checkpoint(tmp_path / "run") == ckpts / "last_step.ckpt"
+    assert find_checkpoint(ckpts / "best.ckpt") == ckpts / "best.ckpt"
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="needs the run folder"):
+        find_checkpoint("last")
+    with pytest.raises(CheckpointError, match="no such"):
+        find_checkpoint(tmp_path / "nothing.ckpt")
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        find_checkpoint("last", tmp_path)
+    save_checkpoint(tmp_path / "weights.ckpt", {"model": {}})
+    with pytest.raises(CheckpointError, match="cannot resume a run"):
+        read_training_checkpoint(tmp_path / "weights.ckpt")
+    with pytest.raises(CheckpointError, match="no run config"):
+        saved_config({"config": None})
