@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from common.errors import DataError
-from dtgcnn.data import MeshAugmentation, MeshSplit, PKSampler, make_batch, prefetch
+from common.sampler import ResumableSampler
+from dtgcnn.data import MeshAugmentation, MeshSplit, PKOrder, make_batch, pk_sampler, prefetch
 from dtgcnn.synthetic import generate, template_sphere, vertex_normals
 
 
@@ -101,23 +102,33 @@ def test_rotation_preserves_norms_and_flip_is_a_reflection():
     np.testing.assert_allclose(n4, normals, atol=1e-6)  # normals are directions: never scaled
 
 
+def epoch_batches(sampler: ResumableSampler, epoch: int, start: int = 0) -> list[np.ndarray]:
+    sampler.set_epoch(epoch, start)
+    return [np.asarray(b) for b in sampler]
+
+
 def test_pk_sampler_composition_and_determinism():
     labels = np.repeat(np.arange(5), [6, 6, 3, 6, 6])
-    sampler = PKSampler(labels, batch_size=8, samples_per_label=4, seed=1)
-    batches = sampler.batches(epoch=1)
-    assert len(batches) == len(labels) // 8
+    sampler = pk_sampler(labels, batch_size=8, samples_per_label=4, seed=1)
+    batches = epoch_batches(sampler, epoch=1)
+    assert len(batches) == sampler.batches_per_epoch() == len(labels) // 8
     for b in batches:
         values, counts = np.unique(labels[b], return_counts=True)
         assert len(values) == 2 and (counts == 4).all()  # P=2 labels x K=4 meshes: positives and negatives
-    assert all((a == b).all() for a, b in zip(batches, sampler.batches(epoch=1), strict=True))
-    assert any((a != b).any() for a, b in zip(batches, sampler.batches(epoch=2), strict=True))
+    assert all((a == b).all() for a, b in zip(batches, epoch_batches(sampler, epoch=1), strict=True))
+    assert any((a != b).any() for a, b in zip(batches, epoch_batches(sampler, epoch=2), strict=True))
+    # a resumed epoch starts at a batch index and gets exactly the remaining batches
+    assert all((a == b).all() for a, b in zip(batches[2:], epoch_batches(sampler, 1, start=2), strict=True))
+    # the order is the epoch's P x K groups concatenated, a pure function of (seed, epoch)
+    order = PKOrder(labels, batch_size=8, samples_per_label=4, seed=1)
+    np.testing.assert_array_equal(np.concatenate(batches), order(1))
     with pytest.raises(DataError, match="P >= 2 and K >= 2"):
-        PKSampler(labels, batch_size=4, samples_per_label=4, seed=1)
+        pk_sampler(labels, batch_size=4, samples_per_label=4, seed=1)
 
 
 def test_prefetch_matches_direct_batches_from_any_start(tiny_data):
     s = split(tiny_data, cache=True)
-    batches = PKSampler(s.labels, 8, 4, seed=0).batches(1)
+    batches = epoch_batches(pk_sampler(s.labels, 8, 4, seed=0), epoch=1)
     aug = MeshAugmentation()
     direct = [make_batch(s, b, aug, 0, 1, i * 8) for i, b in enumerate(batches)]
     threaded = list(prefetch(s, batches, augmentation=aug, seed=0, epoch=1, start=1, depth=2))

@@ -1,7 +1,7 @@
 """Timing helpers shared by every package's `bench` module.
 
-DESIGN.md asks each benchmark to report achieved GFLOP/s as a share of the machine's matmul peak, timed in
-the same run, with medians over repeated steps after warm-up. The peak is the best of several timed square
+Every benchmark reports achieved GFLOP/s as a share of the machine's matmul peak, timed in the same run,
+with medians over repeated steps after warm-up. The peak is the best of several timed square
 float32 matmuls: that is what a dense training step can at most approach on this machine.
 """
 

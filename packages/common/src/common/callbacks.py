@@ -103,8 +103,9 @@ class CallbackList:
                 )
         savers = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
         self._callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)] + savers
-        keys = [cb.state_key for cb in self._callbacks]
-        doubled = {k for k in keys if keys.count(k) > 1 and k != ModelCheckpoint.__qualname__}
+        # two stateful callbacks under one key would overwrite each other's state in the checkpoint
+        keys = [cb.state_key for cb in self._callbacks if cb.state_dict() is not None]
+        doubled = {k for k in keys if keys.count(k) > 1}
         if doubled:
             raise ConfigError(
                 f"two callbacks share the state key {sorted(doubled)}; give each its own state_key."

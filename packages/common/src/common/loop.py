@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -169,8 +170,11 @@ class Loop:
         callbacks: Sequence[Any] = (),
         schedule: Schedule | None = None,
         resume: dict | str | Path | None = None,
+        resume_path: str | Path | None = None,
         command: str = "",
     ) -> None:
+        """`resume`: a checkpoint path, or a checkpoint already loaded (then `resume_path` says where it
+        came from, so checkpoint bookkeeping is kept only when it resumes in its own folder)."""
         from common.callbacks import CallbackList
 
         self.task, self.plan = task, plan
@@ -180,14 +184,15 @@ class Loop:
                 f"a plateau LR schedule watches {plan.schedule_monitor}, which exists once per validation; "
                 "set its interval to 'epoch'."
             )
-        self.command = command  # how this run was started, e.g. "python -m dtgcnn.train" (for resume hints)
+        # how to start this run again, e.g. "python -m dtgcnn.train --data-dir /data" (for the resume hint)
+        self.command = command
         self.callbacks = CallbackList(callbacks)
         self.pos = Position()
         self.should_stop = False  # a callback sets it (with stop_reason) to end the run after this step
         self.stop_reason: str | None = None
         self.lrs_used: list[float] = list(self.schedule.lrs)  # the LRs of the optimizer step just taken
         self.last_checkpoint: Path | None = None
-        self.resume_path: Path | None = None
+        self.resume_path: Path | None = Path(resume_path) if resume_path is not None else None
         self._epoch_sums: dict[str, float] = {}  # micro-batch metric sums of the epoch in progress
         self._epoch_micro = 0
         self._step_sums: dict[str, float] = {}  # micro-batch metric sums of the step in progress
@@ -393,7 +398,7 @@ class Loop:
         """The command line part that resumes from the newest checkpoint, for log lines."""
         if self.last_checkpoint is None:
             return "(no checkpoint was written)"
-        return f"{self.command} --resume {self.last_checkpoint}".strip()
+        return f"{self.command} --resume {shlex.quote(str(self.last_checkpoint))}".strip()
 
     def _result(self, interrupted: str | None) -> FitResult:
         from common.callbacks import ModelCheckpoint
@@ -419,10 +424,20 @@ def fit(
     callbacks: Sequence[Any] = (),
     schedule: Schedule | None = None,
     resume: dict | str | Path | None = None,
+    resume_path: str | Path | None = None,
     command: str = "",
 ) -> FitResult:
     """Train `task` per `plan`: `Loop(...).fit()`."""
-    return Loop(task, plan, callbacks=callbacks, schedule=schedule, resume=resume, command=command).fit()
+    loop = Loop(
+        task,
+        plan,
+        callbacks=callbacks,
+        schedule=schedule,
+        resume=resume,
+        resume_path=resume_path,
+        command=command,
+    )
+    return loop.fit()
 
 
 def _add(sums: dict[str, float], values: Mapping[str, float]) -> None:

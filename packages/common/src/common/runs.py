@@ -27,7 +27,7 @@ _UMASK = _read_umask()
 
 
 def timestamp() -> str:
-    """Local time as "YYYYMMDD_HHMMSS" (the seeds' run-folder and log-file suffix)."""
+    """Local time as "YYYYMMDD_HHMMSS" (the run-folder and log-file suffix)."""
     return time.strftime("%Y%m%d_%H%M%S")
 
 

@@ -40,7 +40,7 @@ class ResumableSampler:
         max_batches: int | None = None,
     ) -> None:
         """`order(epoch)` replaces the shuffled order: an int array of sample indices (it may repeat or
-        leave out samples; its length sets the epoch). `max_batches` caps the batches per epoch.
+        leave out samples; its length, the same for every epoch, sets the epoch's). `max_batches` caps the batches per epoch.
         `drop_last=False` keeps a short last batch; with several processes it pads the last global batch by
         wrapping around instead, so every process gets whole batches."""
         if batch_size < 1:
@@ -51,6 +51,7 @@ class ResumableSampler:
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.order_fn, self.max_batches = order, max_batches
         self.epoch, self.start_batch = 0, 0
+        self._order_length: int | None = None
 
     # -- the epoch -------------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -65,8 +66,10 @@ class ResumableSampler:
         return np.arange(self.num_samples, dtype=np.int64)
 
     def _length(self) -> int:
-        """Samples in the epoch order (without building it when it is the default permutation)."""
-        return self.num_samples if self.order_fn is None else len(self.order(0))
+        """Samples in an epoch's order: the same in every epoch (a custom order is built once to learn it)."""
+        if self._order_length is None:
+            self._order_length = self.num_samples if self.order_fn is None else len(self.order(0))
+        return self._order_length
 
     def batches_per_epoch(self) -> int:
         """Batches per process per epoch (the same on every process)."""

@@ -5,8 +5,9 @@ runs on), the median train step (forward + backward + AdamW) -> samples/s, forwa
 memory, FLOPs per sample (as run, and for the textbook per-edge MLP that DGCNN implementations execute),
 achieved GFLOP/s and its share of the NumPy peak. With --compare-reference (default) the same step is
 timed again in a subprocess on MLX's bundled reference BLAS (DTGCNN_FAST_BLAS=0) for the speed-up.
+Timing helpers (medians after warm-up, the NumPy peak) are `common.benchmarking`'s.
 
-Yardstick sizes (issue 3): k=20, 1024 points, fusion width 1024 (DGCNN's emb_dims), batch 16.
+Yardstick sizes: k=20, 1024 points, fusion width 1024 (DGCNN's emb_dims), batch 16.
 """
 
 from __future__ import annotations
@@ -15,43 +16,22 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import click
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
+from common.benchmarking import median_seconds, numpy_matmul_peak_gflops
 from common.cli import run_cli
 
-YARDSTICK_SAMPLES_PER_S = 1.5  # the authors' PyTorch DGCNN on the project's 2-core CPU (issue 3)
-
-
-def numpy_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best-of float32 n x n matmul GFLOP/s through NumPy's own BLAS (the machine's practical peak)."""
-    import numpy as np
-
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    best = min(_timed(lambda: a @ a) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+YARDSTICK_SAMPLES_PER_S = 1.5  # the authors' PyTorch DGCNN on the project's 2-core CPU
 
 
 def mlx_matmul_seconds(n: int = 1000, repeats: int = 5) -> float:
+    """Median seconds of one n x n float32 MLX matmul (which BLAS MLX's CPU backend runs on)."""
     import mlx.core as mx
 
     a = mx.random.normal((n, n))
-    mx.eval(a @ a)
-    return _median([_timed(lambda: mx.eval(a @ a)) for _ in range(repeats)])
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
+    return median_seconds(lambda: mx.eval(a @ a), warmup=1, repeats=repeats)
 
 
 def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup: int, jit: bool) -> dict:
@@ -76,21 +56,23 @@ def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup
     pts /= np.linalg.norm(pts, axis=-1, keepdims=True)
     x = np.concatenate([pts, pts], axis=-1)  # points on a sphere, normals = positions
     y = np.repeat(np.arange(batch_size // 4), 4).astype(np.int32)[:batch_size]
-    compile_s = _timed(lambda: stepper.micro_step(x, y, step=0))
-    for _ in range(max(0, warmup - 1)):
-        stepper.micro_step(x, y, step=0)
-    step_times = [_timed(lambda: stepper.micro_step(x, y, step=0)) for _ in range(steps)]
+
+    def step() -> None:  # one optimizer step of one micro-batch, as training runs it
+        stepper.micro_step(x, y)
+        stepper.optimizer_step()
+
+    compile_s = median_seconds(step, warmup=0, repeats=1)
+    step_s = median_seconds(step, warmup=max(0, warmup - 1), repeats=steps)
     xa = mx.array(x)
-    mx.eval(model(xa)["embedding"])
-    fwd_times = [_timed(lambda: mx.eval(model(xa)["embedding"])) for _ in range(max(1, steps // 2))]
+    forward_s = median_seconds(lambda: mx.eval(model(xa)["embedding"]), warmup=1, repeats=max(1, steps // 2))
     flops = flops_per_sample(spec, num_points)
     naive = flops_per_sample(spec, num_points, naive_edges=True)
     from mlx.utils import tree_flatten
 
     return {
         "first_step_s": compile_s,
-        "step_s": _median(step_times),
-        "forward_ms": 1e3 * _median(fwd_times),
+        "step_s": step_s,
+        "forward_ms": 1e3 * forward_s,
         "peak_memory_mb": mx.get_peak_memory() / 2**20,
         "train_gflop_per_sample": flops["train"] / 1e9,
         "naive_train_gflop_per_sample": naive["train"] / 1e9,
@@ -104,7 +86,7 @@ def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
     out = {
         "blas": dtgcnn.BLAS.describe(),
         "cpu": f"{dtgcnn.MALLOC}; {streams.describe()}",
-        "numpy_peak_gflops": numpy_matmul_peak(),
+        "numpy_peak_gflops": numpy_matmul_peak_gflops(),
         "mlx_matmul_1000_s": mlx_matmul_seconds(),
     }
     out |= time_train_step(batch_size, num_points, k, steps, warmup, jit)

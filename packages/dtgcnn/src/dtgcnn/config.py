@@ -1,4 +1,4 @@
-"""The dtgcnn config schema: flat keys, named as in the seed's YAML (`num_vertices`, `scheduler_type`, ...).
+"""The dtgcnn config schema: flat keys (`num_vertices`, `scheduler_type`, ...), as in the bundled YAML configs.
 
 Loaded with `common.config.load_config(TrainConfig, source, package="dtgcnn", cli=..., overrides=...)`.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from common.schedules import ScheduleConfig
 
@@ -52,7 +52,7 @@ class TrainConfig:
     min_lr: float = 0.000001
     step_size: int = 30  # epochs between decays (step)
     gamma: float = 0.1  # decay factor (step, exponential)
-    patience: int = 10  # early stopping on val_loss
+    patience: int = 10  # early stopping: validations without a val/loss improvement of min_delta
     min_delta: float = 0.0001
     # --- hardware ---
     device: str = "auto"  # auto | cpu | gpu
@@ -61,26 +61,31 @@ class TrainConfig:
     memory_limit_gb: float = 0.0  # mx.set_memory_limit; 0 = MLX default
     clear_cache_every: int = 0  # epochs between mx.clear_cache(); 0 = never
     # --- logging, checkpoints ---
-    log_interval: int = 50  # steps between progress log lines
+    log_interval: int = 50  # optimizer steps between train/<name>_step and lr rows (0 = none)
     plot_every: int = 10  # epochs between plots/training_curves_epoch_NNNN.png
     checkpoint_every: int = 50  # epochs between checkpoints/checkpoint_epoch_NNNN.npz
-    checkpoint_every_steps: int = 0  # mid-epoch checkpoint every N steps (for SIGKILL safety); 0 = off
+    checkpoint_every_steps: int = (
+        0  # checkpoints/last_step.npz every N optimizer steps (SIGKILL safety); 0 = off
+    )
     tensorboard: bool = False
     seed: int = 42
     grad_norm_warn: float = 100.0  # warn about exploding gradients above this (pre-clip) norm
     collapse_warn: float = 0.01  # warn about embedding collapse below this embedding spread
+    # training-loop callbacks added to the built-in ones (trackers, LR monitor, early stopping, progress,
+    # checkpoints, plots): {class_path: package.module.Class, init_args: {...}} of a common.callbacks.Callback
+    callbacks: list[Any] = field(default_factory=list)
 
 
 def schedule_config(cfg: TrainConfig, steps_per_epoch: int) -> tuple[ScheduleConfig, int]:
-    """The common ScheduleConfig for the seed's flat scheduler keys, stepped per optimizer step; and total steps.
+    """The common ScheduleConfig for the flat scheduler keys, and its total length in its own units.
 
-    Warmup and step_size are given in epochs by the seed; they become steps here so the LR moves smoothly.
+    cosine and constant advance per optimizer step (warmup_epochs becomes steps, so the LR moves smoothly);
+    step and exponential decay per epoch, as their step_size / gamma are counted in epochs.
     """
     name = {"cosine": "cosine", "step": "step", "exponential": "exponential", "constant": "constant"}[
         cfg.scheduler_type
     ]
     if name in ("step", "exponential"):
-        # The seed's step/exponential decays count epochs; keep them per epoch.
         return ScheduleConfig(
             name=name, step_size=cfg.step_size, gamma=cfg.gamma, interval="epoch"
         ), cfg.num_epochs
@@ -91,8 +96,8 @@ def schedule_config(cfg: TrainConfig, steps_per_epoch: int) -> tuple[ScheduleCon
 
 
 def config_source(source: str | None, default: str = "default_config") -> str:
-    """The seed writes `--config configs/default_config.yaml`; when no such file exists here but its name is a
-    bundled config, use the bundled one (so the seed's command lines run as written)."""
+    """`--config configs/default_config.yaml` names a bundled config by its file: when no such file exists
+    here but its name is a bundled config, use the bundled one."""
     from common.config import bundled_configs
 
     if not source:

@@ -1,4 +1,4 @@
-"""Mesh dataset: reader and up-front validation of the seed's format, augmentation, P x K sampler, prefetching.
+"""Mesh dataset: reader and up-front validation, augmentation, the P x K batch order, prefetching.
 
 Format (per split in train/val/test):
     {split}_metadata.json  {"samples": [{"subject_id", "mesh_id", "label"}, ...], optional "num_vertices"}
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from common.errors import DataError
 from common.prefetch import prefetch_in_thread
+from common.sampler import ResumableSampler
 from common.seeding import epoch_permutation, sample_rng
 
 SPLITS = ("train", "val", "test")
@@ -200,12 +201,15 @@ class MeshAugmentation:
         return coords.astype(np.float32), normals.astype(np.float32)
 
 
-class PKSampler:
-    """Batches of P labels x K samples each, a pure function of (seed, epoch).
+class PKOrder:
+    """The epoch's sample order as label-balanced P x K groups: `order(epoch)` is a pure function of
+    (seed, epoch), for `common.sampler.ResumableSampler(order=...)` with batch size P*K.
 
-    Every batch holds K >= 2 meshes of each of its P labels (positives) and P >= 2 labels (negatives), which
-    triplet mining needs. Labels with fewer than K meshes are sampled with replacement. An epoch has
-    floor(num_samples / (P*K)) batches (at least one)."""
+    Each consecutive group of P*K positions holds K meshes of each of P labels: K >= 2 of a label gives
+    positives, P >= 2 labels gives negatives, which triplet mining needs. Labels are drawn in a fresh random
+    order whenever fewer than P are left; a label's meshes are taken in its own per-epoch shuffle, cycling
+    (labels with fewer than K meshes repeat some). An epoch has floor(num_samples / (P*K)) groups (at least
+    one)."""
 
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_label: int, seed: int):
         self.labels = np.asarray(labels)
@@ -224,16 +228,24 @@ class PKSampler:
                 f"lower batch_size or raise samples_per_label."
             )
         self.by_label = {c: np.flatnonzero(self.labels == c) for c in self.classes}
+        self._cached: tuple[int, np.ndarray] | None = None  # (epoch, order): the sampler asks repeatedly
 
     @property
     def batch_size(self) -> int:
+        """P*K: the sampler's batch size, so every batch is one whole group."""
         return self.p * self.k
 
-    def __len__(self) -> int:
+    @property
+    def groups_per_epoch(self) -> int:
         return max(1, len(self.labels) // self.batch_size)
 
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        """The epoch's batches of dataset indices [P*K], in order."""
+    def __call__(self, epoch: int) -> np.ndarray:
+        """Dataset indices [groups_per_epoch * P * K]: the epoch's P x K groups, concatenated."""
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self._build(epoch))
+        return self._cached[1]
+
+    def _build(self, epoch: int) -> np.ndarray:
         label_stream: list = []
         cursor = {c: 0 for c in self.classes}
         order = {
@@ -241,20 +253,24 @@ class PKSampler:
             for c, idx in self.by_label.items()
         }
         out, refill = [], 0
-        for _ in range(len(self)):
+        for _ in range(self.groups_per_epoch):
             if len(label_stream) < self.p:
                 perm = epoch_permutation(len(self.classes), self.seed, epoch * 1000 + refill)
                 refill += 1
                 label_stream.extend(self.classes[perm])
             chosen, label_stream = label_stream[: self.p], label_stream[self.p :]
-            batch = []
             for c in chosen:
                 idx = order[c]
-                take = [idx[(cursor[c] + j) % len(idx)] for j in range(self.k)]
+                out.extend(idx[(cursor[c] + j) % len(idx)] for j in range(self.k))
                 cursor[c] += self.k
-                batch.extend(take)
-            out.append(np.asarray(batch, dtype=np.int64))
-        return out
+        return np.asarray(out, dtype=np.int64)
+
+
+def pk_sampler(labels: np.ndarray, batch_size: int, samples_per_label: int, seed: int) -> ResumableSampler:
+    """The training sampler: batches of P = batch_size // K labels x K = samples_per_label meshes (`PKOrder`),
+    resumable at any batch of any epoch."""
+    order = PKOrder(labels, batch_size, samples_per_label, seed)
+    return ResumableSampler(len(order.labels), order.batch_size, seed=seed, order=order)
 
 
 def eval_batches(n: int, batch_size: int) -> list[np.ndarray]:
@@ -283,7 +299,7 @@ def make_batch(
 
 def prefetch(
     split: MeshSplit,
-    batches: list[np.ndarray],
+    batches: Sequence[Sequence[int]],
     *,
     augmentation: MeshAugmentation | None,
     seed: int,
@@ -291,10 +307,12 @@ def prefetch(
     start: int = 0,
     depth: int = 2,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield (batch_index, x, labels) for batches[start:], prepared `depth` batches ahead in a thread."""
+    """Yield (batch_index, x, labels) for batches[start:] (the epoch's batches of dataset indices), prepared
+    `depth` batches ahead in a thread."""
 
     def prepared():
         for b in range(start, len(batches)):
-            yield (b, *make_batch(split, batches[b], augmentation, seed, epoch, b * len(batches[0])))
+            idx = np.asarray(batches[b], dtype=np.int64)
+            yield (b, *make_batch(split, idx, augmentation, seed, epoch, b * len(batches[0])))
 
     return prefetch_in_thread(prepared(), depth, name="dtgcnn-prefetch")

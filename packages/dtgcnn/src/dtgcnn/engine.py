@@ -1,4 +1,5 @@
-"""One training step (compiled loss-and-gradient, accumulation, clipping, guards) and split evaluation."""
+"""The gradient side of a training step (compiled loss-and-gradient, accumulation, clipping, NaN guard) and
+split evaluation."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def make_grad_fn(model: nn.Module, cfg: TrainConfig):
 
 
 class Stepper:
-    """Micro-batch steps with gradient accumulation; an optimizer update every `accumulate` micro-batches.
+    """The gradient side of a training step: micro-batch gradients summed into a pending total, then one
+    clipped, guarded optimizer update. How many micro-batches make a step is the caller's (the training
+    loop's) choice, given to `micro_step` as each micro-batch's `scale`.
 
     The loss-and-gradient function is `mx.compile`d (jit_compile) with the model state and the MLX random
     key as explicit state, so BatchNorm statistics and dropout keys flow in and out of the compiled graph.
@@ -69,36 +72,48 @@ class Stepper:
         self, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig, debug_dir: Path | None
     ):
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
-        self.accumulate = max(1, cfg.gradient_accumulation_steps)
         self.debug_dir = debug_dir
         grad_fn = make_grad_fn(model, cfg)
         if cfg.jit_compile:
             state = [model.state, mx.random.state]
             grad_fn = partial(mx.compile, inputs=state, outputs=state)(grad_fn)
         self.grad_fn = grad_fn
-        self.pending = None  # summed gradients of the micro-batches since the last update
+        self.pending = None  # sum of scale * gradients of the micro-batches of the step in progress
         self.pending_count = 0
+        self._last_batch: tuple[np.ndarray, np.ndarray] | None = None  # saved if the step goes non-finite
 
-    def micro_step(self, x: np.ndarray, y: np.ndarray, *, step: int) -> dict[str, float]:
-        """Forward/backward on one batch; updates the weights when `accumulate` batches are pending.
+    @property
+    def next_step(self) -> int:
+        """The optimizer step being gathered, counted from 1 (AdamW's own counter: it survives a resume)."""
+        return int(self.optimizer.state.get("step", 0)) + 1
 
-        Returns the batch's float metrics (plus grad_norm on update steps). A NaN/inf loss or gradient saves
-        the batch to debug_dir and raises NonFiniteError before any weight changes."""
+    def micro_step(self, x: np.ndarray, y: np.ndarray, scale: float = 1.0) -> dict[str, float]:
+        """Loss and gradients of one micro-batch; adds `scale` x its gradients to the pending sum.
+
+        `scale` is 1 / (micro-batches in this optimizer step), so the step's update follows the mean of its
+        micro-batch losses. Returns the batch's float metrics (the unscaled loss under "loss"). A NaN/inf
+        loss saves the batch to debug_dir and raises NonFiniteError; nothing is updated."""
         xa, ya = mx.array(x), mx.array(y)
         (loss, aux), grads = self.grad_fn(xa, ya)
+        if scale != 1.0:
+            grads = tree_map(lambda g: g * scale, grads)
         mx.eval(loss, aux, grads)
         metrics = {"loss": loss.item(), **{k: v.item() for k, v in aux.items()}}
+        self._last_batch = (x, y)
         if not np.isfinite(metrics["loss"]):
-            self._fail(x, y, step, f"loss is {metrics['loss']} at step {step}")
+            self._fail(f"loss is {metrics['loss']} at step {self.next_step}")
         self.pending = grads if self.pending is None else tree_map(mx.add, self.pending, grads)
         self.pending_count += 1
-        if self.pending_count >= self.accumulate:
-            metrics["grad_norm"] = self.apply(x, y, step)
         return metrics
 
-    def apply(self, x=None, y=None, step: int = -1) -> float:
-        """Average the pending gradients, clip, check, update. Returns the pre-clip global norm."""
-        grads = tree_map(lambda g: g / self.pending_count, self.pending)
+    def optimizer_step(self) -> float:
+        """Clip the pending gradient sum, check it, update the weights. Returns the pre-clip global norm.
+
+        A NaN/inf norm saves the step's last micro-batch to debug_dir and raises NonFiniteError before any
+        weight changes."""
+        if self.pending is None:
+            raise RuntimeError("optimizer_step() without a micro_step() since the last update")
+        grads, step = self.pending, self.next_step
         self.pending, self.pending_count = None, 0
         if self.cfg.gradient_clip_val > 0:
             grads, norm = optim.clip_grad_norm(grads, self.cfg.gradient_clip_val)
@@ -106,7 +121,7 @@ class Stepper:
             norm = mx.sqrt(sum(mx.sum(g * g) for _, g in tree_flatten(grads)))
         norm = norm.item()
         if not np.isfinite(norm):
-            self._fail(x, y, step, f"gradient norm is {norm} at step {step}")
+            self._fail(f"gradient norm is {norm} at step {step}")
         if norm > self.cfg.grad_norm_warn:
             log.warning(
                 "exploding gradients: global norm %.1f > %.1f at step %d (clipped to %.1f)",
@@ -119,15 +134,12 @@ class Stepper:
         mx.eval(self.model.state, self.optimizer.state)
         return norm
 
-    def flush(self) -> float | None:
-        """Apply a partial accumulation (end of epoch) so epochs start clean; None when nothing is pending."""
-        return self.apply() if self.pending_count else None
-
-    def _fail(self, x, y, step: int, what: str):
+    def _fail(self, what: str):
         where = ""
-        if self.debug_dir is not None and x is not None:
+        if self.debug_dir is not None and self._last_batch is not None:
+            x, y = self._last_batch
             self.debug_dir.mkdir(parents=True, exist_ok=True)
-            path = self.debug_dir / f"nonfinite_batch_step{step:07d}.npz"
+            path = self.debug_dir / f"nonfinite_batch_step{self.next_step:07d}.npz"
             np.savez(path, x=x, labels=y)
             where = f" The offending batch is saved in {path}."
         self.pending, self.pending_count = None, 0

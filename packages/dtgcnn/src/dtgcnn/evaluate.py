@@ -12,16 +12,16 @@ from pathlib import Path
 import click
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
-from common.cli import run_cli
+from common.cli import data_dir_option, run_cli
 from common.runs import atomic_write_text
 
 
 def evaluate(checkpoint: str | Path, data_dir: str | Path, split: str = "test") -> dict[str, float]:
-    from dtgcnn.checkpoints import load_trained
+    from dtgcnn.checkpoints import load_from_checkpoint
     from dtgcnn.data import MeshSplit
     from dtgcnn.engine import evaluate_split
 
-    model, cfg = load_trained(checkpoint)
+    model, cfg = load_from_checkpoint(checkpoint)
     data = MeshSplit(
         data_dir,
         split,
@@ -36,7 +36,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, split: str = "test") 
 
 @click.command(help=__doc__)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data-dir", "--data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@data_dir_option(required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option(
     "--output",

@@ -1,4 +1,4 @@
-"""Deterministic synthetic mesh-identity dataset in the seed's format (metadata JSON + HDF5 per split).
+"""Deterministic synthetic mesh-identity dataset in dtgcnn's data format (metadata JSON + HDF5 per split).
 
 Each subject is a smooth, subject-specific radial deformation (plus an anisotropic stretch) of a closed
 template surface, a Fibonacci-sphere triangulation with `num_vertices` vertices. Each mesh of a subject adds

@@ -3,10 +3,10 @@
     python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --config default_config --verbose
     python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/custom --batch-size 64 \\
         --learning-rate 0.0005 --num-epochs 50 --embedding-dim 512
-    python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/resumed --config default_config \\
-        --resume ./experiments/run1/checkpoints/best_model.npz
+    python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --resume last
     python -m dtgcnn.train --demo
 Trailing `key=value` arguments override any config key (e.g. `k=10 mining_strategy=semi_hard`).
+The run goes through `common.loop.Loop` (see `dtgcnn.trainer`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,21 @@ from pathlib import Path
 import click
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx; keep first)
-from common.cli import run_cli, typed_options
+from common.cli import (
+    config_option,
+    data_dir_option,
+    device_option,
+    output_dir_option,
+    precision_option,
+    resume_option,
+    run_cli,
+    seed_option,
+    typed_options,
+)
 from common.config import bundled_configs, dump_config, load_config
 from common.errors import ConfigError, DeviceError
 from common.logs import setup_logging
+from common.resume import find_checkpoint, read_training_checkpoint, saved_config
 from dtgcnn.config import TrainConfig
 from dtgcnn.config import config_source as resolve_source
 
@@ -54,48 +65,47 @@ HELP = """Train DT-GCNN on a mesh dataset (or --demo on generated synthetic mesh
 Examples:
   python -m dtgcnn.train --demo
   python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --config default_config --verbose
-  python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 \\
-      --resume ./experiments/run1/checkpoints/last_step.npz
+  python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --resume last
 
-Trailing KEY=VALUE arguments override any config key (e.g. k=10 mining_strategy=semi_hard).
+Trailing KEY=VALUE arguments override any config key (e.g. k=10 mining_strategy=semi_hard). A resumed run
+uses the config saved in its checkpoint (unless --config is given); options and overrides typed beside
+--resume still apply. Exit status: 0 when the run ends, 130 / 143 when SIGINT / SIGTERM stopped it after
+saving checkpoints/last_step.npz (the log names the command that resumes it), 2 for bad input.
 """
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=HELP)
-@click.option(
-    "--data-dir",
-    "--data_dir",
+@data_dir_option(
     type=click.Path(file_okay=False),
-    help="Dataset folder ({split}_metadata.json + {split}_data.h5).",
+    help="Dataset folder ({split}_metadata.json + {split}_data.h5); a resumed run defaults to its own.",
 )
-@click.option(
-    "--output-dir",
-    "--output_dir",
+@output_dir_option(
     type=click.Path(file_okay=False),
-    help="Run folder (default ./experiments/run_<timestamp>).",
+    help="Run folder (default ./experiments/run_<timestamp>; a resumed run: the checkpoint's run folder).",
 )
-@click.option(
-    "--config",
-    "config_source",
-    default=None,
-    help=f"YAML path or bundled config name ({', '.join(bundled_configs('dtgcnn'))}).",
+@config_option(
+    "dtgcnn",
+    help=f"YAML path or bundled config name ({', '.join(bundled_configs('dtgcnn'))}); a resumed run uses "
+    "its saved config unless this is given.",
 )
-@click.option("--resume", type=click.Path(dir_okay=False), help="Checkpoint to continue from exactly.")
+@resume_option()
 @click.option("--batch-size", type=int)
 @click.option("--learning-rate", type=float)
 @click.option("--num-epochs", type=int)
 @click.option("--embedding-dim", type=int)
-@click.option("--gradient-accumulation-steps", type=int)
+@click.option("--gradient-accumulation-steps", type=int, help="Micro-batches per optimizer step.")
 @click.option("--cache-data", is_flag=True, help="Keep meshes in memory after the first read.")
-@click.option("--device", help="auto | cpu | gpu")
-@click.option("--seed", type=int)
-@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]))
+@device_option("auto | cpu | gpu")
+@seed_option()
+@precision_option(("float32", "bfloat16", "float16"), help="Compute dtype (weights stay float32).")
 @click.option("--jit-compile/--no-jit-compile", default=None, help="mx.compile the training step.")
 @click.option(
     "--demo", is_flag=True, help="Generate synthetic meshes and run a short training (~2 min on CPU)."
 )
 @click.option(
-    "--stop-after-steps", type=int, help="Stop like an interrupt after N global steps (writes a checkpoint)."
+    "--stop-after-steps",
+    type=int,
+    help="Stop after N optimizer steps, writing a resumable checkpoint (the loop's max_steps).",
 )
 @click.option("--distributed", is_flag=True, help="Multi-device data parallel (not available with MLX yet).")
 @click.option("--num-gpus", type=int, default=1, show_default=True)
@@ -107,7 +117,7 @@ def main(
     ctx,
     data_dir,
     output_dir,
-    config_source,
+    config,
     resume,
     demo,
     stop_after_steps,
@@ -123,17 +133,30 @@ def main(
             "Multi-GPU training (--distributed / --num-gpus > 1) is not supported: MLX has no "
             "multi-device data parallelism on one machine. Train on one device (drop the flag)."
         )
-    source = resolve_source(config_source, "demo_config" if demo else "default_config")
+    if demo:
+        root = Path(output_dir or "dtgcnn_demo")
+        data_dir = data_dir or str(root / "data")
+        output_dir = str(root / "run")
+    checkpoint = state = None
+    if resume:
+        from dtgcnn.trainer import run_folder_of
+
+        checkpoint = find_checkpoint(resume, output_dir)
+        state = read_training_checkpoint(checkpoint)
+        output_dir = output_dir or str(run_folder_of(checkpoint))
+        data_dir = data_dir or state.get("data_dir")
+    if config:
+        source = resolve_source(config)
+    elif state is not None:
+        source = saved_config(state)
+    else:
+        source = "demo_config" if demo else "default_config"
     cfg = load_config(
         TrainConfig, source, package="dtgcnn", cli=typed_options(ctx, OPTION_KEYS), overrides=overrides
     )
     if print_config:
         click.echo(dump_config(cfg))
-        return
-    if demo:
-        root = Path(output_dir or "dtgcnn_demo")
-        data_dir = data_dir or str(root / "data")
-        output_dir = str(root / "run")
+        return 0
     if not data_dir:
         raise ConfigError("--data-dir is required (or use --demo to train on generated synthetic meshes).")
     if output_dir is None:
@@ -143,12 +166,14 @@ def main(
     setup_logging(
         Path(output_dir) / "logs", filename="training_{timestamp}.log", level="DEBUG" if verbose else "INFO"
     )
-    from dtgcnn.trainer import train
+    from dtgcnn.trainer import resume_command, train
 
     if demo:
         demo_data(Path(data_dir))
-    result = train(cfg, data_dir, output_dir, resume=resume, stop_after_steps=stop_after_steps)
-    out = result.output_dir
+    result = train(
+        cfg, data_dir, output_dir, resume=checkpoint, resume_state=state, max_steps=stop_after_steps
+    )
+    out = result.run_dir
     click.echo(f"\noutputs in {out}:")
     for rel in (
         "metrics_history.json",
@@ -160,19 +185,21 @@ def main(
     ):
         if (out / rel).exists():
             click.echo(f"  {out / rel}")
-    if result.final_val:
-        v = result.final_val
+    v = result.metrics
+    if "val/accuracy" in v:
         click.echo(
-            f"final validation: accuracy {v['accuracy']:.3f}, recall@1 {v['recall_at_1']:.3f}, "
-            f"ROC-AUC {v['roc_auc']:.3f}"
+            f"last validation: accuracy {v['val/accuracy']:.3f}, recall@1 {v['val/recall_at_1']:.3f}, "
+            f"ROC-AUC {v['val/roc_auc']:.3f}"
         )
     if result.test:
         click.echo(
             f"test (best checkpoint): accuracy {result.test['accuracy']:.3f}, "
             f"recall@1 {result.test['recall_at_1']:.3f}"
         )
-    if result.interrupted:
-        click.echo(f"interrupted: resume with --resume {out / 'checkpoints' / 'last_step.npz'}")
+    if result.test is None and result.checkpoint is not None and (result.interrupted or stop_after_steps):
+        why = f"interrupted by {result.interrupted}" if result.interrupted else result.stop_reason
+        click.echo(f"{why}: resume with {resume_command(data_dir)} --resume {result.checkpoint}")
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
-from common.cli import run_cli
+from common.cli import data_dir_option, output_dir_option, run_cli
 from common.errors import ConfigError
 
 
@@ -50,11 +50,11 @@ def scatter(points: np.ndarray, labels: np.ndarray, title: str, path: Path) -> P
 
 
 def visualize(checkpoint, data_dir, split="val", method="both", output_dir=None) -> list[Path]:
-    from dtgcnn.checkpoints import load_trained
+    from dtgcnn.checkpoints import load_from_checkpoint
     from dtgcnn.data import MeshSplit
     from dtgcnn.engine import evaluate_split
 
-    model, cfg = load_trained(checkpoint)
+    model, cfg = load_from_checkpoint(checkpoint)
     data = MeshSplit(
         data_dir,
         split,
@@ -86,7 +86,7 @@ def _has_umap() -> bool:
 
 @click.command(help=__doc__)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data-dir", "--data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@data_dir_option(required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
 @click.option(
     "--method",
@@ -95,7 +95,7 @@ def _has_umap() -> bool:
     show_default=True,
     help="both = t-SNE, plus UMAP when umap-learn is installed.",
 )
-@click.option("--output-dir", type=click.Path(file_okay=False), help="Default: the run's plots/ folder.")
+@output_dir_option(type=click.Path(file_okay=False), help="Default: the run's plots/ folder.")
 def main(checkpoint, data_dir, split, method, output_dir):
     for path in visualize(checkpoint, data_dir, split, method, output_dir):
         click.echo(f"wrote {path}")
