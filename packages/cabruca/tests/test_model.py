@@ -62,7 +62,7 @@ def test_unknown_backbone_is_a_config_error():
 
 
 def test_param_groups_have_their_own_learning_rates_under_the_schedule():
-    """The seed's transfer-learning example: backbone 1e-5, heads (and decoder) 1e-4, scaled by the schedule."""
+    """Transfer learning: backbone 1e-5, heads (and decoder) 1e-4, scaled by the schedule."""
     cfg = small(
         **{
             "optimizer.param_groups": [{"name": "backbone", "lr": 1e-5}, {"name": "heads", "lr": 1e-4}],

@@ -6,7 +6,7 @@ import pytest
 
 from common.checkpoint import save_checkpoint
 from common.errors import CheckpointError
-from common.resume import find_checkpoint, read_training_checkpoint, saved_config
+from common.resume import find_checkpoint, newest_run, read_training_checkpoint, saved_config
 
 
 def test_last_is_the_newest_checkpoint_of_the_run(tmp_path):
@@ -32,3 +32,14 @@ def test_clear_errors(tmp_path):
         read_training_checkpoint(tmp_path / "weights.ckpt")
     with pytest.raises(CheckpointError, match="no run config"):
         saved_config({"config": None})
+
+
+def test_last_under_a_folder_of_timestamped_runs_is_the_newest_run(tmp_path):
+    for i, run in enumerate(["exp_20260101_000000", "exp_20260102_000000", "other"]):
+        ckpt = tmp_path / run / "checkpoints/last.ckpt"
+        save_checkpoint(ckpt, {"i": i})
+        os.utime(ckpt, ns=((3 - i) * 10**9,) * 2)  # the first run's checkpoint is the newest
+    assert newest_run(tmp_path) == tmp_path / "exp_20260101_000000"
+    assert find_checkpoint("last", tmp_path) == tmp_path / "exp_20260101_000000/checkpoints/last.ckpt"
+    assert newest_run(tmp_path / "other") == tmp_path / "other"
+    assert newest_run(tmp_path / "missing") is None

@@ -135,3 +135,20 @@ def test_rejects_non_numeric_metrics(tmp_path):
         history.log_metrics({"acc": "high"}, step=1)
     with pytest.raises(TypeError, match="'vec'"):
         history.log_metrics({"vec": [1.0, 2.0]}, step=1)
+
+
+def test_a_resume_keeps_exactly_the_rows_logged_before_its_checkpoint(tmp_path):
+    path = tmp_path / "h.json"
+    history = JsonHistory(path)
+    history.log_metrics({"loss": 1.0}, step=4)
+    state = history.state_dict()  # the checkpoint is written here, at step 4
+    history.log_metrics({"lr": 0.1}, step=4)  # logged at the same step after the checkpoint
+    history.log_metrics({"loss": 0.5}, step=5)
+    # killed: the journal has everything; a resume cuts back to the checkpoint by log call, not by step
+    resumed = JsonHistory(path, resume_step=4)
+    resumed.load_state_dict(state)
+    assert "lr" not in resumed.metrics and resumed.series("loss") == [(4, 1.0)]
+    resumed.log_metrics({"lr": 0.1}, step=4)
+    resumed.close()
+    again = JsonHistory(path, resume_step=4)
+    assert again.series("lr") == [(4, 0.1)]

@@ -9,7 +9,6 @@ import torch
 from common.errors import DataError
 from common.seeding import epoch_permutation
 from egnn_com.data import (
-    EpochSampler,
     GraphFileError,
     ThreadPrefetchLoader,
     dataset_stats,
@@ -144,13 +143,16 @@ def test_split_is_seeded_and_disjoint():
         split_indices(1, 0.2, seed=0)
 
 
-def test_sampler_order_is_function_of_seed_and_epoch_and_skips_batches():
-    s = EpochSampler(20, seed=5, shuffle=True, batch_size=4)
+def test_sampler_order_is_function_of_seed_and_epoch_and_skips_batches(tiny_data):
+    graphs = load_dataset(tiny_data).graphs[:20]
+    loader = make_loader(graphs, batch_size=4, train=True, seed=5)
+    s = loader.batch_sampler
     s.set_epoch(3)
-    full = list(s)
+    full = [i for batch in s for i in batch]
     assert full == epoch_permutation(20, 5, 3).tolist()
     s.set_epoch(3, start_batch=2)
-    assert list(s) == full[8:] and len(s) == 12
+    assert [i for batch in s for i in batch] == full[8:] and len(s) == len(loader) == 3
+    assert [b.num_graphs for b in loader] == [4, 4, 4]
 
 
 def _batch_contents(loader):
@@ -159,7 +161,7 @@ def _batch_contents(loader):
 
 def test_loader_settings(tiny_data):
     graphs = load_dataset(tiny_data).graphs
-    # the seed's settings, with worker processes
+    # background loading in persistent worker processes
     train = make_loader(
         graphs,
         batch_size=8,
@@ -170,12 +172,11 @@ def test_loader_settings(tiny_data):
         device=torch.device("cpu"),
         worker_type="process",
     )
-    assert (
-        train.drop_last and train.persistent_workers and train.prefetch_factor == 4 and not train.pin_memory
-    )
+    assert train.batch_sampler.drop_last and train.persistent_workers and train.prefetch_factor == 4
+    assert not train.pin_memory
     assert train.num_workers == 2
     val = make_loader(graphs[:10], batch_size=8, train=False, seed=0)
-    assert not val.drop_last and val.num_workers == 0 and [b.num_graphs for b in val] == [8, 2]
+    assert not val.batch_sampler.drop_last and val.num_workers == 0 and [b.num_graphs for b in val] == [8, 2]
     with pytest.raises(DataError, match="fewer than one batch"):
         make_loader(graphs[:3], batch_size=8, train=True, seed=0)
 
@@ -189,7 +190,19 @@ def test_thread_loader_gives_the_same_batches_from_a_background_thread(tiny_data
     assert "background thread 6 batches ahead" in describe_loader(threaded)
     in_process = make_loader(graphs, num_workers=0, **kw)
     for epoch, start in [(0, 0), (2, 1)]:  # a resumed epoch starts at its saved batch in both
-        threaded.sampler.set_epoch(epoch, start)
-        in_process.sampler.set_epoch(epoch, start)
+        threaded.batch_sampler.set_epoch(epoch, start)
+        in_process.batch_sampler.set_epoch(epoch, start)
         assert _batch_contents(threaded) == _batch_contents(in_process)
     assert len(threaded) == len(in_process)
+
+
+def test_loaders_never_draw_from_the_global_torch_rng(tiny_data):
+    graphs = load_dataset(tiny_data).graphs
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for num_workers in (0, 2):  # in the main process and from the loader thread
+        loader = make_loader(graphs, batch_size=8, train=True, seed=1, num_workers=num_workers)
+        for epoch in range(2):
+            loader.batch_sampler.set_epoch(epoch)
+            list(loader)
+    assert torch.equal(before, torch.get_rng_state())

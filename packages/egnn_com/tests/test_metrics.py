@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from egnn_com.metrics import RegressionMetrics, mae_loss, prefixed
+from egnn_com.metrics import RegressionMetrics, mae_loss
 
 
 def test_metrics_hand_computed():
@@ -40,8 +40,3 @@ def test_epoch_metrics_are_exact_over_uneven_batches_and_survive_state_round_tri
         assert a.compute()["mse_z"] == pytest.approx((3 + 25) / 4)
     acc.reset()
     assert math.isnan(acc.compute()["mae"])
-
-
-def test_prefixed_names_follow_the_seed():
-    assert prefixed({"mae_x": 1.0}, "val") == {"val_mae_x": 1.0}
-    assert prefixed({"loss": 1.0}, "train", "_step") == {"train_loss_step": 1.0}

@@ -4,7 +4,8 @@ import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader as PygDataLoader
 
-from egnn_com.data import EpochSampler, make_loader
+from common.sampler import ResumableSampler
+from egnn_com.data import make_loader
 from egnn_com.packed import PackedGraphs, can_pack
 
 
@@ -51,10 +52,10 @@ def test_packed_collate_equals_pyg_for_random_graph_lists():
 def test_loader_yields_pygs_batches_in_the_same_order():
     graphs = random_graphs(37, with_y=True, seed=3)
     ours = make_loader(graphs, batch_size=8, train=True, seed=4)
-    ours.sampler.set_epoch(2, start_batch=1)
-    sampler = EpochSampler(37, seed=4, shuffle=True, batch_size=8)
+    ours.batch_sampler.set_epoch(2, start_batch=1)
+    sampler = ResumableSampler(37, 8, seed=4)
     sampler.set_epoch(2, start_batch=1)
-    ref = PygDataLoader(graphs, batch_size=8, sampler=sampler, drop_last=True)
+    ref = PygDataLoader(graphs, batch_sampler=sampler)
     assert len(ours) == len(ref) == 3
     for a, b in zip(ours, ref, strict=True):
         assert_same_batch(a, b)

@@ -1,103 +1,155 @@
-"""Exact resume: a run stopped mid-epoch (cleanly, or "killed" after a periodic step checkpoint) and resumed
-ends with the same weights and the same metrics history as an uninterrupted run (CPU, deterministic ops)."""
+"""Exact resume on the shared loop: a run stopped by SIGINT/SIGTERM (in-process) or SIGKILL (a real process,
+three times) and resumed ends bit-identical to an uninterrupted run: weights, optimizer state, RNG states and
+the whole metrics history (CPU, one thread, deterministic ops)."""
 
-import json
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
 
 import pytest
-import torch
 
 from common.checkpoint import load_checkpoint
 from common.cli import run_cli
 from common.config import load_config
+from common.resume import read_training_checkpoint
+from common.testing import assert_trees_equal, history_series
 from egnn_com import train as train_cli
 from egnn_com.config import EgnnComConfig
-from egnn_com.engine import StopTraining
 from egnn_com.pipeline import run_training
-from egnn_com.resume import load_resume_state
 
-# 32 train graphs / batch 8 = 4 steps per epoch, 3 epochs = 12 steps
+# 32 train graphs / batch 4 = 8 micro-batches per epoch, 2 per optimizer step: 4 steps per epoch, 12 in all
 BASE = [
-    "data.batch_size=8",
+    "data.batch_size=4",
     "data.num_workers=0",
+    "optim.accumulate_grad_batches=2",
     "model.hidden_dim=16",
     "model.num_layers=2",
     "logging.tensorboard=false",
     "train.max_epochs=3",
+    "train.num_threads=1",
+    "train.save_every_n_steps=2",
     "optim.lr=0.01",
     "optim.schedule.patience=0",
 ]
 
 
-def cfg_for(tmp_path, data, name, model, *extra):
-    cfg = load_config(EgnnComConfig, overrides=[*BASE, f"model.name={model}", *extra])
-    cfg.data.data_dir, cfg.train.output_dir = str(data), str(tmp_path / name)
-    return cfg
+def reference_run(tmp_path, data, model: str):
+    cfg = load_config(EgnnComConfig, overrides=[*BASE, f"model.name={model}"])
+    cfg.data.data_dir, cfg.train.output_dir = str(data), str(tmp_path / "reference")
+    return run_training(cfg).run_dir
 
 
-def final_state(out):
-    return load_checkpoint(out.checkpoint_dir / "last.ckpt")
+def cli_args(run_dir, data, model: str, *extra: str) -> list[str]:
+    return ["--data_dir", str(data), "--output_dir", str(run_dir), *BASE, f"model.name={model}", *extra]
 
 
-def metric_values(history_path):
-    """{name: [(step, value), ...]} without wall-clock times."""
-    metrics = json.loads(history_path.read_text())["metrics"]
-    skip = ("epoch_time_s", "data_wait_share", "memory_rss_peak_mb")
-    return {k: [(p["step"], p["value"]) for p in v] for k, v in metrics.items() if k not in skip}
-
-
-def assert_same_run(a, b):
-    sa, sb = final_state(a), final_state(b)
-    for key, value in sa["model"].items():
-        assert (value == sb["model"][key]).all(), key
-    assert sa["schedule"] == sb["schedule"] and sa["global_step"] == sb["global_step"] == 12
-    assert metric_values(a.history) == metric_values(b.history)
-
-
-@pytest.mark.parametrize("model", ["gcn", "egnn"])  # gcn: dropout draws from the RNG, so RNG state matters
-def test_graceful_stop_mid_epoch_then_resume_is_exact(tmp_path, tiny_data, model):
-    reference = run_training(cfg_for(tmp_path, tiny_data, "ref", model))
-    stopped = run_training(cfg_for(tmp_path, tiny_data, "run", model), stop_hook=lambda step: step == 6)
-    assert stopped.fit.stopped_early and stopped.fit.checkpoint.endswith("last-step.ckpt")
-    state = load_resume_state(stopped.fit.checkpoint)
-    assert (state["epoch"], state["batch_in_epoch"], state["global_step"]) == (1, 2, 6)  # mid-epoch
-    resumed = run_training(cfg_for(tmp_path, tiny_data, "run", model), resume_state=state)
-    assert resumed.run_dir == stopped.run_dir
-    assert_same_run(reference, resumed)
-
-
-def test_crash_after_periodic_checkpoint_then_cli_resume_is_exact(tmp_path, tiny_data):
-    reference = run_training(cfg_for(tmp_path, tiny_data, "ref", "gcn"))
-
-    def crash(step):
-        if step == 7:  # dies without saving anything: only the step-5 checkpoint survives
-            raise StopTraining
-
-    with pytest.raises(StopTraining):
-        # the interrupted run loads in a background thread, the reference in the main process: same batches
-        run_training(
-            cfg_for(tmp_path, tiny_data, "run", "gcn", "train.save_every_n_steps=5", "data.num_workers=2"),
-            stop_hook=crash,
-        )
-    ckpt = tmp_path / "run" / "checkpoints" / "last-step.ckpt"
-    assert load_checkpoint(ckpt)["global_step"] == 5
-    # resume through the CLI: the checkpoint's config is the base, nothing else needs repeating
-    run_cli(train_cli.main, ["--ckpt_path", str(ckpt)])
-    resumed_history = tmp_path / "run" / "metrics_history.json"
-    assert metric_values(reference.history) == metric_values(resumed_history)
-    ref_state, res_state = (
-        final_state(reference),
-        load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+def assert_same_run(reference, resumed):
+    final = load_checkpoint(reference / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == 12
+    assert_trees_equal(
+        final, load_checkpoint(resumed / "checkpoints" / "last.ckpt"), skip=("config", "manager")
     )
-    for key, value in ref_state["model"].items():
-        assert torch.equal(torch.from_numpy(value), torch.from_numpy(res_state["model"][key])), key
+    assert history_series(reference / "metrics_history.json") == history_series(
+        resumed / "metrics_history.json"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "model"),
+    [
+        ("SIGINT", 130, "gcn"),
+        ("SIGTERM", 143, "egnn"),
+    ],  # gcn: dropout draws from the RNG, so RNG state matters
+)
+def test_a_signal_saves_a_resumable_checkpoint_and_exits_128_plus_its_number(
+    tmp_path, tiny_data, capsys, name, code, model
+):
+    reference = reference_run(tmp_path, tiny_data, model)
+    run_dir = tmp_path / "run"
+    stop = f"callbacks=[{{class_path: common.testing.SignalAt, init_args: {{step: 5, signal: {name}}}}}]"
+    with pytest.raises(SystemExit) as exc:
+        run_cli(train_cli.main, cli_args(run_dir, tiny_data, model, stop))
+    assert exc.value.code == code
+    err = capsys.readouterr().err
+    assert f"received {name}" in err
+    state = read_training_checkpoint(run_dir / "checkpoints" / "last-step.ckpt")
+    assert (state["epoch"], state["batch_in_epoch"], state["global_step"]) == (1, 2, 5)  # mid-epoch
+    # the resume command the run printed, exactly as printed (the saved config holds the rest)
+    command = re.search(r"resume with: (.+)$", err, re.MULTILINE).group(1)
+    words = shlex.split(command)
+    assert words[:4] == ["python", "-m", "egnn_com.train", "--resume"]
+    run_cli(train_cli.main, words[3:])
+    assert "resumed at epoch 2, batch 2, step 5" in capsys.readouterr().err
+    assert_same_run(reference, run_dir)
+
+
+def train_process(run_dir, data, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "egnn_com.train", *cli_args(run_dir, data, "gcn")]
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    return subprocess.Popen(
+        [*command, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, err = process.communicate(timeout=240)
+    return process.returncode, err
+
+
+def test_sigkill_at_three_random_steps_then_resume_ends_bit_identical(tmp_path, tiny_data):
+    # The reference is a process of its own too: the test process may load another BLAS (the workspace
+    # conftest imports dtgcnn), whose float rounding differs in the last bits.
+    reference, run_dir = tmp_path / "reference", tmp_path / "killed"
+    uninterrupted = train_process(reference, tiny_data)  # runs alongside the first killed run
+    try:
+        kills = sorted(random.Random(7).sample(range(3, 12), 3))  # of the 12 steps; step 2 saves first
+        for i, step in enumerate(kills):
+            kill = f"callbacks=[{{class_path: common.testing.KillAt, init_args: {{step: {step}}}}}]"
+            resume = ["--resume", "last"] if i else []
+            # data.num_workers=2: the killed runs load in a background thread, the reference in the main process
+            code, err = finish(train_process(run_dir, tiny_data, *resume, kill, "data.num_workers=2"))
+            assert code == -signal.SIGKILL, err
+            # KillAt acts before the step's checkpoint: the newest one is from an earlier step
+            newest = max(
+                load_checkpoint(p)["global_step"] for p in (run_dir / "checkpoints").glob("last*.ckpt")
+            )
+            assert step - 2 <= newest < step
+        code, err = finish(train_process(run_dir, tiny_data, "--resume", "last", "callbacks=[]"))
+        assert code == 0, err
+        code, err = finish(uninterrupted)
+        assert code == 0, err
+    finally:
+        if uninterrupted.poll() is None:
+            uninterrupted.kill()
+            uninterrupted.wait()
+    assert_same_run(reference, run_dir)
 
 
 def test_resume_auto_and_bad_checkpoint(tmp_path, tiny_data, capsys):
-    run_training(cfg_for(tmp_path, tiny_data, "run", "egnn", "train.max_epochs=1"))
-    run_cli(train_cli.main, ["--resume", "auto", "--output_dir", str(tmp_path / "run"), "--max_epochs", "2"])
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["epoch"] == 2
+    cfg = load_config(EgnnComConfig, overrides=[*BASE, "model.name=egnn", "train.max_epochs=1"])
+    cfg.data.data_dir, cfg.train.output_dir = str(tiny_data), str(tmp_path / "run")
+    run_training(cfg)
+    # --ckpt_path auto is --resume last; a typed option overrides the saved config
+    run_cli(
+        train_cli.main, ["--ckpt_path", "auto", "--output_dir", str(tmp_path / "run"), "--max_epochs", "2"]
+    )
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert state["epoch"] == 2 and state["global_step"] == 8
+    # a run folder works too
+    run_cli(train_cli.main, ["--resume", str(tmp_path / "run"), "--max-epochs", "3"])
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["epoch"] == 3
+    capsys.readouterr()
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"truncated")
-    with pytest.raises(SystemExit) as exc:
-        run_cli(train_cli.main, ["--ckpt_path", str(bad)])
-    assert exc.value.code == 2 and "bad.ckpt" in capsys.readouterr().err
+    for args, needle in [
+        (["--ckpt_path", str(bad)], "bad.ckpt"),
+        (["--resume", "last"], "--output-dir"),
+        (["--resume", str(tmp_path / "nowhere")], "no such checkpoint"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            run_cli(train_cli.main, args)
+        assert exc.value.code == 2 and needle in capsys.readouterr().err

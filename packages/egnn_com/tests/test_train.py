@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.cli import run_cli
 from common.config import load_config
 from common.errors import DeviceError
@@ -15,6 +15,7 @@ from egnn_com import evaluate as evaluate_cli
 from egnn_com import predict as predict_cli
 from egnn_com import train as train_cli
 from egnn_com.config import EgnnComConfig
+from egnn_com.inference import load_from_checkpoint
 from egnn_com.pipeline import run_training
 
 TINY = [
@@ -41,25 +42,38 @@ def history(path):
     }
 
 
-def test_egnn_loss_falls_and_checkpoints_follow_the_seed(tmp_path, tiny_data):
+def test_egnn_loss_falls_and_checkpoints_keep_their_names(tmp_path, tiny_data):
     out = run_training(tiny_cfg(tmp_path, tiny_data, "model.name=egnn", "train.max_epochs=4"))
     h = history(out.history)
-    train_loss = [v for _, v in h["train_loss"]]
+    train_loss = [v for _, v in h["train/loss"]]
     assert len(train_loss) == 4 and train_loss[-1] < 0.5 * train_loss[0]
-    for key in ("val_mae_x", "val_mse_z", "train_mae_y", "train_loss_step", "learning_rate", "epoch"):
-        assert key in h
-    # top-1 best by val_loss + last.ckpt, named by the seed's template
+    for key in (
+        "val/mae_x",
+        "val/mse_z",
+        "train/mae_y",
+        "train/loss_step",
+        "train/grad_norm_step",
+        "lr",
+        "epoch",
+        "system/epoch_time_s",
+        "system/data_wait_share",
+    ):
+        assert key in h, key
+    assert [v for _, v in h["epoch"]] == [1.0, 2.0, 3.0, 4.0]  # epochs completed
+    assert [s for s, _ in h["val/loss"]] == [4, 8, 12, 16]  # logged at the optimizer step of the epoch end
+    # top-1 best by val/loss + last.ckpt; {epoch} in the name counts completed epochs (from 1)
     files = sorted(p.name for p in out.checkpoint_dir.iterdir())
     best = [f for f in files if f.startswith("best-model-")]
-    val = [v for _, v in h["val_loss"]]
-    best_epoch = min(range(len(val)), key=val.__getitem__)
+    val = [v for _, v in h["val/loss"]]
+    best_epoch = min(range(len(val)), key=val.__getitem__) + 1
     improvements = sum(v < min(val[:i]) for i, v in enumerate(val) if i)
     assert improvements >= 1  # a newer best replaced an older one: only the top 1 is kept
-    assert best == [f"best-model-{best_epoch:02d}-{val[best_epoch]:.3f}.ckpt"] and "last.ckpt" in files
-    assert out.best_checkpoint.name == best[0]
+    assert best == [f"best-model-{best_epoch:02d}-{val[best_epoch - 1]:.3f}.ckpt"] and "last.ckpt" in files
+    assert out.best_checkpoint.name == best[0] and out.checkpoint == out.checkpoint_dir / "last.ckpt"
     state = load_checkpoint(out.checkpoint_dir / "last.ckpt")
-    assert {"model", "optimizer", "schedule", "stepper", "rng", "config", "manager"} <= set(state)
+    assert {"model", "optimizer", "schedule", "stepper", "rng", "config", "manager", "loop"} <= set(state)
     assert state["epoch"] == 4 and state["batch_in_epoch"] == 0 and state["global_step"] == 4 * 4
+    assert (out.epochs_done, out.global_step, out.exit_code, out.interrupted) == (4, 16, 0, None)
     assert (out.run_dir / "config.yaml").exists() and (out.run_dir / "plots" / "training_curves.png").exists()
     assert list((out.run_dir / "logs").glob("training_*.log"))
 
@@ -73,7 +87,7 @@ def test_plateau_schedule_halves_lr(tmp_path, tiny_data):
         "optim.schedule.threshold=10.0",
     )  # no epoch can improve by 1000%: reduce every epoch
     h = history(run_training(cfg).history)
-    lrs = sorted({v for _, v in h["learning_rate"]}, reverse=True)
+    lrs = sorted({v for _, v in h["lr"]}, reverse=True)
     assert lrs == pytest.approx([0.01, 0.005, 0.0025])
 
 
@@ -81,7 +95,7 @@ def test_fast_dev_run_writes_nothing(tmp_path, tiny_data):
     cfg = tiny_cfg(tmp_path, tiny_data, "train.fast_dev_run=2", "model.name=gcn")
     out = run_training(cfg)
     assert out.run_dir is None and out.checkpoint_dir is None and not (tmp_path / "run").exists()
-    assert out.fit.metrics["train_loss"] > 0 and len(out.phases) == 8
+    assert out.metrics["train/loss"] > 0 and len(out.phases) == 8 and out.global_step == 2
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16"])
@@ -96,7 +110,7 @@ def test_bf16_precisions_run_on_cpu(tmp_path, tiny_data, precision):
             "train.device=cpu",
         )
     )
-    assert torch.isfinite(torch.tensor(out.fit.metrics["val_loss"]))
+    assert torch.isfinite(torch.tensor(out.metrics["val/loss"]))
 
 
 def test_16_mixed_is_refused_clearly_on_cpu(tmp_path, tiny_data, capsys):
@@ -105,7 +119,7 @@ def test_16_mixed_is_refused_clearly_on_cpu(tmp_path, tiny_data, capsys):
     )
     with pytest.raises(DeviceError, match="16-mixed"):
         run_training(cfg)
-    with pytest.raises(SystemExit) as exc:  # the seed's production line, on a CPU-only machine
+    with pytest.raises(SystemExit) as exc:  # the documented GPU command line, on a CPU-only machine
         run_cli(
             train_cli.main,
             [
@@ -127,7 +141,7 @@ def test_16_mixed_is_refused_clearly_on_cpu(tmp_path, tiny_data, capsys):
     assert err.startswith("error: ") and "bf16-mixed" in err and "Traceback" not in err
 
 
-def test_seed_command_lines_both_spellings(tmp_path, tiny_data, capsys, monkeypatch):
+def test_documented_command_lines_both_spellings(tmp_path, tiny_data, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small = ["--num_workers", "0", "--hidden_dim", "16", "--num_layers", "2"]
     run_cli(train_cli.main, ["--fast_dev_run", "3", "--debug", "--data_dir", str(tiny_data), *small])
@@ -140,7 +154,7 @@ def test_seed_command_lines_both_spellings(tmp_path, tiny_data, capsys, monkeypa
     assert "startup phases:" in err and "dataset_loading" in err and "model_compilation" in err
     assert "load graph_00000.pt: ok" in err and "parameters" in err and "batch_size=16 num_workers=0" in err
     assert "library imports" in err and "batch 1: data" in err
-    # the seed's custom-configuration line (one short epoch)
+    # the documented custom-configuration line (one short epoch)
     run_cli(
         train_cli.main,
         [
@@ -163,7 +177,7 @@ def test_seed_command_lines_both_spellings(tmp_path, tiny_data, capsys, monkeypa
     names = [p.name for p in (tmp_path / "experiments" / "run_1").iterdir()]
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not (run_dir / "checkpoints").exists() and (run_dir / "metrics_history.json").exists()
-    assert "last.ckpt" in names and any(re.fullmatch(r"best-model-00-\d+\.\d{3}\.ckpt", n) for n in names)
+    assert "last.ckpt" in names and any(re.fullmatch(r"best-model-01-\d+\.\d{3}\.ckpt", n) for n in names)
 
 
 def test_print_config_and_bad_input(tmp_path, capsys, monkeypatch):
@@ -194,11 +208,17 @@ def test_wandb_tags_like_the_seed(capsys):
 def test_evaluate_and_predict_clis(tmp_path, tiny_data, capsys):
     out = run_training(tiny_cfg(tmp_path, tiny_data, "model.name=egnn", "train.max_epochs=1"))
     last = out.checkpoint_dir / "last.ckpt"
+    model, cfg = load_from_checkpoint(last)
+    assert not model.training and cfg.model.name == "egnn" and model.in_features == 5
+    state = load_checkpoint(last)
+    del state["num_features"]  # a checkpoint that does not record the width: read from the weights
+    save_checkpoint(tmp_path / "old.ckpt", state)
+    assert load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu")[0].in_features == 5
     run_cli(evaluate_cli.main, ["--checkpoint", str(last), "--output", str(tmp_path / "m.json")])
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["split"] == "val" and result["num_graphs"] == 8
     # oracle: the training run's own validation metrics for the same weights
-    assert result["metrics"]["mae_z"] == pytest.approx(out.fit.metrics["val_mae_z"], rel=1e-4)
+    assert result["metrics"]["mae_z"] == pytest.approx(out.metrics["val/mae_z"], rel=1e-4)
     capsys.readouterr()
     unlabelled = tmp_path / "new.pt"  # a graph without target: predicted, no error columns
     raw = torch.load(tiny_data / "graph_00001.pt", weights_only=True)
@@ -210,29 +230,19 @@ def test_evaluate_and_predict_clis(tmp_path, tiny_data, capsys):
     assert first[-1] != "" and second[0].endswith("new.pt") and second[-4:] == ["", "", "", ""]
 
 
-def test_cuda_warmup_leaves_training_unchanged(tmp_path, tiny_data):
-    from egnn_com import pipeline
-    from egnn_com.engine import cuda_warmup
-
-    captured = {}
-    real_trainer = pipeline.Trainer
-
-    class Spy(real_trainer):
-        def fit(self):
-            before = {k: v.clone() for k, v in self.model.state_dict().items()}
-            rng = torch.get_rng_state()
-            cuda_warmup(self, steps=2)  # runs on CPU too: the logic is device-independent
-            captured["same"] = all(torch.equal(before[k], v) for k, v in self.model.state_dict().items())
-            captured["rng"] = torch.equal(rng, torch.get_rng_state())
-            captured["opt_empty"] = not self.optimizer.state
-            return super().fit()
-
-    pipeline.Trainer = Spy
-    try:
-        run_training(tiny_cfg(tmp_path, tiny_data, "train.fast_dev_run=1"))
-    finally:
-        pipeline.Trainer = real_trainer
-    assert captured == {"same": True, "rng": True, "opt_empty": True}
+def test_accumulation_and_user_callbacks_from_the_config(tmp_path, tiny_data):
+    cfg = tiny_cfg(
+        tmp_path,
+        tiny_data,
+        "train.max_epochs=5",
+        "optim.accumulate_grad_batches=3",  # 4 batches per epoch: steps of 3 and 1 micro-batches
+        # nothing improves by 1e9: early stopping ends the run after the second validation
+        "callbacks=[{class_path: EarlyStopping, init_args: {monitor: val/loss, patience: 1, min_delta: 1.0e+9}}]",
+    )
+    out = run_training(cfg)
+    assert (out.epochs_done, out.global_step, out.stopped_early) == (2, 4, True)
+    assert "early stopping" in out.stop_reason and out.exit_code == 0
+    assert load_checkpoint(out.checkpoint_dir / "last.ckpt")["callbacks"]["EarlyStopping"]["wait"] == 1
 
 
 def test_tensorboard_events_hold_the_epoch_metrics(tmp_path, tiny_data):
@@ -242,9 +252,9 @@ def test_tensorboard_events_hold_the_epoch_metrics(tmp_path, tiny_data):
     acc = EventAccumulator(str(out.run_dir / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    assert {"val_loss", "train_mae_x", "learning_rate"} <= set(tags)
-    tb = [e.value for e in acc.Scalars("val_loss")]
-    assert tb == pytest.approx([v for _, v in history(out.history)["val_loss"]], rel=1e-6)
+    assert {"val/loss", "train/mae_x", "lr", "train/loss_step"} <= set(tags)
+    tb = [e.value for e in acc.Scalars("val/loss")]
+    assert tb == pytest.approx([v for _, v in history(out.history)["val/loss"]], rel=1e-6)
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def test_model_group_selects_each_variant(name):
     )
 
 
-def test_seed_overrides():
+def test_documented_overrides():
     cfg = config_module.load(
         overrides=[
             "model=mae_large",

@@ -1,4 +1,4 @@
-"""Synthetic generator, CSV/HDF5 reading, up-front validation, augmentation, sampler layout."""
+"""Synthetic generator, CSV/HDF5 reading, up-front validation, augmentation, batch layout of the loaders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from common.errors import DataError
-from spectral_mae.data import EpochSampler, SegmentationDataset, read_cube
+from common.sampler import ResumableSampler
+from spectral_mae.data import EpochKeyedBatches, SegmentationDataset, keyed_loader, read_cube
 from spectral_mae.stats import main as stats_main
 from spectral_mae.synthetic import SyntheticSpec, make_cube, write_dataset
 
@@ -120,17 +121,32 @@ def test_missing_stats_file_explains_the_command(tmp_path):
     assert dataset(csv_file).mean.shape == (10,)
 
 
-def test_sampler_ranks_share_the_single_process_global_batches():
+def test_batches_of_the_ranks_share_the_single_process_global_batches():
     n, per_rank, world = 11, 2, 2
-    single = list(EpochSampler(n, batch_size=per_rank * world, seed=3))
-    ranks = [
-        list(EpochSampler(n, batch_size=per_rank, seed=3, num_replicas=world, rank=r)) for r in range(world)
-    ]
-    assert len(single) == 8 and all(len(r) == 4 for r in ranks)  # drop_last: 2 global batches of 4
-    for batch in range(2):
-        global_batch = {i for _, i in single[batch * 4 : (batch + 1) * 4]}
-        union = {i for r in ranks for _, i in r[batch * per_rank : (batch + 1) * per_rank]}
-        assert union == global_batch
-    resumed = EpochSampler(n, batch_size=4, seed=3)
-    resumed.set_start_batch(1)
-    assert list(resumed) == single[4:]
+
+    def keys(batch_size, rank=0, world_size=1, epoch=3, start=0):
+        sampler = ResumableSampler(n, batch_size, seed=3, rank=rank, world_size=world_size)
+        sampler.set_epoch(epoch, start)
+        return list(EpochKeyedBatches(sampler))
+
+    single = keys(per_rank * world)
+    ranks = [keys(per_rank, r, world) for r in range(world)]
+    assert len(single) == 2 and all(len(r) == 2 for r in ranks)  # drop_last: 2 global batches of 4
+    assert all(epoch == 3 for batch in single for epoch, _ in batch)  # keys carry the epoch for the masks
+    for i in range(2):
+        assert {k for r in ranks for k in r[i]} == set(single[i])
+    assert keys(per_rank * world, start=1) == single[1:]  # a resumed epoch starts at its batch index
+
+
+def test_loader_reads_each_epochs_samples_and_leaves_the_global_rng_alone(tiny_data):
+    ds = dataset(tiny_data, num_tokens=32, transform_type="augment_basic")
+    sampler = ResumableSampler(len(ds), 3, seed=0)
+    loader = keyed_loader(ds, sampler)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    sampler.set_epoch(2)
+    (first, second) = list(loader)
+    assert torch.equal(torch.get_rng_state(), before)
+    index = int(second["index"][1])
+    assert torch.equal(second["noise"][1], ds[(2, index)]["noise"])
+    assert torch.equal(second["cube"][1], ds[(2, index)]["cube"])

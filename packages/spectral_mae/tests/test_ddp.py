@@ -1,4 +1,5 @@
-"""Two Gloo processes on CPU (torchrun + train_ddp) end where one process with the same global batch ends."""
+"""Two Gloo processes on CPU (torchrun + train_ddp) end where one process with the same global batch ends,
+with gradient accumulation (the loop's no_sync skips the all-reduce on the first micro-batch of a step)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,16 @@ from spectral_mae.trainer import train
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     override_factory, tmp_path, assert_weights_close
 ):
-    # 6 train samples: global batch 4 -> one step per epoch, two epochs; val has 2 samples (1 per rank).
+    # 6 train samples: global batch 2 -> 3 micro-batches per epoch, 2 per step: steps of 2 and 1 micro-batches,
+    # two epochs; val has 2 samples (1 per rank).
     overrides = override_factory(
-        tmp_path, "hparams.epochs=2", "scheduler.warmup_steps=1", "optimizer.lr=3e-3"
+        tmp_path,
+        "hparams.epochs=2",
+        "hparams.accumulate_grad_batches=2",
+        "scheduler.warmup_steps=1",
+        "optimizer.lr=3e-3",
     )
-    single_cfg = config_module.load("config", overrides=[*overrides, "hparams.batch_size=4"])
+    single_cfg = config_module.load("config", overrides=[*overrides, "hparams.batch_size=2"])
     train(
         single_cfg,
         RunFolder(tmp_path / "single"),
@@ -48,7 +54,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
             "--device",
             "cpu",
             *overrides,
-            "hparams.batch_size=2",
+            "hparams.batch_size=1",
             f"general.run_dir={ddp_dir}",
         ],
         capture_output=True,
@@ -60,14 +66,14 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
 
     single = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.ckpt")
     ddp = load_checkpoint(ddp_dir / "checkpoints" / "last.ckpt")
-    assert single["global_step"] == ddp["global_step"] == 2
+    assert single["global_step"] == ddp["global_step"] == 4
     assert_weights_close(single["model"], ddp["model"], rtol=1e-4, atol=1e-6, lr=3e-3)
     # Only rank 0 wrote: one history, whose all-reduced validation metrics match the single process.
     hist = {
         name: json.loads((folder / "metrics_history.json").read_text())["metrics"]
         for name, folder in (("single", tmp_path / "single"), ("ddp", ddp_dir))
     }
-    for key in ("val/loss", "val/psnr", "val/ssim", "train_epoch/loss"):
+    for key in ("val/loss", "val/psnr", "val/ssim", "train/loss"):
         a = [e["value"] for e in hist["single"][key]]
         b = [e["value"] for e in hist["ddp"][key]]
         np.testing.assert_allclose(b, a, rtol=1e-4, err_msg=key)

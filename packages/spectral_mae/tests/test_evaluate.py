@@ -1,21 +1,30 @@
-"""evaluate_model_dataloader and the evaluate CLI on a trained checkpoint; the bench's FLOP count."""
+"""evaluate_model_dataloader, load_from_checkpoint and the evaluate CLI on a trained checkpoint; the bench's
+FLOP count."""
 
 from __future__ import annotations
 
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from torch.utils.data import DataLoader
 
+from common.checkpoint import load_checkpoint
 from common.runs import RunFolder
+from common.sampler import ResumableSampler
 from spectral_mae.bench import bench_model
-from spectral_mae.data import EpochSampler
 from spectral_mae.evaluate import evaluate_model_dataloader
 from spectral_mae.evaluate import main as evaluate_main
-from spectral_mae.factory import Denormalizer, build_dataset, build_loss_from_config, build_model_from_config
+from spectral_mae.factory import (
+    Denormalizer,
+    build_dataset,
+    build_loss_from_config,
+    build_model_from_config,
+    load_from_checkpoint,
+)
 from spectral_mae.model import build_model
 from spectral_mae.trainer import train
 
@@ -25,9 +34,7 @@ def test_evaluate_model_dataloader_writes_metrics_and_figures(make_config, tmp_p
     model = build_model_from_config(cfg)
     dataset = build_dataset(cfg, "val", augment=False)
     loader = DataLoader(
-        dataset,
-        batch_size=2,
-        sampler=EpochSampler(len(dataset), batch_size=2, seed=0, shuffle=False, drop_last=False),
+        dataset, batch_sampler=ResumableSampler(len(dataset), 2, shuffle=False, drop_last=False)
     )
     out = tmp_path / "eval"
     denorm = Denormalizer(dataset, torch.device("cpu"))
@@ -54,7 +61,23 @@ def test_evaluate_cli_on_a_trained_checkpoint(make_config, tmp_path):
     )
     assert cli.exit_code == 0, cli.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["loss"] == pytest.approx(result.last_val["val/loss"])
+    assert metrics["loss"] == pytest.approx(result.metrics["val/loss"])
+
+
+def test_load_from_checkpoint_gives_the_trained_model_ready_for_inference(make_config, tmp_path):
+    cfg = make_config("hparams.epochs=1", "show_prediction.enabled=false")
+    run = RunFolder(tmp_path / "run")
+    result = train(cfg, run, device=torch.device("cpu"), logger=logging.getLogger("t"))
+    trained = load_checkpoint(result.best_checkpoint)["model"]
+    for path in (result.best_checkpoint, run.path("best_model_weights.ckpt"), run.checkpoints / "last.ckpt"):
+        model, loaded_cfg = load_from_checkpoint(path)
+        assert not model.training and loaded_cfg.model.name == "test_tiny"
+        assert next(model.parameters()).device == torch.device("cpu")
+        for name, value in model.state_dict().items():
+            assert np.array_equal(value.numpy(), trained[name]), name
+        cube = torch.zeros(1, 10, 20, 20)
+        pred, mask = model(cube, torch.rand(1, model.num_patches))
+        assert pred.shape == (1, 32, 125) and mask.shape == (1, 32)
 
 
 def test_bench_counts_the_training_step_flops():

@@ -1,4 +1,4 @@
-"""Model: patchify round trip, masking fraction and order, variants' parameter counts vs the seed's table."""
+"""Model: patchify round trip, masking fraction and order, variants' parameter counts vs the reference table."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_patchify_unpatchify_round_trip_and_layout():
     assert torch.equal(token, imgs[:, 5:10, 10:15, 15:20].reshape(3, -1))
 
 
-def test_seed_geometry_gives_2400_tokens():
+def test_default_geometry_gives_2400_tokens():
     with torch.device("meta"):
         model = build_model("mae_tiny")
     assert model.num_patches == 2400 and model.patch_dim == 25 * 25 * 5

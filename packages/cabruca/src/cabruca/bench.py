@@ -1,9 +1,9 @@
-"""`python -m cabruca.bench`: training and inference speed of the configured model (DESIGN.md's figures).
+"""`python -m cabruca.bench`: training and inference speed of the configured model (the README's figures).
 
 Per tile size (default 256 and 512): training tiles/s, forward ms per batch, peak memory, FLOPs per tile
 (torch.utils.flop_counter over one real step), achieved GFLOP/s and its share of the float32 matmul peak
-timed in the same run. Then the trainer's overhead: the same steps through `Trainer.fit` and through a bare
-loop (same model init, data, optimizer, loss, clipping), compared as a ratio of median step times.
+timed in the same run. Then the trainer's overhead: the same steps through the shared training loop
+(`common.loop.Loop` over cabruca's task) and through a bare loop (same model init, data, optimizer, loss, clipping), compared as a ratio of median step times.
 Timings are medians after warm-up; on a shared machine they are noisy.
 """
 
@@ -20,16 +20,18 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.benchmarking import median_seconds, torch_matmul_peak_gflops
+from common.callbacks import Callback
 from common.cli import run_cli
 from common.devices import describe_device, peak_memory_mb, torch_device
-from common.runs import RunFolder
-from common.trackers import JsonHistory, Trackers
+from common.loop import Loop, Plan
+from common.sampler import ResumableSampler
 
 from . import config as config_mod
-from .data import CabrucaTiles, EpochBatchSampler, collate, load_split, make_loader
-from .engine import Trainer
+from .data import CabrucaTiles, collate, load_split, make_loader
+from .engine import CabrucaTask
 from .losses import MultiTaskLoss
 from .model import build_model
+from .optim import build_lr_schedule
 from .synthetic import generate
 
 
@@ -85,12 +87,31 @@ def bench_tile(cfg, data_dir: Path, tile: int, batch_size: int, device, steps: i
     }
 
 
+class StepTimes(Callback):
+    """Wall seconds between consecutive optimizer-step ends (the first measured from the fit's start)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def on_fit_start(self, loop) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, loop, outputs) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+
 def _trainer_steps(c, data_dir: Path, device, warmup: int) -> list[float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        run = RunFolder(Path(tmp) / "run")
-        trainer = Trainer(c, run, device, trackers=Trackers([JsonHistory(run.path("training_history.json"))]))
-        trainer.fit()
-        return trainer.step_times[warmup:]
+    """One epoch through the shared loop with cabruca's task (step metrics, accumulation bookkeeping, log
+    cadence), without checkpoints or trackers; validation runs after the timed steps."""
+    task = CabrucaTask(c, device)
+    schedule, _ = build_lr_schedule(c, [g["lr"] for g in task.optimizer.param_groups], task.steps_per_epoch)
+    timer = StepTimes()
+    plan = Plan(max_epochs=1, log_every_n_steps=c.training.log_every_n_steps)
+    Loop(task, plan, callbacks=[timer], schedule=schedule).fit()
+    return timer.times[warmup:]
 
 
 def _bare_steps(c, data_dir: Path, device, num_batches: int, warmup: int) -> list[float]:
@@ -100,9 +121,7 @@ def _bare_steps(c, data_dir: Path, device, num_batches: int, warmup: int) -> lis
     opt = torch.optim.AdamW(model.parameters(), lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay)
     loss_fn = MultiTaskLoss(c.loss)
     ds = CabrucaTiles(load_split(data_dir / "train", c.data), c.data, seed=c.seed, train=True)
-    sampler = EpochBatchSampler(
-        len(ds), c.data.batch_size, seed=c.seed, shuffle=True, num_batches=num_batches
-    )
+    sampler = ResumableSampler(len(ds), c.data.batch_size, seed=c.seed, max_batches=num_batches)
     times, last = [], time.perf_counter()
     for batch in make_loader(ds, c.data, sampler):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -122,7 +141,7 @@ def _bare_steps(c, data_dir: Path, device, num_batches: int, warmup: int) -> lis
 def bench_overhead(
     cfg, data_dir: Path, tile: int, batch_size: int, device, steps: int, warmup: int, rounds: int = 2
 ) -> dict:
-    """Median step time through Trainer.fit vs a bare loop over the same model init, data order and math.
+    """Median step time through the shared loop vs a bare loop over the same model init, data order and math.
     The two alternate `rounds` times so that load from other processes hits both alike."""
     c = cfg
     c.data.data_dir, c.data.tile_size, c.data.tile_overlap, c.data.batch_size = (
@@ -225,7 +244,7 @@ def main(
         )
         results["overhead"] = o
         click.echo(
-            f"trainer overhead at tile {overhead_tile}: {o['trainer_step_ms']:.1f} ms/step in Trainer.fit vs "
+            f"trainer overhead at tile {overhead_tile}: {o['trainer_step_ms']:.1f} ms/step in the training loop vs "
             f"{o['bare_step_ms']:.1f} ms/step in a bare loop: {100 * o['overhead_ratio']:+.2f}% per step "
             f"(medians of {o['steps']} steps each, alternating)"
         )

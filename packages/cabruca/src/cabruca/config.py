@@ -1,12 +1,13 @@
 """Typed configuration schema for cabruca, loaded with `common.config.load_config`.
 
-Section and key names follow the seed's YAML (model / data / optimizer / scheduler / training / tracking,
-top-level `device`), so the seed's config files load unchanged.
+Sections: model / data / optimizer / scheduler / loss / postprocess / training / tracking, with `device`,
+`seed` and the user's training-loop `callbacks` at the top level (see the bundled configs/*.yaml).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 SEMANTIC_CLASSES = ["background", "cacao", "shade_tree", "other_tree", "bare_soil", "water"]
 INSTANCE_CLASSES = ["cacao_tree", "shade_tree", "dead_or_other_tree"]
@@ -125,7 +126,7 @@ class TrainingConfig:
     profile: bool = False  # torch profiler over profile_batches
     profile_batches: list[int] = field(
         default_factory=lambda: [10, 20]
-    )  # [first, last] global batch profiled
+    )  # [first, last] optimizer steps profiled (counted from 0 in this process)
     resume_mode: str = "auto"  # auto | continue | weights (see README: progressive training)
 
 
@@ -152,6 +153,8 @@ class CabrucaConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # Extra training-loop callbacks: class paths or {class_path, init_args} (common.callbacks.build_callbacks)
+    callbacks: list[Any] = field(default_factory=list)
 
 
 def load(source=None, *, cli=None, overrides=()) -> CabrucaConfig:
@@ -207,8 +210,8 @@ def load(source=None, *, cli=None, overrides=()) -> CabrucaConfig:
 
 
 def resolve_source(source: str | None) -> str | None:
-    """The seed writes `--config configs/training_config.yaml`; when no such file exists here, that means
-    the config of that name bundled in cabruca/configs/."""
+    """`--config configs/training_config.yaml` with no such file in the current folder means the config of
+    that name bundled in cabruca/configs/."""
     from pathlib import Path
 
     if source is None:

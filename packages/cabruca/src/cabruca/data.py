@@ -25,7 +25,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from common.errors import DataError
-from common.seeding import epoch_permutation, sample_rng
+from common.sampler import ResumableSampler
+from common.seeding import sample_rng
 
 from .augment import augment
 from .config import DataConfig
@@ -276,36 +277,37 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Batches of (index, epoch) in the order epoch_permutation(n, seed, epoch) (or 0..n-1 when not shuffled),
-    starting at batch `start_batch` (mid-epoch resume skips by index, replaying nothing)."""
+class TileBatches:
+    """A `ResumableSampler`'s batches as (tile index, epoch) pairs, the items `CabrucaTiles` takes, so each
+    tile's augmentation is `sample_rng(seed, epoch, index)` in any worker process. Use it as a DataLoader's
+    `batch_sampler`; `sampler.set_epoch(epoch, start_batch)` chooses the epoch and where it starts."""
 
-    def __init__(self, n: int, batch_size: int, *, seed: int, shuffle: bool, num_batches: int | None = None):
-        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
-        full = -(-n // batch_size)
-        self.num_batches = full if num_batches is None else min(num_batches, full)
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    def __init__(self, sampler: ResumableSampler):
+        self.sampler = sampler
 
     def __len__(self) -> int:
-        return self.num_batches - self.start_batch
+        return len(self.sampler)
 
     def __iter__(self):
-        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
-        for b in range(self.start_batch, self.num_batches):
-            yield [(int(i), self.epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+        epoch = self.sampler.epoch
+        for batch in self.sampler:
+            yield [(i, epoch) for i in batch]
 
 
 def make_loader(
-    dataset: CabrucaTiles, cfg: DataConfig, sampler: EpochBatchSampler
+    dataset: CabrucaTiles, cfg: DataConfig, sampler: ResumableSampler
 ) -> torch.utils.data.DataLoader:
+    """Batches of `dataset` in the order of `sampler` (its epoch and start batch), collated for the model.
+
+    The loader has its own `generator`: iterating a DataLoader draws a seed for its workers, which would
+    otherwise come from torch's global RNG and leave a resumed run's RNG state one draw off an uninterrupted
+    run's. Augmentation never uses that seed (it is `sample_rng(seed, epoch, index)`)."""
     return torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=sampler,
+        batch_sampler=TileBatches(sampler),
         collate_fn=collate,
         num_workers=cfg.num_workers,
         pin_memory=cfg.pin_memory,
         persistent_workers=False,
+        generator=torch.Generator(),
     )

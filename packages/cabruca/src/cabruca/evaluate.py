@@ -16,18 +16,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.checkpoint import load_checkpoint
 from common.cli import run_cli
 from common.devices import peak_memory_mb, torch_device
-from common.errors import CheckpointError
-from common.torch_support import restore_training_state
+from common.sampler import ResumableSampler
 
-from . import config as config_mod
-from .data import CabrucaTiles, EpochBatchSampler, load_split, make_loader
-from .engine import update_evaluator
+from .data import CabrucaTiles, load_split, make_loader
+from .engine import load_from_checkpoint, update_evaluator
 from .losses import MultiTaskLoss
 from .metrics import Evaluator
-from .model import CabrucaNet
 from .postprocess import Instance, instances_from_ids
 from .targets import crown_boundaries
 
@@ -54,17 +50,6 @@ def overlay(image: np.ndarray, semantic: np.ndarray, instances: list[Instance]) 
     return out.clip(0, 255).astype(np.uint8)
 
 
-def model_from_checkpoint(path: str | Path, device) -> tuple[CabrucaNet, config_mod.CabrucaConfig]:
-    state = load_checkpoint(path)
-    if "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path} is not a cabruca training checkpoint (it lacks the model or config).")
-    cfg = config_mod.from_dict(state["config"])
-    cfg.model.pretrained = False  # the checkpoint holds every weight: never download
-    model = CabrucaNet(cfg.model)
-    restore_training_state({"model": state["model"], "optimizer": None}, model, None)
-    return model.to(device).eval(), cfg
-
-
 @torch.no_grad()
 def evaluate_checkpoint(
     checkpoint,
@@ -77,11 +62,11 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
 ) -> Path:
     dev = torch_device(device)
-    model, cfg = model_from_checkpoint(checkpoint, dev)
+    model, cfg = load_from_checkpoint(checkpoint, dev)
     out_dir = Path(out_dir or Path(checkpoint).resolve().parent.parent / "evaluation")
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     tiles = CabrucaTiles(load_split(Path(data_dir) / split, cfg.data), cfg.data, seed=cfg.seed, train=False)
-    sampler = EpochBatchSampler(len(tiles), batch_size or cfg.data.batch_size, seed=cfg.seed, shuffle=False)
+    sampler = ResumableSampler(len(tiles), batch_size or cfg.data.batch_size, shuffle=False, drop_last=False)
     loss_fn = MultiTaskLoss(cfg.loss)
     ev = Evaluator(cfg.data.semantic_classes, cfg.data.instance_classes, cfg.data.instance_semantic_ids)
     loss_sum, n, written, forward_s = {}, 0, 0, 0.0

@@ -46,7 +46,7 @@ def build_optimizer(model, cfg: CabrucaConfig) -> tuple[torch.optim.Optimizer, l
 def build_lr_schedule(
     cfg: CabrucaConfig, base_lrs: list[float], steps_per_epoch: int
 ) -> tuple[Schedule, str]:
-    """The seed's scheduler section translated to common's ScheduleConfig. Returns (schedule, interval):
+    """The `scheduler` config section translated to common's ScheduleConfig. Returns (schedule, interval):
     onecycle steps per optimizer step, every other schedule per epoch (plateau reads the monitored metric)."""
     sc, epochs = cfg.scheduler, cfg.training.num_epochs
     kind = {"none": "constant", "warm_restarts": "cosine_restarts"}.get(sc.type, sc.type)

@@ -1,30 +1,60 @@
-"""`python -m cabruca.train`: train the multi-task cabruca model (the seed's train.py command line).
+"""`python -m cabruca.train`: train the multi-task cabruca model on the shared training loop.
 
-python -m cabruca.train --config configs/training_config.yaml [--device cpu|cuda|mps] [--resume CKPT]
+python -m cabruca.train --config configs/training_config.yaml [--device cpu|cuda|mps] [--resume last|RUN|CKPT]
     [--use-mlflow] [--use-wandb] [--lr 1e-3] [--batch-size 8] [--epochs 50] [--grad-accum 4]
     [--experiment-name NAME] [--mixed-precision] [--compile] [key.sub=value ...]
 python -m cabruca.train --demo
+
+The run is `common.loop.Loop` over a `cabruca.engine.CabrucaTask` with the common callbacks (trackers, LR
+monitor, early stopping, progress, checkpoints under cabruca's file names), cabruca's own (system metrics,
+cache emptying, curves plot, profiler) and the user's from the config's `callbacks` list.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
+from common.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    TrackerLogger,
+    build_callbacks,
+)
 from common.checkpoint import load_checkpoint
-from common.cli import run_cli, typed_options
+from common.cli import (
+    config_option,
+    data_dir_option,
+    device_option,
+    output_dir_option,
+    resume_option,
+    run_cli,
+    seed_option,
+    typed_options,
+)
 from common.config import config_to_dict, dump_config, save_config
 from common.devices import describe_device, torch_device
 from common.errors import CheckpointError, DeviceError
 from common.logs import setup_logging
+from common.loop import FitResult, Loop, Plan
+from common.resume import find_checkpoint, read_training_checkpoint, saved_config
 from common.runs import RunFolder
 from common.trackers import build_trackers
 
 from . import config as config_mod
+from .callbacks import EmptyCache, HistoryPlot, SystemMetrics
 from .config import CabrucaConfig
-from .engine import HISTORY_FILE, FitResult, Trainer
+from .engine import HISTORY_FILE, CabrucaTask
+from .optim import build_lr_schedule
+from .profiling import BatchProfiler
+
+COMMAND = "python -m cabruca.train"  # how a run is started: the resume hint a stopped run logs starts with it
 
 OPTION_KEYS = {
     "lr": "optimizer.lr",
@@ -66,32 +96,56 @@ def resume_plan(state: dict, cfg: CabrucaConfig) -> tuple[str, str]:
     return "continue", "same experiment, tile size and optimizer as the checkpoint's run"
 
 
+def read_resume_checkpoint(path: str | Path) -> dict:
+    """A checkpoint to continue (loop state, config, RNG) or, failing that, one whose weights can start a new
+    run (a weights-only file, or one written before the shared training loop)."""
+    try:
+        return read_training_checkpoint(path)
+    except CheckpointError:
+        state = load_checkpoint(path)  # a damaged file raises its own, clearer error here
+        if "model" not in state:
+            raise CheckpointError(
+                f"{path} is not a cabruca training checkpoint (no model weights)."
+            ) from None
+        return state
+
+
 def train(
     cfg: CabrucaConfig,
     *,
-    resume: str | None = None,
-    stop_after_steps: int | None = None,
+    resume: str | Path | None = None,
+    state: dict | None = None,
+    callbacks: Sequence[Any] = (),
     logger: logging.Logger | None = None,
 ) -> FitResult:
-    """Run folder, logging, trackers, Trainer; also the library entry point the tests use."""
+    """Run folder, logging, trackers, the task and the loop; the library entry point the tests use.
+
+    `resume`: a checkpoint file (its state already read may be passed as `state`); `resume_plan` decides
+    between continuing that run exactly and a warm start. `callbacks` are added to the config's."""
     device = torch_device(cfg.device)
-    if cfg.training.mixed_precision and device.type != "cuda":
+    t = cfg.training
+    if t.mixed_precision and device.type != "cuda":
         raise DeviceError(
             f"--mixed-precision (float16 autocast with a GradScaler) needs a CUDA device; this run is on "
             f"{device.type}. Drop the option, or train with --device cuda on a machine with a GPU."
         )
-    state, mode, why = None, None, ""
-    if resume:
-        state = load_checkpoint(resume)
-        if "model" not in state:
-            raise CheckpointError(f"{resume} is not a cabruca training checkpoint (no model state).")
+    mode, why = None, ""
+    if resume is not None:
+        state = read_resume_checkpoint(resume) if state is None else state
         mode, why = resume_plan(state, cfg)
+        missing = [k for k in ("loop", "rng") if k not in state]
+        if mode == "continue" and missing:
+            raise CheckpointError(
+                f"{resume} cannot continue its run exactly: it has no {', '.join(missing)} state (a weights-only "
+                "checkpoint, or one written before the shared training loop). Start a new run from its "
+                "weights with training.resume_mode=weights."
+            )
     if mode == "continue":
         run = RunFolder(Path(resume).resolve().parent.parent)  # <run>/checkpoints/<file>
     else:
         run = RunFolder.timestamped(cfg.output_dir, cfg.experiment_name)
-    log = setup_logging(run.logs, level="INFO")
-    if resume:
+    log = logger or setup_logging(run.logs, level="INFO")
+    if resume is not None:
         log.info(
             "resuming from %s: %s (%s)",
             resume,
@@ -100,40 +154,98 @@ def train(
         )
     log.info("run folder %s; device %s", run.root, describe_device(device))
     save_config(cfg, run.path("config.yaml"))
-    t = cfg.tracking
+    tr = cfg.tracking
     trackers = build_trackers(
         run,
         history_file=HISTORY_FILE,
-        tensorboard=t.tensorboard,
-        mlflow={"experiment": t.project, "run_name": run.root.name, "tags": {k: "" for k in t.tags}}
-        if t.mlflow
+        tensorboard=tr.tensorboard,
+        mlflow={"experiment": tr.project, "run_name": run.root.name, "tags": {k: "" for k in tr.tags}}
+        if tr.mlflow
         else None,
         wandb={
-            "project": t.project,
+            "project": tr.project,
             "name": run.root.name,
-            "tags": tuple(t.tags),
+            "tags": tuple(tr.tags),
             "config": config_to_dict(cfg),
         }
-        if t.wandb
+        if tr.wandb
         else None,
         resume_step=int(state["global_step"]) if mode == "continue" else None,
         logger=log,
     )
-    trainer = Trainer(
-        cfg,
-        run,
-        device,
-        trackers=trackers,
-        logger=log,
-        resume_state=state if mode == "continue" else None,
-        init_weights=state["model"] if mode == "weights" else None,
-    )
-    result = trainer.fit(stop_after_steps=stop_after_steps)
-    log.info("finished at epoch %d, step %d; outputs in %s", result.epochs_done, result.global_step, run.root)
+    try:
+        task = CabrucaTask(cfg, device, init_weights=state["model"] if mode == "weights" else None)
+        trackers.log_params(config_to_dict(cfg))
+        schedule, interval = build_lr_schedule(
+            cfg, [g["lr"] for g in task.optimizer.param_groups], task.steps_per_epoch
+        )
+        plan = Plan(
+            max_epochs=t.num_epochs,
+            accumulate=t.gradient_accumulation_steps,
+            log_every_n_steps=t.log_every_n_steps,
+            val_every_n_epochs=1,
+            schedule_interval=interval,
+            schedule_monitor=t.monitor_metric,
+        )
+        loop = Loop(
+            task,
+            plan,
+            callbacks=[*loop_callbacks(cfg, run, task, trackers, log), *callbacks],
+            schedule=schedule,
+            resume=state if mode == "continue" else None,
+            command=COMMAND,
+        )
+        result = loop.fit()
+    finally:
+        trackers.close()
+    result.run_dir = run.root
+    if result.interrupted:
+        log.info("stopped by %s at step %d; outputs in %s", result.interrupted, result.global_step, run.root)
+    else:
+        log.info(
+            "finished at epoch %d, step %d; outputs in %s", result.epochs_done, result.global_step, run.root
+        )
     return result
 
 
-def run_demo(output_dir: str, device: str, extra_overrides: tuple[str, ...]) -> None:
+def loop_callbacks(cfg: CabrucaConfig, run: RunFolder, task: CabrucaTask, trackers, log) -> list:
+    """The run's callbacks, in order: cabruca's system metrics (logged before the trackers' epoch flush),
+    trackers, LR, early stopping, progress, the curves plot (after the flush), the optional cache emptying and
+    profiler, the config's `callbacks`, and the checkpoints (which the loop always runs last)."""
+    t = cfg.training
+    mode = "min" if t.minimize_metric else "max"
+    callbacks = [
+        SystemMetrics(log),
+        TrackerLogger(trackers),
+        LearningRateMonitor(logging_interval="step", names=task.group_names),
+        EarlyStopping(t.monitor_metric, patience=t.early_stopping_patience or 10**9, mode=mode),
+        ProgressBar(),
+        HistoryPlot(run.path(HISTORY_FILE), run.plots / "training_curves.png", log),
+    ]
+    if t.empty_cache_freq:
+        callbacks.append(EmptyCache(t.empty_cache_freq))
+    if t.profile:
+        callbacks.append(BatchProfiler(t.profile_batches, run.path("profiler"), log))
+    callbacks += build_callbacks(cfg.callbacks)
+    # checkpoint_latest.pth is both the epoch-end "last" file and the mid-epoch step file, so it is always the
+    # newest state and `--resume .../checkpoint_latest.pth` (or `--resume last`) continues exactly.
+    callbacks.append(
+        ModelCheckpoint(
+            run.checkpoints,
+            filename="checkpoint_best.pth",
+            monitor=t.monitor_metric,
+            mode=mode,
+            save_last="checkpoint_latest.pth",
+            every_n_epochs=t.checkpoint_every_n_epochs or None,
+            periodic="checkpoint_epoch_{epoch}.pth",
+            every_n_steps=t.save_every_n_steps,
+            step_file="checkpoint_latest.pth",
+        )
+    )
+    return callbacks
+
+
+def run_demo(output_dir: str, device: str, extra_overrides: tuple[str, ...]) -> int:
     """Synthetic scenes, light config, a short run, evaluation, and where everything is."""
     from .evaluate import evaluate_checkpoint
     from .synthetic import generate
@@ -161,6 +273,8 @@ def run_demo(output_dir: str, device: str, extra_overrides: tuple[str, ...]) -> 
         overrides=extra_overrides,
     )
     result = train(cfg)
+    if result.interrupted:
+        return result.exit_code
     best = result.run_dir / "checkpoints" / "checkpoint_best.pth"
     report = evaluate_checkpoint(
         best if best.exists() else result.run_dir / "checkpoints" / "checkpoint_latest.pth",
@@ -181,62 +295,77 @@ def run_demo(output_dir: str, device: str, extra_overrides: tuple[str, ...]) -> 
                 f"  evaluation:      {report}",
                 f"  TensorBoard:     tensorboard --logdir {result.run_dir / 'tensorboard'}",
                 f"  dashboard:       python -m cabruca.monitor --runs-dir {Path(output_dir)}",
-                f"  continue:        python -m cabruca.train --config {result.run_dir / 'config.yaml'} "
-                f"--resume {result.run_dir / 'checkpoints' / 'checkpoint_latest.pth'} --epochs 12",
+                f"  continue:        {COMMAND} --resume {result.run_dir} --epochs 12",
             ]
         )
     )
+    return 0
+
+
+def _option(dashed: str, **kw):
+    """A click option spelled with dashes that also accepts underscores (--batch-size, --batch_size)."""
+    underscored = "--" + dashed[2:].replace("-", "_")
+    names = (dashed, underscored) if underscored != dashed else (dashed,)
+    return click.option(*names, **kw)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": False})
-@click.option(
-    "--config",
-    "config_source",
+@config_option(
+    "cabruca",
     default=None,
-    help="YAML path or bundled config name (training_config, training_config_light). "
-    "Default: training_config.",
+    help="YAML path or bundled config name (training_config, training_config_light). Default: "
+    "training_config, or the checkpoint's own config with --resume.",
 )
-@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N | mps.")
-@click.option(
-    "--resume", type=click.Path(dir_okay=False), help="Checkpoint to continue (or warm-start) from."
+@device_option(type=str)
+@resume_option(
+    help="Continue a run: 'last' (the newest checkpoint under --output-dir), a run folder or a checkpoint "
+    "file. It uses the run's saved config; options typed beside it override it. A changed experiment name, "
+    "tile size or optimizer starts a new run from the checkpoint's weights instead (progressive training)."
 )
-@click.option(
+@_option(
     "--use-mlflow",
     is_flag=True,
     help="Also log to MLflow (mlruns/ in the run folder or MLFLOW_TRACKING_URI).",
 )
-@click.option(
-    "--use-wandb", is_flag=True, help="Also log to Weights & Biases (offline without WANDB_API_KEY)."
-)
-@click.option("--lr", type=float, help="optimizer.lr.")
-@click.option("--batch-size", type=int, help="data.batch_size.")
-@click.option("--epochs", type=int, help="training.num_epochs.")
-@click.option("--grad-accum", type=int, help="training.gradient_accumulation_steps.")
-@click.option("--experiment-name", type=str, help="Run folder prefix: <output-dir>/<name>_<timestamp>.")
-@click.option("--mixed-precision", is_flag=True, help="float16 autocast + GradScaler (CUDA only).")
-@click.option("--compile", is_flag=True, help="torch.compile the model.")
-@click.option("--data-dir", type=str, help="data.data_dir (holds train/ and val/).")
-@click.option("--output-dir", type=str, help="Parent folder of run folders (default outputs).")
-@click.option("--tile-size", type=int, help="data.tile_size.")
-@click.option("--num-workers", type=int, help="data.num_workers.")
-@click.option("--seed", type=int, help="Seed for data order, augmentation and initialisation.")
-@click.option(
-    "--demo", is_flag=True, help="Synthetic data + light config: a two-minute CPU run, then evaluation."
-)
-@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+@_option("--use-wandb", is_flag=True, help="Also log to Weights & Biases (offline without WANDB_API_KEY).")
+@_option("--lr", type=float, help="optimizer.lr.")
+@_option("--batch-size", type=int, help="data.batch_size.")
+@_option("--epochs", type=int, help="training.num_epochs.")
+@_option("--grad-accum", type=int, help="training.gradient_accumulation_steps.")
+@_option("--experiment-name", type=str, help="Run folder prefix: <output-dir>/<name>_<timestamp>.")
+@_option("--mixed-precision", is_flag=True, help="float16 autocast + GradScaler (CUDA only).")
+@_option("--compile", is_flag=True, help="torch.compile the model.")
+@data_dir_option(type=str, help="data.data_dir (holds train/ and val/).")
+@output_dir_option(type=str, help="Parent folder of run folders (default outputs).")
+@_option("--tile-size", type=int, help="data.tile_size.")
+@_option("--num-workers", type=int, help="data.num_workers.")
+@seed_option(help="Seed for data order, augmentation and initialisation.")
+@_option("--demo", is_flag=True, help="Synthetic data + light config: a two-minute CPU run, then evaluation.")
+@_option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.argument("overrides", nargs=-1)
 @click.pass_context
-def main(ctx, config_source, resume, demo, print_config, overrides, **_):
-    """Train cabruca's multi-task segmentation model. Trailing key.sub=value arguments override the config."""
-    cli = typed_options(ctx, {name: key for name, key in OPTION_KEYS.items()})
+def main(ctx, config, resume, demo, print_config, overrides, **_):
+    """Train cabruca's multi-task segmentation model. Trailing key.sub=value arguments override the config.
+
+    Exits 0 when training finished, 130 after SIGINT (Ctrl+C) and 143 after SIGTERM; a stopped run has saved
+    its state and logged the command that resumes it."""
+    cli = typed_options(ctx, dict(OPTION_KEYS))
     if demo:
-        run_demo(cli.pop("output_dir", "outputs"), cli.pop("device", "auto"), overrides)
-        return
-    cfg = config_mod.load(config_mod.resolve_source(config_source), cli=cli, overrides=overrides)
+        return run_demo(cli.pop("output_dir", "outputs"), cli.pop("device", "auto"), overrides)
+    source, state, checkpoint = config_mod.resolve_source(config), None, None
+    if resume:
+        output_dir = cli.get("output_dir")
+        if output_dir is None:  # --resume last: the output folder the config (with its overrides) names
+            output_dir = config_mod.load(source, cli=cli, overrides=overrides).output_dir
+        checkpoint = find_checkpoint(resume, output_dir)  # 'last': the newest run under output_dir
+        state = read_resume_checkpoint(checkpoint)
+        if config is None and isinstance(state.get("config"), dict):
+            source = saved_config(state)
+    cfg = config_mod.load(source, cli=cli, overrides=overrides)
     if print_config:
         click.echo(dump_config(cfg))
-        return
-    train(cfg, resume=resume)
+        return 0
+    return train(cfg, resume=checkpoint, state=state).exit_code
 
 
 def cli() -> None:

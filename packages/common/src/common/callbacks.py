@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import early_stopping
 from common.checkpoint import CheckpointManager
+from common.distributed import is_main_process
 from common.errors import ConfigError
 from common.progress import stderr_is_terminal
 
@@ -187,6 +188,7 @@ class ModelCheckpoint(Callback):
       `save_top_k=-1` keeps every one;
     - `every_n_epochs` + `periodic`: one more file every N epochs, never deleted;
     - `every_n_steps`: mid-epoch state to `step_file` (also written when a signal stops the run).
+    In a multi-process run only rank 0 writes (every rank holds the same weights).
     Templates take {epoch} (1 for the first epoch, as shown to people), {step} and the metrics ("/" -> "_").
     """
 
@@ -246,12 +248,16 @@ class ModelCheckpoint(Callback):
             self.save_step(loop)
 
     def on_train_epoch_end(self, loop: Loop, metrics: dict[str, float]) -> None:
+        if not is_main_process():
+            return
         written = self.manager.save(loop.checkpoint_state(), epoch=loop.pos.epoch + 1, metrics=metrics)
         if written:
             loop.last_checkpoint = self.manager.last_path or written[0]
 
-    def save_step(self, loop: Loop) -> Path:
-        """Write the current state to the step file now (cadence, a signal, max_steps)."""
+    def save_step(self, loop: Loop) -> Path | None:
+        """Write the current state to the step file now (cadence, a signal, max_steps); rank 0 only."""
+        if not is_main_process():
+            return None
         path = self.manager.save_step(loop.checkpoint_state(), epoch=loop.pos.epoch + 1, step=loop.pos.step)
         loop.last_checkpoint = path
         return path
@@ -365,7 +371,10 @@ class ProgressBar(Callback):
 
 
 class TrackerLogger(Callback):
-    """Sends every logged row to the trackers (JSON history, TensorBoard, MLflow, W&B) at the loop's step."""
+    """Sends every logged row to the trackers (JSON history, TensorBoard, MLflow, W&B) at the loop's step.
+
+    Its checkpointed state is the JSON history's log-call count: a resumed run cuts the history back to
+    exactly the rows logged before its checkpoint."""
 
     def __init__(self, trackers: Trackers) -> None:
         self.trackers = trackers
@@ -381,6 +390,15 @@ class TrackerLogger(Callback):
 
     def on_exception(self, loop: Loop, exception: BaseException) -> None:
         self.trackers.flush()
+
+    def state_dict(self) -> dict | None:
+        history = self.trackers.history
+        return history.state_dict() if history is not None else None
+
+    def load_state_dict(self, state: dict) -> None:
+        history = self.trackers.history
+        if history is not None:
+            history.load_state_dict(state)
 
 
 # The callbacks a config may name by their short name.

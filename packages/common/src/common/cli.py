@@ -128,10 +128,10 @@ def device_option(choices: str = "auto | cpu | cuda | cuda:N | mps", **kw):
     return _option("--device", "device", f"Device: {choices}.", kw)
 
 
-def precision_option(choices: Sequence[str] = ("32", "16", "bf16", "16-mixed", "bf16-mixed"), **kw):
-    """--precision: numeric precision (`common.torch_support.parse_precision` for torch)."""
-    kw.setdefault("type", click.Choice(list(choices)))
-    return _option("--precision", "precision", "Numeric precision.", kw)
+def precision_option(choices: str = "32 | 16 | bf16 | 16-mixed | bf16-mixed", **kw):
+    """--precision: numeric precision, validated where it is used (`common.torch_support.parse_precision`
+    for torch, which also takes aliases such as 32-true or fp16), so a refusal can say what the device lacks."""
+    return _option("--precision", "precision", f"Numeric precision: {choices}.", kw)
 
 
 def seed_option(**kw):

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from common.checkpoint import load_checkpoint
+from common.distributed import get_world_size, is_main_process
 from common.errors import CheckpointError, ConfigError
 from common.schedules import ConstantSchedule, ReduceOnPlateauSchedule, Schedule, WarmupSchedule
 from common.seeding import capture_rng_state, restore_rng_state
@@ -198,6 +199,7 @@ class Loop:
         self._step_sums: dict[str, float] = {}  # micro-batch metric sums of the step in progress
         self._step_micro = 0
         self._epoch_done = False  # between the end of an epoch and the start of the next
+        self._signal: str | None = None  # the signal that stops the run (seen by any process)
         self._last_row: dict[str, float] = {}
         self._epoch_started = 0.0
         self._pending_resume = resume
@@ -284,7 +286,7 @@ class Loop:
                 self.callbacks.on_fit_start(self)
                 while self.pos.epoch < self.plan.max_epochs and not self.should_stop:
                     if not self._train_epoch(stop):
-                        interrupted = stop.signal_name
+                        interrupted = self._signal
                         break
                     if self.should_stop and self.pos.batch < self.task.num_batches(self.pos.epoch):
                         self._save_now()  # max_steps or a callback stopped mid-epoch: keep the state
@@ -318,10 +320,15 @@ class Loop:
                 self._step_micro += 1
                 if not ends_step:
                     continue
-                self._after_optimizer_step(task.optimizer_step())
-                if stop.requested:
+                self._after_optimizer_step(task.optimizer_step(), stop)
+                if self._signal is not None:
                     self._save_now()
-                    log.warning(stop.message(self.resume_hint()))
+                    log.warning(
+                        "received %s: stopped after step %d; resume with: %s",
+                        self._signal,
+                        pos.step,
+                        self.resume_hint(),
+                    )
                     return False
                 if self.should_stop:
                     break
@@ -331,7 +338,7 @@ class Loop:
                 close()  # stops a prefetch thread now, also when a step raised
         return True
 
-    def _after_optimizer_step(self, grad_norm: float | None) -> None:
+    def _after_optimizer_step(self, grad_norm: float | None, stop) -> None:
         plan, pos = self.plan, self.pos
         pos.step += 1
         step = {k: v / self._step_micro for k, v in self._step_sums.items()}
@@ -345,12 +352,20 @@ class Loop:
         self.lrs_used = list(self.schedule.lrs)
         if plan.schedule_interval == "step":
             self.task.set_lrs(self.schedule.step())
+        # A signal stops every process at the same step: the flags travel with the step's metrics, in the
+        # one reduction per step, so a process that saw no signal (or saw it later) stops too.
+        got = stop.signal_name if stop.requested else None
+        step.update({"#SIGINT": float(got == "SIGINT"), "#SIGTERM": float(got == "SIGTERM")})
         step = self.task.reduce_metrics(step)
+        flags = {name: step.pop(f"#{name}") for name in ("SIGINT", "SIGTERM")}
+        self._signal = next((name for name, seen in flags.items() if seen > 0), None)
         if plan.log_every_n_steps and pos.step % plan.log_every_n_steps == 0:
             self.log({f"train/{k}_step": v for k, v in step.items()})
         if plan.val_every_n_steps and pos.step % plan.val_every_n_steps == 0:
             self.log(self._validate())
         self.callbacks.on_train_batch_end(self, step)
+        if self._signal is None and stop.requested and get_world_size() == 1:
+            self._signal = stop.signal_name  # one process: a signal sent during the callbacks counts now
         if plan.max_steps is not None and pos.step >= plan.max_steps and not self.should_stop:
             self.should_stop, self.stop_reason = True, f"reached max_steps={plan.max_steps}"
 
@@ -389,7 +404,7 @@ class Loop:
         from common.callbacks import ModelCheckpoint
 
         savers = [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
-        if not savers:
+        if not savers and is_main_process():
             log.warning("stopped at step %d with no ModelCheckpoint callback: nothing saved", self.pos.step)
         for saver in savers:
             saver.save_step(self)

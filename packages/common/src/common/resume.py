@@ -14,6 +14,7 @@ from common.errors import CheckpointError
 from common.runs import is_temp_file
 
 __all__ = [
+    "newest_run",
     "CHECKPOINT_SUFFIXES",
     "find_checkpoint",
     "latest_checkpoint",
@@ -36,13 +37,31 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name)) if files else None
 
 
+def newest_run(folder: str | Path, *, checkpoints: str = "checkpoints") -> Path | None:
+    """The run folder `--resume last` continues in `folder`: `folder` itself when it is a run folder (it has
+    checkpoints), else the run folder directly under it (timestamped runs of one output folder) whose newest
+    checkpoint is the newest; None when there is none."""
+    folder = Path(folder)
+    if latest_checkpoint(folder / checkpoints) or latest_checkpoint(folder):
+        return folder
+    runs = [
+        (found, child) for child in _subfolders(folder) if (found := latest_checkpoint(child / checkpoints))
+    ]
+    return max(runs, key=lambda fc: (fc[0].stat().st_mtime_ns, fc[1].name))[1] if runs else None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+
+
 def find_checkpoint(
     spec: str | Path, run_dir: str | Path | None = None, *, checkpoints: str = "checkpoints"
 ) -> Path:
     """The checkpoint file meant by a `--resume` value.
 
-    "last" (or "auto"): the newest checkpoint of `run_dir` (the run's --output-dir); a folder: the newest
-    checkpoint in it or in its `checkpoints/`; a file: that file."""
+    "last" (or "auto"): the newest checkpoint of the run in `run_dir` (the --output-dir; a folder of
+    timestamped run folders works too, see `newest_run`); a folder: the newest checkpoint in it or in its
+    `checkpoints/`; a file: that file."""
     spec_text = str(spec)
     if spec_text in ("last", "auto"):
         if run_dir is None:
@@ -50,7 +69,7 @@ def find_checkpoint(
                 f"--resume {spec_text} needs the run folder: add --output-dir pointing at the run to continue, "
                 "or pass the checkpoint file or run folder to --resume."
             )
-        folder = Path(run_dir)
+        folder = newest_run(run_dir, checkpoints=checkpoints) or Path(run_dir)
     else:
         folder = Path(spec_text)
         if folder.is_file():

@@ -97,7 +97,9 @@ saving checkpoints/last_step.npz (the log names the command that resumes it), 2 
 @click.option("--cache-data", is_flag=True, help="Keep meshes in memory after the first read.")
 @device_option("auto | cpu | gpu")
 @seed_option()
-@precision_option(("float32", "bfloat16", "float16"), help="Compute dtype (weights stay float32).")
+@precision_option(
+    type=click.Choice(["float32", "bfloat16", "float16"]), help="Compute dtype (weights stay float32)."
+)
 @click.option("--jit-compile/--no-jit-compile", default=None, help="mx.compile the training step.")
 @click.option(
     "--demo", is_flag=True, help="Generate synthetic meshes and run a short training (~2 min on CPU)."

@@ -1,6 +1,6 @@
 """`python -m egnn_com.bench`: training throughput, per-epoch time by graph size, startup, data-loading share.
 
-In one run it prints, per model (gcn, egnn) and graph size (the seed's table: small < 100 nodes, medium
+In one run it prints, per model (gcn, egnn) and graph size (small < 100 nodes, medium
 100-500, large 500+): training graphs/s, per-epoch time, forward ms per batch, data-loading share of step
 time, counted FLOPs per graph, achieved GFLOP/s and that as a share of this machine's float32 matmul peak
 (timed in the same run), and peak memory; plus the eight startup phases and time to the first step on
@@ -29,26 +29,6 @@ EPOCH_GRAPHS = {
     "medium": 64,
     "large": 32,
 }  # enough batches that epoch-start latency is amortised
-
-
-class _Recorder:
-    """A Tracker that keeps epoch metrics in memory (the benchmark reads epoch_time_s, data_wait_share)."""
-
-    def __init__(self):
-        self.epochs: list[dict[str, float]] = []
-
-    def log_params(self, params):
-        pass
-
-    def log_metrics(self, metrics, step):
-        if "epoch_time_s" in metrics:
-            self.epochs.append(dict(metrics))
-
-    def log_artifact(self, path, name=None):
-        pass
-
-    def close(self):
-        pass
 
 
 def make_graphs(size: str, count: int, seed: int = 0) -> list:
@@ -81,20 +61,21 @@ def bench_training(
     device,
     peak: float,
 ) -> dict:
-    """Train `epochs` + 1 warm-up epochs with the real Trainer; medians over the timed epochs."""
+    """Train `epochs` + 1 warm-up epochs on the training loop with the real task; medians over the timed epochs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from common.callbacks import Callback
     from common.config import load_config
     from common.devices import peak_memory_mb
+    from common.loop import Loop, Plan
     from common.schedules import build_schedule
     from common.torch_support import parse_precision
-    from common.trackers import Trackers
     from egnn_com.config import EgnnComConfig
     from egnn_com.data import make_loader
-    from egnn_com.engine import Trainer
     from egnn_com.metrics import mae_loss
     from egnn_com.model import build_model
+    from egnn_com.task import CentreOfMassTask, make_optimizer
 
     cfg = load_config(
         EgnnComConfig,
@@ -110,7 +91,6 @@ def bench_training(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(cfg.model, graphs[0].num_node_features).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
     train_loader = make_loader(
         graphs,
         batch_size=batch_size,
@@ -121,30 +101,35 @@ def bench_training(
         device=device,
     )
     val_loader = make_loader(graphs[:1], batch_size=batch_size, train=False, seed=0)
-    recorder = _Recorder()
-    trainer = Trainer(
+    task = CentreOfMassTask(
         cfg,
         model=model,
-        optimizer=optimizer,
-        schedule=build_schedule(cfg.optim.schedule, [1e-3], 1),
+        optimizer=make_optimizer(cfg, model),
         precision=parse_precision("32", device),
         device=device,
         train_loader=train_loader,
         val_loader=val_loader,
-        manager=None,
-        trackers=Trackers([recorder]),
-        logger=_quiet_logger(),
+        num_features=graphs[0].num_node_features,
     )
-    trainer.fit()
-    timed = recorder.epochs[1:] or recorder.epochs
-    epoch_s = statistics.median(e["epoch_time_s"] for e in timed)
-    graphs_per_epoch = len(train_loader) * batch_size
+    epochs_seen: list[dict[str, float]] = []
+
+    class Recorder(Callback):
+        def on_train_epoch_end(self, loop, metrics):
+            epochs_seen.append(
+                {"epoch_s": metrics["system/epoch_time_s"], "data_share": task.data_wait_share()}
+            )
+
+    plan = Plan(max_epochs=epochs + 1, log_every_n_steps=0)
+    Loop(task, plan, callbacks=[Recorder()], schedule=build_schedule(cfg.optim.schedule, [1e-3], 1)).fit()
+    timed = epochs_seen[1:] or epochs_seen
+    epoch_s = statistics.median(e["epoch_s"] for e in timed)
+    graphs_per_epoch = task.num_batches(0) * batch_size
 
     batch = next(iter(make_loader(graphs, batch_size=batch_size, train=False, seed=0))).to(device)
     model.train()
     with FlopCounterMode(display=False) as counter:  # one forward + backward
         mae_loss(model(batch), batch.y).backward()
-    optimizer.zero_grad(set_to_none=True)
+    task.optimizer.zero_grad(set_to_none=True)
     flops_per_graph = counter.get_total_flops() / batch.num_graphs
     model.eval()
     forward = []
@@ -164,7 +149,7 @@ def bench_training(
         "epoch_s": epoch_s,
         "graphs_per_s": graphs_per_s,
         "forward_ms": 1e3 * statistics.median(forward),
-        "data_share": statistics.median(e["data_wait_share"] for e in timed),
+        "data_share": statistics.median(e["data_share"] for e in timed),
         "gflop_per_graph": flops_per_graph / 1e9,
         "gflops": achieved,
         "peak_share": achieved / peak,
@@ -172,14 +157,6 @@ def bench_training(
         "mean_edges": batch.num_edges / batch.num_graphs,
         "memory_mb": peak_memory_mb(device),
     }
-
-
-def _quiet_logger():
-    import logging
-
-    log = logging.getLogger("trainyard.bench")
-    log.setLevel(logging.WARNING)
-    return log
 
 
 def bench_startup(num_graphs: int, num_workers: int) -> dict:
@@ -227,7 +204,7 @@ def bench_startup(num_graphs: int, num_workers: int) -> dict:
 @option("num_layers", type=int, default=4)
 @option("epochs", type=int, default=2, help="Timed epochs (after one warm-up epoch).")
 @option(
-    "num_workers", type=int, default=4, help="DataLoader workers for the timed epochs (the seed's default)."
+    "num_workers", type=int, default=4, help="DataLoader workers for the timed epochs (the training default)."
 )
 @option(
     "worker_type",

@@ -1,4 +1,4 @@
-"""Click helpers: every option answers to the seed's underscore spelling and the workspace's dashed one."""
+"""Click helpers: every option answers to its underscore spelling (`--data_dir`) and its dashed one (`--data-dir`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Graph files -> validated PyG `Data` objects, the seeded split, and the seed's optimised DataLoaders.
+"""Graph files -> validated PyG `Data` objects, the seeded split, and the training and validation DataLoaders.
 
 A dataset folder holds one file per graph: a torch tensor dict (`.pt`, read with `torch.load(weights_only=True)`
 so no pickled code runs) or an `.npz` archive (read with `allow_pickle=False`). Keys:
@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader as TorchDataLoader
-from torch.utils.data import Sampler
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from common.errors import DataError
 from common.prefetch import prefetch_in_thread
-from common.seeding import epoch_permutation
+from common.sampler import ResumableSampler
 from egnn_com.packed import PackedGraphs, can_pack
 
 GRAPH_SUFFIXES = (".pt", ".npz")
@@ -216,27 +215,6 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-class EpochSampler(Sampler[int]):
-    """Indices in the order `epoch_permutation(n, seed, epoch)` (or 0..n-1 unshuffled), from batch `start_batch`.
-
-    The order is a pure function of (seed, epoch), so a resumed run skips straight to the saved batch.
-    """
-
-    def __init__(self, n: int, *, seed: int, shuffle: bool, batch_size: int):
-        self.n, self.seed, self.shuffle, self.batch_size = n, seed, shuffle, batch_size
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self):
-        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
-        return iter(order[self.start_batch * self.batch_size :].tolist())
-
-    def __len__(self) -> int:
-        return max(0, self.n - self.start_batch * self.batch_size)
-
-
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers only collate graphs; more threads would fight the training process
 
@@ -268,12 +246,18 @@ def make_loader(
     prefetch_factor: int = 4,
     device: torch.device | None = None,
     worker_type: str = "thread",
+    max_batches: int | None = None,
 ) -> TorchDataLoader:
-    """The seed's optimised DataLoader of PyG Batches; its `.sampler` is an EpochSampler (call set_epoch per epoch).
+    """A DataLoader of PyG Batches whose `batch_sampler` is a `common.sampler.ResumableSampler`.
+
+    Batch i of epoch e holds positions [i*B, (i+1)*B) of `epoch_permutation(n, seed, e)` (training: shuffled,
+    the last partial batch dropped) or of 0..n-1 (validation: in order, the last partial batch kept). Call
+    `loader.batch_sampler.set_epoch(epoch, start_batch)` before iterating; a resumed epoch starts at its saved
+    batch. `max_batches` caps the batches per epoch (fast_dev_run).
 
     `num_workers` > 0 loads in the background, `num_workers x prefetch_factor` batches ahead: in one thread
-    (`worker_type="thread"`, packable graphs, see ThreadPrefetchLoader) or in that many worker processes
-    (`"process"`, or graphs PyG must collate generically), with the seed's persistent workers.
+    (`worker_type="thread"`, packable graphs, see ThreadPrefetchLoader) or in that many persistent worker
+    processes (`"process"`, or graphs PyG must collate generically).
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
@@ -284,7 +268,9 @@ def make_loader(
         )
     if worker_type not in ("thread", "process"):
         raise DataError(f"worker_type must be 'thread' or 'process', got {worker_type!r}.")
-    sampler = EpochSampler(len(graphs), seed=seed, shuffle=train, batch_size=batch_size)
+    sampler = ResumableSampler(
+        len(graphs), batch_size, seed=seed, shuffle=train, drop_last=train, max_batches=max_batches
+    )
     workers = max(0, num_workers)
     packable = can_pack(graphs)
     in_thread = packable and worker_type == "thread" and workers > 0
@@ -294,13 +280,11 @@ def make_loader(
         if processes > 0
         else {}
     )
-    # Its own generator: creating an iterator draws a worker base seed, which must not consume the global
-    # torch RNG (dropout draws from that, and a resumed run restores it mid-epoch).
+    # Its own generator: every iter() of a DataLoader draws a worker base seed from it, which must not come
+    # from the global torch RNG (dropout draws from that, and a resumed run restores it mid-epoch).
     generator = torch.Generator().manual_seed(seed)
     settings = dict(
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=train,
+        batch_sampler=sampler,
         num_workers=processes,
         pin_memory=device is not None and device.type == "cuda",
         generator=generator,
@@ -320,6 +304,7 @@ def make_loader(
 
 def describe_loader(loader: TorchDataLoader) -> str:
     """One line of the loader settings for the debug log."""
+    sampler = loader.batch_sampler
     workers = (
         f"background thread {loader.prefetch_batches} batches ahead"
         if isinstance(loader, ThreadPrefetchLoader)
@@ -327,6 +312,6 @@ def describe_loader(loader: TorchDataLoader) -> str:
         f"prefetch_factor={loader.prefetch_factor}"
     )
     return (
-        f"batch_size={loader.batch_size} {workers} pin_memory={loader.pin_memory} "
-        f"drop_last={loader.drop_last} batches={len(loader)}"
+        f"batch_size={sampler.batch_size} {workers} pin_memory={loader.pin_memory} "
+        f"drop_last={sampler.drop_last} batches={sampler.batches_per_epoch()}"
     )

@@ -20,8 +20,10 @@ DEMO_GRAPHS = 200  # 160 train / 40 val
 DEMO_NODES = (8, 24)
 
 
-def run_demo(output_dir: str | None = None, num_workers: int | None = None) -> dict[str, dict]:
-    """Train both models on the demo data under output_dir (default runs/demo); returns their val metrics."""
+def run_demo(output_dir: str | None = None, num_workers: int | None = None) -> dict:
+    """Train both models on the demo data under output_dir (default runs/demo); returns their TrainingResults.
+
+    A run stopped by SIGINT/SIGTERM ends the demo there (its result's exit_code is 130/143)."""
     started = time.perf_counter()
     root = Path(output_dir or "runs/demo")
     data = root / "data"
@@ -41,9 +43,11 @@ def run_demo(output_dir: str | None = None, num_workers: int | None = None) -> d
             cfg.data.num_workers = num_workers
         click.echo(f"training {name} ...")
         outcomes[name] = run_training(cfg)
-        results[name] = {k: v for k, v in outcomes[name].fit.metrics.items() if k.startswith("val_")}
+        if outcomes[name].interrupted:
+            return outcomes
+        results[name] = {k: v for k, v in outcomes[name].metrics.items() if k.startswith("val/")}
     _print_summary(results, outcomes, data, time.perf_counter() - started)
-    return results
+    return outcomes
 
 
 def _print_summary(results: dict, outcomes: dict, data: Path, seconds: float) -> None:
@@ -51,10 +55,10 @@ def _print_summary(results: dict, outcomes: dict, data: Path, seconds: float) ->
     click.echo(f"  {'model':<6} {'MAE':>8} {'MAE x':>8} {'MAE y':>8} {'MAE z':>8} {'MSE':>9}")
     for name, m in results.items():
         click.echo(
-            f"  {name:<6} {m['val_mae']:8.4f} {m['val_mae_x']:8.4f} {m['val_mae_y']:8.4f} "
-            f"{m['val_mae_z']:8.4f} {m['val_mse']:9.5f}"
+            f"  {name:<6} {m['val/mae']:8.4f} {m['val/mae_x']:8.4f} {m['val/mae_y']:8.4f} "
+            f"{m['val/mae_z']:8.4f} {m['val/mse']:9.5f}"
         )
-    ratio = results["egnn"]["val_mae"] / results["gcn"]["val_mae"]
+    ratio = results["egnn"]["val/mae"] / results["gcn"]["val/mae"]
     click.echo(f"  egnn MAE = {ratio:.1%} of gcn MAE (the egnn is E(3)-equivariant by construction)")
     click.echo(f"\ndemo finished in {seconds:.0f}s. Outputs:")
     click.echo(f"  data          {data}")

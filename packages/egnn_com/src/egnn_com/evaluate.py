@@ -12,15 +12,13 @@ from pathlib import Path
 import click
 import torch
 
-from common.checkpoint import load_checkpoint
 from common.cli import run_cli
 from common.devices import torch_device
 from common.errors import ConfigError
 from common.runs import atomic_write_text
 from egnn_com.cliopts import option
-from egnn_com.config import config_from_dict
 from egnn_com.data import load_dataset, split_indices
-from egnn_com.inference import load_trained_model, predict
+from egnn_com.inference import check_features, load_from_checkpoint, predict
 from egnn_com.metrics import RegressionMetrics
 
 
@@ -35,17 +33,17 @@ def evaluate(
 
     Without data_dir: the training data and, by default, the same seeded validation split as training.
     """
-    cfg = config_from_dict(load_checkpoint(checkpoint)["config"])
     split = split or ("val" if data_dir is None else "all")
     if split not in ("val", "train", "all"):
         raise ConfigError(f"--split must be val, train or all, got {split!r}.")
+    dev = torch_device(device)
+    model, cfg = load_from_checkpoint(checkpoint, map_location=dev)
     dataset = load_dataset(data_dir or cfg.data.data_dir, strict=cfg.data.strict)
+    check_features(model, dataset.num_features, str(data_dir or cfg.data.data_dir))
     graphs = dataset.graphs
     if split != "all":
         train_idx, val_idx = split_indices(len(graphs), cfg.data.val_fraction, cfg.train.seed)
         graphs = [graphs[i] for i in (val_idx if split == "val" else train_idx)]
-    dev = torch_device(device)
-    model, _ = load_trained_model(checkpoint, dataset.num_features, dev)
     pred = predict(model, graphs, dev, batch_size)
     acc = RegressionMetrics()
     acc.update(pred, torch.cat([g.y for g in graphs]))

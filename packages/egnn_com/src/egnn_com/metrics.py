@@ -1,7 +1,8 @@
-"""MAE loss and the seed's regression metrics: loss, mae, mse and per-component mae_x/y/z, mse_x/y/z.
+"""MAE loss and the regression metrics: loss, mae, mse and per-component mae_x/y/z, mse_x/y/z.
 
-Epoch metrics are exact over all graphs of the epoch (sums of errors / count, in float64), not a mean of
-batch means, and the running sums are part of a mid-epoch checkpoint so a resumed epoch reports the same.
+`RegressionMetrics` sums errors over batches in float64, so validation metrics are exact over all graphs
+(not a mean of batch means). Training batches all hold the same number of graphs, so the training loop's
+per-epoch mean of batch metrics is that same exact value.
 """
 
 from __future__ import annotations
@@ -63,8 +64,3 @@ def _finish(abs_sum: list[float], sq_sum: list[float], n: int) -> dict[str, floa
         out[f"mae_{axis}"] = abs_sum[k] / n
         out[f"mse_{axis}"] = sq_sum[k] / n
     return out
-
-
-def prefixed(metrics: dict[str, float], prefix: str, suffix: str = "") -> dict[str, float]:
-    """{"mae": v} -> {"val_mae": v} (the seed's names), with an optional suffix ("_step")."""
-    return {f"{prefix}_{k}{suffix}": v for k, v in metrics.items()}

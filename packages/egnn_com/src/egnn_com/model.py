@@ -1,4 +1,4 @@
-"""The two centre-of-mass regressors: the seed's GCN baseline and an E(n)-equivariant EGNN.
+"""The two centre-of-mass regressors: a GCN baseline and an E(n)-equivariant EGNN.
 
 Both take a PyG batch (x [N, F], pos [N, 3], edge_index [2, E], batch [N]) and return [B, 3].
 
@@ -28,7 +28,7 @@ def _graph_index(batch) -> tuple[Tensor, int]:
 
 
 class GCNCentreOfMass(nn.Module):
-    """Seed architecture: GCNConv input -> (num_layers - 2) hidden -> output, global pooling, MLP head to 3."""
+    """GCNConv input -> (num_layers - 2) hidden -> output, global pooling, MLP head to 3."""
 
     def __init__(
         self,
@@ -39,6 +39,7 @@ class GCNCentreOfMass(nn.Module):
         pooling: str = "mean",
     ):
         super().__init__()
+        self.in_features = in_features  # node features per node (without the appended coordinates)
         dims = [in_features + 3] + [hidden_dim] * num_layers  # +3: raw xyz appended to the node features
         self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.pool = POOLING[pooling]
@@ -115,6 +116,7 @@ class EGNNCentreOfMass(nn.Module):
 
     def __init__(self, in_features: int, hidden_dim: int = 128, num_layers: int = 4):
         super().__init__()
+        self.in_features = in_features  # node features per node
         self.embed = nn.Linear(in_features, hidden_dim)
         self.layers = nn.ModuleList(EGNNLayer(hidden_dim) for _ in range(num_layers))
         self.weight_head = nn.Sequential(

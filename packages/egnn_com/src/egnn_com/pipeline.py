@@ -1,25 +1,37 @@
-"""One training run end to end: the seed's eight timed startup phases, optional CUDA warm-up, the loop, the
-summary. `train.py` (CLI) and `demo.py` call `run_training`; tests call it in-process.
+"""One training run end to end: eight timed startup phases, optional CUDA warm-up, the shared loop, the summary.
 
-Startup phases (seed names): directory setup, dataset loading, dataset splitting, DataLoader creation,
-model initialisation, model compilation, logging setup (trackers), training configuration.
+`train.py` (CLI) and `demo.py` call `run_training`; tests call it in-process. The loop is `common.loop.Loop`
+with egnn_com's `CentreOfMassTask` and the common callbacks; this module only assembles them.
+
+Startup phases: directory setup, dataset loading, dataset splitting, DataLoader creation, model
+initialisation, model compilation, logging setup (trackers), training configuration.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from common.checkpoint import CheckpointManager
+from common.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    TrackerLogger,
+    build_callbacks,
+)
 from common.config import config_to_dict, save_config
 from common.devices import describe_device, torch_device
 from common.errors import ConfigError
 from common.logs import PhaseTimer, log_file_path, setup_logging
+from common.loop import FitResult, Loop, Plan
 from common.plots import plot_curves
 from common.runs import RunFolder
 from common.schedules import build_schedule
@@ -34,33 +46,25 @@ from egnn_com.data import (
     make_loader,
     split_indices,
 )
-from egnn_com.engine import STEP_CHECKPOINT, FitResult, Trainer, cuda_warmup
 from egnn_com.model import build_model, describe_model
+from egnn_com.task import CentreOfMassTask, EpochSummary, cuda_warmup, make_optimizer
 
-BEST_TEMPLATE = "best-model-{epoch:02d}-{val_loss:.3f}.ckpt"  # the seed's checkpoint name (top 1 by val_loss)
+COMMAND = "python -m egnn_com.train"  # how a run is started; the loop prints it in the resume hint
+BEST_TEMPLATE = "best-model-{epoch:02d}-{val_loss:.3f}.ckpt"  # top 1 by val/loss; {epoch} counts from 1
 LAST_FILE = "last.ckpt"
+STEP_FILE = "last-step.ckpt"  # every train.save_every_n_steps optimizer steps, and when a signal stops a run
 HISTORY_FILE = "metrics_history.json"
 PLOT_FILE = "training_curves.png"
 
 
 @dataclass
-class TrainingOutcome:
-    run_dir: Path | None  # None for fast_dev_run (writes nothing)
-    checkpoint_dir: Path | None
-    best_checkpoint: Path | None
-    fit: FitResult
-    phases: dict[str, float]  # startup phase -> seconds
-    history: Path | None
-    time_to_first_step: float | None  # seconds from run_training's start to the end of the first step
+class TrainingResult(FitResult):
+    """`common.loop.FitResult` of the run, plus where its files are and how long startup took."""
 
-
-def _make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    kinds = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
-    if cfg.optim.optimizer not in kinds:
-        raise ConfigError(f"optim.optimizer must be 'adamw' or 'adam', got {cfg.optim.optimizer!r}.")
-    return kinds[cfg.optim.optimizer](
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
+    checkpoint_dir: Path | None = None  # None for fast_dev_run (writes nothing)
+    history: Path | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # startup phase -> seconds
+    time_to_first_step: float | None = None  # seconds from run_training's start to the end of the first step
 
 
 def _run_folder(cfg) -> RunFolder:
@@ -77,9 +81,18 @@ def _run_folder(cfg) -> RunFolder:
 
 
 def run_training(
-    cfg, *, resume_state: dict | None = None, import_seconds: float | None = None, stop_hook=None
-) -> TrainingOutcome:
-    """Train per `cfg` (an EgnnComConfig); `resume_state` is a loaded checkpoint tree to continue from."""
+    cfg,
+    *,
+    resume_state: dict | None = None,
+    resume_path: str | Path | None = None,
+    import_seconds: float | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainingResult:
+    """Train per `cfg` (an EgnnComConfig).
+
+    `resume_state`: a checkpoint tree (`common.resume.read_training_checkpoint`) to continue exactly from,
+    read from `resume_path`. `callbacks`: more loop callbacks, after those of `cfg.callbacks`.
+    """
     fast = cfg.train.fast_dev_run > 0
     started = time.perf_counter()
     if cfg.train.num_threads > 0:
@@ -87,9 +100,23 @@ def run_training(
     timer = PhaseTimer()
     seed_everything(cfg.train.seed)
 
-    # refused device/precision or a missing/empty data folder: fail before creating any folder
+    # refused device/precision, a bad plan or callback, a missing/empty data folder: fail before any folder
     device = torch_device(cfg.train.device)
     precision = parse_precision(cfg.train.precision, device)
+    sched = cfg.optim.schedule
+    if sched.name == "plateau" and sched.interval != "epoch":
+        raise ConfigError(
+            "optim.schedule: 'plateau' monitors val/loss, which exists once per epoch; "
+            "set optim.schedule.interval=epoch."
+        )
+    plan = Plan(
+        max_epochs=1 if fast else cfg.train.max_epochs,
+        accumulate=cfg.optim.accumulate_grad_batches,
+        log_every_n_steps=cfg.logging.log_every_n_steps,
+        schedule_interval=sched.interval,
+        schedule_monitor="val/loss",
+    )
+    user_callbacks = [*build_callbacks(cfg.callbacks), *callbacks]
     list_graph_files(cfg.data.data_dir)
     with timer.phase("directory_setup"):
         run = None if fast else _run_folder(cfg)
@@ -114,15 +141,17 @@ def run_training(
             "prefetch_factor": cfg.data.prefetch_factor,
             "worker_type": cfg.data.worker_type,
             "device": device,
+            "max_batches": cfg.train.fast_dev_run or None,
         }
         train_loader = make_loader(train_graphs, train=True, **kw)
         val_loader = make_loader(val_graphs, train=False, **kw)
     with timer.phase("model_initialization"):
         model = precision.cast_model(build_model(cfg.model, dataset.num_features)).to(device)
     with timer.phase("model_compilation"):
+        net = model
         if cfg.train.use_compile:
             # dynamic=True: every batch has other node/edge counts; without it the second batch recompiles
-            model = torch.compile(model, dynamic=True)  # compiles lazily on the first batch
+            net = torch.compile(model, dynamic=True)  # compiles lazily on the first batch
     with timer.phase("logging_setup"):
         trackers = (
             Trackers([], log)
@@ -158,86 +187,88 @@ def run_training(
             }
         )
     with timer.phase("training_configuration"):
-        optimizer = _make_optimizer(cfg, model)
-        sched = cfg.optim.schedule
-        if sched.name == "plateau" and sched.interval != "epoch":
-            raise ConfigError(
-                "optim.schedule: 'plateau' monitors val_loss, which exists once per epoch; "
-                "set optim.schedule.interval=epoch."
-            )
-        units = cfg.train.max_epochs * (len(train_loader) if sched.interval == "step" else 1)
-        schedule = build_schedule(sched, [cfg.optim.lr], max(units, 1))
-        manager = (
-            None
-            if fast
-            else CheckpointManager(
-                run.checkpoints,
-                last=LAST_FILE,
-                best=BEST_TEMPLATE,
-                monitor="val_loss",
-                mode="min",
-                top_k=1,
-                step_file=STEP_CHECKPOINT,
-            )
-        )
-        trainer = Trainer(
+        task = CentreOfMassTask(
             cfg,
             model=model,
-            optimizer=optimizer,
-            schedule=schedule,
+            net=net,
+            optimizer=make_optimizer(cfg, model),
             precision=precision,
             device=device,
             train_loader=train_loader,
             val_loader=val_loader,
-            manager=manager,
-            trackers=trackers,
-            logger=log,
-            stop_hook=stop_hook,
+            num_features=dataset.num_features,
         )
-        if resume_state is not None:
-            trainer.load_state(resume_state)  # last: it restores the RNG states
-            log.info(
-                "resumed at epoch %d, batch %d, global step %d",
-                trainer.pos.epoch,
-                trainer.pos.batch_in_epoch,
-                trainer.pos.global_step,
-            )
+        steps_per_epoch = math.ceil(task.num_batches(0) / plan.accumulate)
+        units = plan.max_epochs * (steps_per_epoch if sched.interval == "step" else 1)
+        schedule = build_schedule(sched, [cfg.optim.lr], max(units, 1))
+        checkpoints = (
+            []
+            if fast
+            else [
+                ModelCheckpoint(
+                    run.checkpoints,
+                    filename=BEST_TEMPLATE,
+                    monitor="val/loss",
+                    mode="min",
+                    save_top_k=1,
+                    save_last=LAST_FILE,
+                    every_n_steps=cfg.train.save_every_n_steps,
+                    step_file=STEP_FILE,
+                )
+            ]
+        )
+        loop = Loop(
+            task,
+            plan,
+            callbacks=[
+                EpochSummary(task, log),
+                TrackerLogger(trackers),
+                # `lr` with the step rows; per-epoch rows at epoch start would be logged again at the step a
+                # run resumes from
+                LearningRateMonitor(logging_interval="step"),
+                ProgressBar(),
+                *user_callbacks,
+                *checkpoints,
+            ],
+            schedule=schedule,
+            resume=resume_state,
+            resume_path=resume_path,  # the checkpoint's folder decides whether top-k carries on
+            command=COMMAND,
+        )
 
     _log_startup(log, cfg, timer, import_seconds, stats, split, model, train_loader)
     if device.type == "cuda" and cfg.train.cuda_warmup and not fast:
-        log.info("CUDA kernel warm-up took %.2fs (state restored afterwards)", cuda_warmup(trainer))
+        log.info("CUDA kernel warm-up took %.2fs (state restored afterwards)", cuda_warmup(task))
 
     try:
-        fit = trainer.fit()
+        fit = loop.fit()
     finally:
         trackers.close()
     history = run.path(HISTORY_FILE) if run else None
-    if run and history.exists() and not fit.stopped_early:
+    if run and history.exists() and not fit.interrupted:
         plot_training(history, run.plots / PLOT_FILE, title=f"egnn_com {cfg.model.name}")
-    best = manager.best_path if manager else None
-    _log_summary(log, run, best, fit)
-    first = trainer.first_step_done_at - started if trainer.first_step_done_at else None
-    return TrainingOutcome(
-        run.root if run else None,
-        run.checkpoints if run else None,
-        best,
-        fit,
-        dict(timer.phases),
-        history,
-        first,
+    result = TrainingResult(
+        **{f.name: getattr(fit, f.name) for f in fields(FitResult)},
+        checkpoint_dir=run.checkpoints if run else None,
+        history=history,
+        phases=dict(timer.phases),
+        time_to_first_step=task.first_step_done_at - started if task.first_step_done_at else None,
     )
+    result.run_dir = run.root if run else None
+    _log_summary(log, run, result)
+    return result
 
 
-# plotted curves: series name in the history -> "label/axis" (names sharing the part after "/" share an axis)
+# plotted curves: series name in the history -> "label/axis" (labels sharing the part after "/" share an axis)
 PLOTTED = {
-    "train_loss": "train/loss (MAE)",
-    "val_loss": "val/loss (MAE)",
-    "train_mse": "train/MSE",
-    "val_mse": "val/MSE",
-    "val_mae_x": "val_mae_x/val MAE per component",
-    "val_mae_y": "val_mae_y/val MAE per component",
-    "val_mae_z": "val_mae_z/val MAE per component",
-    "learning_rate": "learning_rate",
+    "train/loss": "train/loss (MAE)",
+    "val/loss": "val/loss (MAE)",
+    "train/mse": "train/MSE",
+    "val/mse": "val/MSE",
+    "val/mae_x": "x/val MAE per component",
+    "val/mae_y": "y/val MAE per component",
+    "val/mae_z": "z/val MAE per component",
+    "lr": "learning rate",
 }
 
 
@@ -274,17 +305,15 @@ def _log_startup(
     log.debug("train loader: %s", describe_loader(loader))
 
 
-def _log_summary(log: logging.Logger, run: RunFolder | None, best: Path | None, fit: FitResult) -> None:
+def _log_summary(log: logging.Logger, run: RunFolder | None, result: TrainingResult) -> None:
     if run is None:
+        shown = ("train/loss", "val/loss", "val/mae")
         log.info(
             "fast_dev_run finished: %s",
-            {
-                k: round(v, 4)
-                for k, v in fit.metrics.items()
-                if k.startswith(("train_loss", "val_loss", "val_mae"))
-            },
+            {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(shown)},
         )
         return
+    best = result.best_checkpoint
     log.info(
         "outputs in %s: config.yaml, %s, checkpoints in %s (best: %s), plots/, logs/ (%s)",
         run.root,

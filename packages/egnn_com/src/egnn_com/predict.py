@@ -18,7 +18,7 @@ from common.devices import torch_device
 from common.runs import atomic_write_text
 from egnn_com.cliopts import option
 from egnn_com.data import load_dataset
-from egnn_com.inference import load_trained_model, predict
+from egnn_com.inference import check_features, load_from_checkpoint, predict
 
 COLUMNS = ["file", "num_nodes", "pred_x", "pred_y", "pred_z", "true_x", "true_y", "true_z", "abs_error"]
 
@@ -27,9 +27,10 @@ def predict_files(
     checkpoint: str | Path, paths: list[str], batch_size: int = 64, device: str = "auto"
 ) -> list[dict]:
     """One row per valid graph file (invalid files are reported and skipped, as in training)."""
-    dataset = load_dataset(list(paths), require_target=False)
     dev = torch_device(device)
-    model, _ = load_trained_model(checkpoint, dataset.num_features, dev)
+    model, _ = load_from_checkpoint(checkpoint, map_location=dev)
+    dataset = load_dataset(list(paths), require_target=False)
+    check_features(model, dataset.num_features, ", ".join(map(str, paths)))
     preds = predict(model, dataset.graphs, dev, batch_size)
     rows = []
     for path, graph, pred in zip(dataset.files, dataset.graphs, preds.tolist(), strict=True):

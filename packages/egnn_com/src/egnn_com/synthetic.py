@@ -25,7 +25,11 @@ COVALENT_RADII = np.array([0.31, 0.76, 0.71, 0.66, 1.05])  # Angstrom; bond leng
 ATOM_PROBS = np.array([0.45, 0.35, 0.08, 0.10, 0.02])
 VALENCE = np.array([1, 4, 3, 2, 2])  # bonds an atom can take; keeps molecules chain- and tree-like
 MIN_SEPARATION = 0.9  # Angstrom: non-bonded atoms never closer than this
-SIZE_PRESETS = {"small": (10, 60), "medium": (100, 300), "large": (500, 700)}  # node ranges (seed's table)
+SIZE_PRESETS = {
+    "small": (10, 60),
+    "medium": (100, 300),
+    "large": (500, 700),
+}  # node ranges of the benchmark size classes
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -156,7 +160,7 @@ def generate_dataset(
     "--size",
     type=click.Choice(sorted(SIZE_PRESETS)),
     default=None,
-    help="Node-count preset from the seed's speed table (overrides --min_nodes/--max_nodes).",
+    help="Node-count preset of a benchmark size class (overrides --min_nodes/--max_nodes).",
 )
 @click.option("--min_nodes", "--min-nodes", "min_nodes", default=10, show_default=True)
 @click.option("--max_nodes", "--max-nodes", "max_nodes", default=40, show_default=True)

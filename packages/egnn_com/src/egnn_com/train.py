@@ -5,10 +5,11 @@
     python -m egnn_com.train --data_dir data/my_dataset --checkpoint_dir experiments/run_1 --batch_size 32 \\
         --hidden_dim 256 --wandb_name large_model_experiment
     python -m egnn_com.train --demo
-    python -m egnn_com.train --ckpt_path runs/x/checkpoints/last.ckpt      # exact resume
+    python -m egnn_com.train --resume last --output_dir runs/x          # exact resume (or a run folder / file)
 
-Torch and PyG are imported inside `main` (timed: the seed reports library import time apart from the
-eight startup phases), so `--help` and bad-option errors answer at once.
+Training runs on the shared loop (`common.loop`); SIGINT / SIGTERM finish the step, save `last-step.ckpt`,
+print the resume command and exit 130 / 143. Torch and PyG are imported inside `main` (timed: library import
+time is reported apart from the eight startup phases), so `--help` and bad-option errors answer at once.
 """
 
 from __future__ import annotations
@@ -17,9 +18,20 @@ import time
 
 import click
 
-from common.cli import run_cli, typed_options
+from common.cli import (
+    config_option,
+    data_dir_option,
+    device_option,
+    output_dir_option,
+    precision_option,
+    resume_option,
+    run_cli,
+    seed_option,
+    typed_options,
+)
 from common.config import bundled_configs, dump_config, load_config
 from common.errors import ConfigError
+from common.resume import find_checkpoint, read_training_checkpoint, saved_config
 from egnn_com.cliopts import option
 from egnn_com.config import EgnnComConfig, config_from_dict
 
@@ -38,6 +50,7 @@ OPTION_KEYS = {
     "weight_decay": "optim.weight_decay",
     "optimizer": "optim.optimizer",
     "gradient_clip_val": "optim.gradient_clip_val",
+    "accumulate_grad_batches": "optim.accumulate_grad_batches",
     "max_epochs": "train.max_epochs",
     "precision": "train.precision",
     "device": "train.device",
@@ -66,6 +79,22 @@ def resolve_config(
     return load_config(EgnnComConfig, config, package="egnn_com", cli=cli, overrides=overrides)
 
 
+def resume_checkpoint(ctx: click.Context, spec: str, config: str | None, overrides: tuple[str, ...]):
+    """The checkpoint file `--resume` names: 'last'/'auto' look in the run folder that --checkpoint_dir,
+    --output_dir (typed, in --config or as overrides) name; a folder or a file is used as it is."""
+    run_dir = None
+    if spec in ("last", "auto"):
+        base = load_config(
+            EgnnComConfig,
+            config,
+            package="egnn_com",
+            cli=typed_options(ctx, OPTION_KEYS),
+            overrides=overrides,
+        )
+        run_dir = base.train.checkpoint_dir or base.train.output_dir
+    return find_checkpoint(spec, run_dir)
+
+
 def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, ...], list[str]]:
     """Trailing arguments: `key=value` overrides, and bare words as more W&B tags (`--wandb_tags a b c`)."""
     overrides = tuple(e for e in extras if "=" in e)
@@ -83,15 +112,14 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
     epilog="Bundled configs: " + ", ".join(bundled_configs("egnn_com")),
 )
 @click.argument("extras", nargs=-1)
-@option("config", help="YAML config path or bundled config name.")
-@option(
-    "data_dir",
-    help="Folder of processed graph files (.pt tensor dicts or .npz).  [default: data/processed_sh]",
+@config_option("egnn_com", help="YAML config path or bundled config name.")
+@data_dir_option(
+    help="Folder of processed graph files (.pt tensor dicts or .npz).  [default: data/processed_sh]"
 )
 @option(
     "model", type=click.Choice(["gcn", "egnn"]), help="gcn baseline or E(n)-equivariant egnn.  [default: gcn]"
 )
-@option("batch_size", type=int, help="Training batch size.  [default: 16]")
+@option("batch_size", type=int, help="Graphs per (micro-)batch.  [default: 16]")
 @option("hidden_dim", type=int, help="Model hidden dimension.  [default: 128]")
 @option("num_layers", type=int, help="Number of GNN layers.  [default: 4]")
 @option("dropout", type=float, help="Dropout in the gcn head.  [default: 0.1]")
@@ -100,10 +128,16 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
 @option("weight_decay", type=float, help="L2 regularisation.  [default: 1e-5]")
 @option("optimizer", type=click.Choice(["adamw", "adam"]), help="Optimizer.  [default: adamw]")
 @option("gradient_clip_val", type=float, help="Gradient norm clipping (0 = off).  [default: 1.0]")
-@option("precision", help="32 | 16 | bf16 | 16-mixed | bf16-mixed.  [default: 32]")
-@option("device", help="auto | cpu | cuda | cuda:N | mps.  [default: auto]")
+@option(
+    "accumulate_grad_batches",
+    type=int,
+    help="Micro-batches per optimizer step (gradient accumulation).  [default: 1]",
+)
+# free text, checked by common.torch_support.parse_precision (which also takes 32-true, bf16-true, ...)
+@precision_option(help="32 | 16 | bf16 | 16-mixed | bf16-mixed.  [default: 32]")
+@device_option(help="auto | cpu | cuda | cuda:N | mps.  [default: auto]")
 @option("num_threads", type=int, help="torch CPU threads (0 = one per core).  [default: 0]")
-@option("seed", type=int, help="Seed for split, data order and weights.  [default: 42]")
+@seed_option(help="Seed for split, data order and weights.  [default: 42]")
 @option("val_fraction", type=float, help="Validation share of the graphs.  [default: 0.2]")
 @option("num_workers", type=int, help="Background data loading when > 0 (0 = main process).  [default: 4]")
 @option(
@@ -111,10 +145,12 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
     type=click.Choice(["thread", "process"]),
     help="thread: one loader thread (packed in-memory graphs); process: worker processes.  [default: thread]",
 )
-@option("output_dir", help="Run folder.  [default: runs/egnn_com_<timestamp>]")
+@output_dir_option(help="Run folder.  [default: runs/egnn_com_<timestamp>]")
 @option("checkpoint_dir", help="Checkpoint folder.  [default: <output_dir>/checkpoints]")
 @option(
-    "save_every_n_steps", type=int, help="Mid-epoch last-step.ckpt every N steps (0 = off).  [default: 50]"
+    "save_every_n_steps",
+    type=int,
+    help="Mid-epoch last-step.ckpt every N optimizer steps (0 = off).  [default: 50]",
 )
 @option(
     "fast_dev_run",
@@ -131,52 +167,55 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
 @option("wandb_project", help="W&B project.  [default: equivariant-center-of-mass]")
 @option("wandb_name", help="W&B run name (auto when not given).")
 @option("wandb_tags", multiple=True, help="W&B tags: --wandb_tags a b c (or repeat the option).")
-@option(
-    "ckpt_path",
-    "--resume",
-    help="Checkpoint to resume from exactly (last.ckpt, last-step.ckpt or a best "
-    "file); 'auto' = newest in --output_dir/--checkpoint_dir.",
+@resume_option(
+    help="Continue a run exactly: 'last' (or 'auto': the newest checkpoint of --output_dir/--checkpoint_dir), "
+    "a run folder, or a checkpoint file. The run's saved config is used; options typed beside it override it."
 )
+@option("ckpt_path", help="The same as --resume.")
 @option(
     "demo", is_flag=True, help="Generate synthetic data, train gcn and egnn briefly, compare, print outputs."
 )
 @option("print_config", is_flag=True, help="Print the resolved config and exit.")
 @click.pass_context
-def main(ctx, extras, config, demo, print_config, ckpt_path, **_typed):
-    """Train a centre-of-mass graph regressor (trailing key=value arguments override config keys)."""
+def main(ctx, extras, config, demo, print_config, resume, ckpt_path, **_typed):
+    """Train a centre-of-mass graph regressor (trailing key=value arguments override config keys).
+
+    Exits 0 when training finished, 130 / 143 when SIGINT / SIGTERM stopped it (resumable), 2 on bad input.
+    """
     overrides, more_tags = split_extras(extras, bool(_typed["wandb_tags"]))
+    if resume and ckpt_path and resume != ckpt_path:
+        raise ConfigError(f"--resume {resume} and --ckpt_path {ckpt_path} disagree; give one of them.")
+    spec = resume or ckpt_path
     if demo:
         from egnn_com.demo import run_demo
 
-        run_demo(output_dir=_typed["output_dir"], num_workers=_typed["num_workers"])
-        return
-    resume_state = None
-    start = time.perf_counter()
-    if ckpt_path:
-        from egnn_com.resume import load_resume_state
-
-        base = (
-            load_config(
-                EgnnComConfig,
-                config,
-                package="egnn_com",
-                cli=typed_options(ctx, OPTION_KEYS),
-                overrides=overrides,
-            )
-            if ckpt_path == "auto"
-            else None
-        )
-        resume_state = load_resume_state(ckpt_path, base)
-    cfg = resolve_config(ctx, config, overrides, resume_state["config"] if resume_state else None)
+        results = run_demo(output_dir=_typed["output_dir"], num_workers=_typed["num_workers"])
+        return _exit(ctx, max((r.exit_code for r in results.values()), default=0))
+    state = path = None
+    if spec:
+        path = resume_checkpoint(ctx, spec, config, overrides)
+        state = read_training_checkpoint(path)
+    cfg = resolve_config(ctx, config, overrides, saved_config(state) if state else None)
     cfg.logging.wandb_tags = list(cfg.logging.wandb_tags) + more_tags
     if print_config:
         click.echo(dump_config(cfg))
-        return
+        return 0
+    start = time.perf_counter()
     from egnn_com.pipeline import run_training  # imports torch and torch_geometric
 
-    outcome = run_training(cfg, resume_state=resume_state, import_seconds=time.perf_counter() - start)
-    if outcome.run_dir is not None:
-        click.echo(f"run folder: {outcome.run_dir}\nbest checkpoint: {outcome.best_checkpoint}")
+    result = run_training(
+        cfg, resume_state=state, resume_path=path, import_seconds=time.perf_counter() - start
+    )
+    if result.run_dir is not None and not result.interrupted:
+        click.echo(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
+    return _exit(ctx, result.exit_code)
+
+
+def _exit(ctx: click.Context, code: int) -> int:
+    """The run's exit status: returned under `run_cli`, and the process status of the console script too."""
+    if code:
+        ctx.exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -153,7 +153,9 @@ def format_table(results: list[BenchResult], peak: float) -> str:
     show_default=True,
     help="Comma-separated decoder attention patterns (model.decoder_attention) to time for each model.",
 )
-@click.option("--img-size", default=500, show_default=True, help="Cube height/width (the seed's 500).")
+@click.option(
+    "--img-size", default=500, show_default=True, help="Cube height/width (the default config's 500)."
+)
 @click.option("--batch-size", default=2, show_default=True, help="Samples per step.")
 @click.option("--steps", default=3, show_default=True, help="Timed steps (median reported).")
 @click.option("--warmup", default=1, show_default=True, help="Untimed steps first (the first counts FLOPs).")

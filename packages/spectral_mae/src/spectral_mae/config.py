@@ -1,8 +1,8 @@
-"""Config schema (the seed's Hydra tree as dataclasses), loaded with common.config.load_config.
+"""Config schema (a Hydra-style tree of groups as dataclasses), loaded with common.config.load_config.
 
 Bundled groups live in `spectral_mae/configs/<group>/<name>.yaml` and are picked with `group=name` on the
-command line (`model=mae_large`); `a.b=value` overrides any key. The defaults below are the seed's default
-selections (dataset=segmentation_dataset, model=mae_medium, loss=mae_spectral, optimizer=adamw,
+command line (`model=mae_large`); `a.b=value` overrides any key. The defaults below are configs/config.yaml's
+default selections (dataset=segmentation_dataset, model=mae_medium, loss=mae_spectral, optimizer=adamw,
 scheduler=cosine, show_prediction=plot_rgb); a test checks they equal those group files.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from common.config import load_config
 from common.schedules import ScheduleConfig
@@ -88,7 +88,7 @@ class ShowPredictionConfig:
 @dataclass
 class HParamsConfig:
     epochs: int = 200  # training epochs
-    batch_size: int = 6  # samples per step (per process in DDP, like the seed's train_model_ddp.py)
+    batch_size: int = 6  # samples per micro-batch (per process in DDP: the global batch is this x processes)
     valid_interval: int = 5  # validate every N epochs (and after the last)
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step
     overfit_batches: int = 0  # >0: train and validate on the first N training batches only (sanity check)
@@ -150,6 +150,10 @@ class SpectralMAEConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    # Extra training-loop callbacks (common.callbacks.build_callbacks): a common callback's name
+    # ("LearningRateMonitor") or {class_path: package.module.Class, init_args: {...}} for your own
+    # common.callbacks.Callback subclass; the config lists code to import, so list only code you trust.
+    callbacks: list[Any] = field(default_factory=list)
 
 
 def upgrade_saved_config(data: dict) -> dict:

@@ -5,15 +5,15 @@ without a split column are all "train"). Each HDF5 file holds dataset `cube` (ba
 `rgb` (H, W, 3) uint8 for visualisation (made from three bands when absent).
 
 Randomness (augmentation and the MAE mask noise) comes from `common.seeding.sample_rng(seed, epoch, index)`,
-and the sampler yields `(epoch, index)` pairs, so a sample is a pure function of (seed, epoch, index): the
-same with any worker count, in any process of a DDP run, and after a mid-epoch resume.
+and the loaders ask for `(epoch, index)` keys (`EpochKeyedBatches`), so a sample is a pure function of
+(seed, epoch, index): the same with any worker count, in any process of a DDP run, and after a mid-epoch
+resume.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +21,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from common.errors import DataError
 from common.runs import atomic_write_text
-from common.seeding import epoch_permutation, sample_rng
+from common.sampler import ResumableSampler
+from common.seeding import sample_rng
 
 CUBE_KEY = "cube"
 RGB_KEY = "rgb"
@@ -238,55 +239,41 @@ class SegmentationDataset(Dataset):
         return cube, rgb
 
 
-class EpochSampler(DistributedSampler):
-    """DistributedSampler whose order is `common.seeding.epoch_permutation(n, seed, epoch)` and that can start
-    at a batch index (exact mid-epoch resume without replaying data). Yields `(epoch, index)` pairs.
+class EpochKeyedBatches:
+    """A DataLoader `batch_sampler` over a `common.sampler.ResumableSampler` whose batches are lists of
+    `(epoch, index)` keys, so `SegmentationDataset` draws each sample's augmentation and mask noise for the
+    epoch the sampler is set to.
 
-    Rank r takes positions r, r+W, r+2W, ... of the epoch order, as torch's DistributedSampler does, so with a
-    per-rank batch b the W ranks' batch i together hold exactly the global batch i of a single process with
-    batch W*b: DDP and single-process runs see the same samples per optimizer step.
+    The sampler decides everything else: the epoch order (`epoch_permutation(n, seed, epoch)`), the first
+    batch of a resumed epoch (`set_epoch(epoch, start_batch)`) and, in DDP, this rank's contiguous slice of
+    every global batch. So a sample is the same in any process and after a mid-epoch resume.
     """
 
-    def __init__(
-        self,
-        num_samples: int,
-        *,
-        batch_size: int,
-        seed: int,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        num_replicas: int = 1,
-        rank: int = 0,
-    ):
-        # DistributedSampler only needs len(dataset); pass a range to avoid holding the dataset.
-        super().__init__(
-            range(num_samples),
-            num_replicas=num_replicas,
-            rank=rank,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-        )
-        self.n, self.batch_size, self.start_batch = num_samples, batch_size, 0
-        global_batch = batch_size * num_replicas
-        if drop_last:
-            self.positions = (num_samples // global_batch) * global_batch
-        else:  # pad by wrapping around so every rank gets the same number of samples (as DistributedSampler)
-            self.positions = math.ceil(num_samples / num_replicas) * num_replicas
-
-    def set_start_batch(self, batch: int) -> None:
-        """Skip the first `batch` batches of every following iteration (the loop resets it to 0 after a resume)."""
-        self.start_batch = batch
-
-    def batches_per_epoch(self) -> int:
-        return math.ceil(self.positions / (self.batch_size * self.num_replicas))
+    def __init__(self, sampler: ResumableSampler):
+        self.sampler = sampler
 
     def __len__(self) -> int:
-        start = self.start_batch * self.batch_size * self.num_replicas
-        return max(0, (self.positions - start - self.rank + self.num_replicas - 1) // self.num_replicas)
+        return len(self.sampler)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
-        start = self.start_batch * self.batch_size * self.num_replicas
-        for position in range(start + self.rank, self.positions, self.num_replicas):
-            yield self.epoch, int(order[position % self.n])
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        for batch in self.sampler:
+            yield [(epoch, index) for index in batch]
+
+
+def keyed_loader(
+    dataset: SegmentationDataset, sampler: ResumableSampler, *, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """A DataLoader reading `dataset[(epoch, index)]` in the sampler's batches.
+
+    It gets its own `torch.Generator`: iterating a DataLoader draws a base seed for its workers, from torch's
+    global RNG unless the loader has a generator, and that draw would make a resumed run's RNG state differ
+    from an uninterrupted one's. Samples never use that seed (their randomness is `sample_rng`).
+    """
+    return DataLoader(
+        dataset,
+        batch_sampler=EpochKeyedBatches(sampler),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator(),
+    )

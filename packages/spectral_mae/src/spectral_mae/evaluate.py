@@ -16,18 +16,30 @@ import click
 import torch
 from torch.utils.data import DataLoader
 
-from common.checkpoint import load_checkpoint
-from common.cli import run_cli
+from common.cli import data_dir_option, device_option, output_dir_option, run_cli
 from common.devices import torch_device
-from common.errors import CheckpointError
 from common.runs import atomic_write_text
-from common.torch_support import restore_training_state, unwrap
-from spectral_mae import config as config_module
-from spectral_mae.data import EpochSampler
-from spectral_mae.factory import Denormalizer, build_dataset, build_loss_from_config, build_model_from_config
+from common.sampler import ResumableSampler
+from common.torch_support import unwrap
+from spectral_mae.factory import (
+    Denormalizer,
+    build_dataset,
+    build_loss_from_config,
+    config_from_checkpoint,
+    load_from_checkpoint,
+)
 from spectral_mae.losses import MAESpectralLoss
 from spectral_mae.metrics import mse_per_band, reconstruction_metrics
 from spectral_mae.visualize import write_prediction_figures
+
+__all__ = [
+    "config_from_checkpoint",
+    "evaluate_model_dataloader",
+    "load_from_checkpoint",
+    "main",
+    "mean_baseline_mse",
+    "run_evaluation",
+]
 
 
 def mean_baseline_mse(target: torch.Tensor, mask: torch.Tensor) -> float:
@@ -132,46 +144,29 @@ def evaluate_model_dataloader(
     return metrics
 
 
-def config_from_checkpoint(state: dict, overrides=()) -> config_module.SpectralMAEConfig:
-    """The config a checkpoint was trained with (its "config" entry), with `a.b=value` overrides on top."""
-    if "config" not in state:
-        raise CheckpointError(
-            "The checkpoint has no 'config' entry; it was not written by spectral_mae.train."
-        )
-    return config_module.load(config_module.upgrade_saved_config(dict(state["config"])), overrides=overrides)
-
-
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option(
-    "--data-dir", "--data_dir", default=None, help="Folder holding dataset.csv (else the config's CSV)."
-)
+@data_dir_option(default=None, help="Folder holding dataset.csv (else the config's CSV).")
 @click.option("--split", default=None, help="CSV split to evaluate (default: the config's val split).")
-@click.option(
-    "--output-dir",
-    "--output_dir",
-    default=None,
-    help="Where metrics.json and figures go (default: <run folder>/evaluation_<split>).",
+@output_dir_option(
+    default=None, help="Where metrics.json and figures go (default: <run folder>/evaluation_<split>)."
 )
 @click.option("--batch-size", type=int, default=None, help="Default: hparams.batch_size.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
+@device_option(default="auto", show_default=True)
 def main(checkpoint, overrides, data_dir, split, output_dir, batch_size, device):
     """Evaluate a spectral_mae checkpoint: metrics JSON (loss parts, MSE, SAM, PSNR, SSIM) and figures."""
-    state = load_checkpoint(checkpoint)
-    cfg = config_from_checkpoint(state, overrides)
     dev = torch_device(device)
-    model = build_model_from_config(cfg)
-    restore_training_state({"model": state["model"]}, model, None)
-    model.to(dev)
+    model, cfg = load_from_checkpoint(checkpoint, dev, overrides=overrides)
     split = split or cfg.dataset.val_split
     csv_file = Path(data_dir) / "dataset.csv" if data_dir else None
     dataset = build_dataset(cfg, split, augment=False, csv_file=csv_file)
     batch = batch_size or cfg.hparams.batch_size
-    sampler = EpochSampler(
-        len(dataset), batch_size=batch, seed=cfg.general.seed, shuffle=False, drop_last=False
+    sampler = ResumableSampler(len(dataset), batch, shuffle=False, drop_last=False)
+    # Its own generator: evaluating leaves torch's global RNG alone.
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, num_workers=cfg.general.num_workers, generator=torch.Generator()
     )
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=cfg.general.num_workers)
     out = Path(output_dir) if output_dir else Path(checkpoint).resolve().parent.parent / f"evaluation_{split}"
     sp = cfg.show_prediction
     metrics = evaluate_model_dataloader(

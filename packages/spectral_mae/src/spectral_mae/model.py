@@ -31,7 +31,7 @@ DECODER_ATTENTION = ("divided", "joint")
 
 @dataclass(frozen=True)
 class MAEArch:
-    """Architecture of one variant (the seed's table)."""
+    """Architecture of one variant (the VARIANTS table)."""
 
     embed_dim: int
     encoder_depth: int
@@ -41,17 +41,17 @@ class MAEArch:
     decoder_num_heads: int
 
 
-# The seed's table: encoder layers/heads/width and decoder layers/heads. Decoder widths are not in the table;
-# they follow MAE's "lightweight decoder" rule (narrower than the encoder) and are divisible by the head count.
+# The variant table: encoder layers/heads/width and decoder layers/heads. The reference table the parameter
+# counts below come from gives no decoder widths; they follow MAE's "lightweight decoder" rule (narrower than the encoder) and are divisible by the head count.
 VARIANTS: dict[str, MAEArch] = {
     "mae_tiny": MAEArch(192, 12, 3, 96, 8, 3),
     "mae_small": MAEArch(384, 12, 6, 192, 8, 6),
     "mae_base": MAEArch(768, 12, 12, 384, 8, 12),
-    "mae_medium": MAEArch(512, 16, 16, 256, 8, 8),  # seed's mae_medium.yaml: decoder 256 wide, 8 heads
+    "mae_medium": MAEArch(512, 16, 16, 256, 8, 8),  # configs/model/mae_medium.yaml: decoder 256 wide, 8 heads
     "mae_large": MAEArch(1024, 24, 16, 512, 8, 16),
     "mae_huge": MAEArch(1280, 32, 16, 512, 8, 16),
 }
-# Parameter counts the seed's table gives (order of magnitude; tested).
+# Reference parameter counts of the variants (order of magnitude; tested).
 TABLE_PARAMS = {
     "mae_tiny": 5e6,
     "mae_small": 22e6,

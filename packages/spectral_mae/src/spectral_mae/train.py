@@ -1,75 +1,93 @@
-"""`python -m spectral_mae.train [OPTIONS] [group=name ...] [a.b=value ...]` (the seed's train_model.py).
+"""`python -m spectral_mae.train [OPTIONS] [group=name ...] [a.b=value ...]`: train the spectral MAE.
 
 python -m spectral_mae.train --demo                       # synthetic data, mae_tiny, ~2 minutes on CPU
 python -m spectral_mae.train model=mae_large hparams.batch_size=2
 python -m spectral_mae.train --cfg job                    # print the resolved config and exit
+python -m spectral_mae.train --resume last                # the newest checkpoint under --output-dir
 python -m spectral_mae.train --resume working_env/spectral_mae_20260101_120000
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 import click
-import yaml
 
-from common.checkpoint import CheckpointManager
-from common.cli import run_cli, typed_options
+from common.cli import (
+    config_option,
+    data_dir_option,
+    device_option,
+    output_dir_option,
+    resume_option,
+    run_cli,
+    seed_option,
+    typed_options,
+)
 from common.config import bundled_configs, dump_config
 from common.devices import torch_device
 from common.distributed import is_main_process
-from common.errors import CheckpointError
 from common.logs import log_file_path, setup_logging
+from common.loop import FitResult
+from common.resume import find_checkpoint, read_training_checkpoint, saved_config
 from common.runs import RunFolder
 from spectral_mae import config as config_module
 from spectral_mae.data import read_index
-from spectral_mae.trainer import LAST, STEP, TrainResult, train
+from spectral_mae.trainer import COMMAND, train
 
 DEMO_CONFIG = "demo"
 OPTION_KEYS = {"output_dir": "general.output_dir", "device": "general.device", "seed": "general.seed"}
 
 
-def resolve_resume(path: str) -> tuple[Path, Path]:
-    """(checkpoint file, run folder) for --resume given a checkpoint file or a run folder."""
-    target = Path(path)
-    if target.is_dir():
-        folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
-        latest = CheckpointManager(folder, last=LAST, step_file=STEP).latest()
-        if latest is None:
-            raise CheckpointError(f"--resume {path}: no {LAST} or {STEP} in {folder}.")
-        return latest, folder.parent if folder.name == "checkpoints" else folder
-    if not target.is_file():
-        raise CheckpointError(f"--resume {path}: no such checkpoint file or run folder.")
-    run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
-    return target, run_dir
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint file belongs to (checkpoints live in <run>/checkpoints/)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def find_resume_checkpoint(spec: str, cfg: config_module.SpectralMAEConfig) -> Path:
+    """The checkpoint meant by `--resume last | RUN_FOLDER | CHECKPOINT`: "last" continues
+    `general.run_dir` when set, else the newest run under `general.output_dir` (--output-dir)."""
+    if spec in ("last", "auto"):
+        return find_checkpoint(spec, cfg.general.run_dir or cfg.general.output_dir)
+    return find_checkpoint(spec)
 
 
 def load_run_config(ctx, config, data_dir, resume, demo, overrides):
-    """Resolved config for the options; a resumed run defaults to its own config.yaml."""
+    """(config, checkpoint, checkpoint state) for the options.
+
+    A resumed run builds its config from the one saved in the checkpoint unless --config is given; options
+    and overrides typed beside --resume still apply on top. So the resume command a run prints works as is.
+    """
     cli = typed_options(ctx, OPTION_KEYS)
     if data_dir:
         cli["dataset.csv_file"] = str(Path(data_dir) / "dataset.csv")
-    source = config
-    if source is None:
-        saved = resolve_resume(resume)[1] / "config.yaml" if resume else None
-        if saved is not None and saved.is_file():
-            source = config_module.upgrade_saved_config(yaml.safe_load(saved.read_text()) or {})
-        else:
-            source = DEMO_CONFIG if demo else config_module.DEFAULT_CONFIG
     if demo and not data_dir:
         output_dir = cli.get("general.output_dir", "working_env")
         cli["dataset.csv_file"] = str(Path(str(output_dir)) / "demo_data" / "dataset.csv")
-    return config_module.load(source, cli=cli, overrides=overrides)
-
-
-def prepare_run(cfg, resume: str | None) -> tuple[RunFolder, Path | None]:
+    default = DEMO_CONFIG if demo else config_module.DEFAULT_CONFIG
+    source = config
+    checkpoint = state = None
     if resume:
-        checkpoint, run_dir = resolve_resume(resume)
-        return RunFolder(run_dir), checkpoint
+        if resume in ("last", "auto"):  # where to look comes from the options, before any checkpoint is read
+            where = config_module.load(config or default, cli=cli, overrides=overrides)
+            checkpoint = find_resume_checkpoint(resume, where)
+        else:
+            checkpoint = find_checkpoint(resume)
+        state = read_training_checkpoint(checkpoint)
+        if source is None:
+            source = config_module.upgrade_saved_config(dict(saved_config(state)))
+    cfg = config_module.load(source or default, cli=cli, overrides=overrides)
+    return cfg, checkpoint, state
+
+
+def prepare_run(cfg, checkpoint: Path | None) -> RunFolder:
+    if checkpoint is not None:
+        return RunFolder(run_folder_of(checkpoint))
     if cfg.general.run_dir:
-        return RunFolder(cfg.general.run_dir), None
-    return RunFolder.timestamped(cfg.general.output_dir, cfg.general.experiment_name), None
+        return RunFolder(cfg.general.run_dir)
+    return RunFolder.timestamped(cfg.general.output_dir, cfg.general.experiment_name)
 
 
 def make_demo_data(csv_file: str, logger: logging.Logger) -> None:
@@ -82,7 +100,7 @@ def make_demo_data(csv_file: str, logger: logging.Logger) -> None:
     write_dataset(Path(csv_file).parent, SyntheticSpec(num_images=16, size=60, bands=30, val_fraction=0.25))
 
 
-def report(result: TrainResult, cfg, logger: logging.Logger) -> None:
+def report(result: FitResult, cfg, logger: logging.Logger, command: str = COMMAND) -> None:
     root = result.run_dir
     lines = [
         f"run folder: {root}",
@@ -90,7 +108,12 @@ def report(result: TrainResult, cfg, logger: logging.Logger) -> None:
         f"  checkpoints: {root / 'checkpoints'} (best: {result.best_checkpoint})",
         f"  metrics: {root / 'metrics_history.json'}, plots: {root / 'plots'}",
     ]
-    val = result.last_val
+    if result.interrupted:
+        lines.append(
+            f"  stopped by {result.interrupted} at step {result.global_step}; continue with: "
+            f"{command} --resume {shlex.quote(str(result.checkpoint or root))}"
+        )
+    val = result.metrics
     if "val/mse" in val and "val/mean_baseline_mse" in val:
         # The yardstick beside the result: a model that learned only the per-band mean scores the baseline.
         lines.append(
@@ -113,17 +136,22 @@ def options(fn):
     for decorator in reversed(
         [
             click.argument("overrides", nargs=-1),
-            click.option(
-                "--config",
+            config_option(
+                config_module.PACKAGE,
                 default=None,
-                help=f"YAML file or bundled config ({', '.join(bundled_configs('spectral_mae'))}); "
-                "default: config (or the run's config.yaml with --resume).",
+                help=f"YAML file or bundled config ({', '.join(bundled_configs(config_module.PACKAGE))}); "
+                "default: config (or the checkpoint's saved config with --resume).",
             ),
-            click.option("--data-dir", "--data_dir", default=None, help="Folder holding dataset.csv."),
-            click.option("--output-dir", "--output_dir", default=None, help="Parent folder of run folders."),
-            click.option("--resume", default=None, help="Checkpoint file or run folder to continue."),
-            click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps"),
-            click.option("--seed", type=int, default=None, help="Random seed (general.seed)."),
+            data_dir_option(default=None, help="Folder holding dataset.csv."),
+            output_dir_option(default=None, help="Parent folder of run folders (general.output_dir)."),
+            resume_option(
+                default=None,
+                help="Continue a run exactly: 'last' (the newest checkpoint of the runs under --output-dir, "
+                "or of general.run_dir), a run folder, or a checkpoint file. The checkpoint's saved config "
+                "is used; options and overrides typed beside it apply on top.",
+            ),
+            device_option(default=None),
+            seed_option(default=None, help="Random seed (general.seed)."),
             click.option(
                 "--cfg",
                 "print_cfg",
@@ -144,23 +172,33 @@ def options(fn):
 @options
 @click.pass_context
 def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, print_cfg, demo):
-    """Train the spectral masked autoencoder (the seed's train_model.py).
+    """Train the spectral masked autoencoder.
 
     OVERRIDES: `group=name` picks a bundled config group (model=mae_large, scheduler=constant,
     show_prediction=none, ...); `a.b=value` sets any key (hparams.batch_size=4, general.use_amp=true,
-    mlflow.tags.version="v1.0").
+    mlflow.tags.version="v1.0", callbacks=[LearningRateMonitor]).
+
+    Exit status: 0 when the run finished, 130 after SIGINT and 143 after SIGTERM (the run stopped after the
+    current step, saved checkpoints/last_step.ckpt and printed the command that continues it).
     """
-    cfg = load_run_config(ctx, config, data_dir, resume, demo, overrides)
+    cfg, checkpoint, state = load_run_config(ctx, config, data_dir, resume, demo, overrides)
     if print_cfg:
         click.echo(dump_config(cfg), nl=False)
-        return
+        return 0
     if not demo:
         read_index(cfg.dataset.csv_file)  # a missing index fails before a run folder is created
-    run, checkpoint = prepare_run(cfg, resume)
+    run = prepare_run(cfg, checkpoint)
     logger = setup_logging(run.logs, level="DEBUG" if cfg.general.debug else "INFO")
     if demo:
         make_demo_data(cfg.dataset.csv_file, logger)
-    result = train(cfg, run, device=torch_device(cfg.general.device), logger=logger, resume=checkpoint)
+    result = train(
+        cfg,
+        run,
+        device=torch_device(cfg.general.device),
+        logger=logger,
+        resume=state,
+        resume_path=checkpoint,
+    )
     if demo and result.best_checkpoint and not result.interrupted:
         from spectral_mae.evaluate import main as evaluate_main
 
@@ -169,6 +207,7 @@ def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, pri
         )
     if is_main_process():
         report(result, cfg, logger)
+    return result.exit_code
 
 
 def cli() -> None:

@@ -1,10 +1,16 @@
-"""The training loop (single process and DDP): AdamW + common schedule, accumulation, AMP, validation with
-figures, checkpoints with best-model tracking, early stopping, trackers, and exact resume.
+"""Training on the shared loop (`common.loop`): the spectral MAE as a loop `Task`, and `train()`, which runs it.
 
-Exact resume (DESIGN.md): a checkpoint holds model, optimizer, schedule, stepper (grad scaler), early stopping,
-checkpoint bookkeeping, epoch / batch position / global step, the running epoch sums and the RNG states. Data
-order and augmentation are pure functions of (seed, epoch, index), so a resumed run rebuilds the epoch's order
-and skips the batches already done by index.
+`SpectralMAETask` holds what is spectral_mae's own: the cube loaders, the MAE model (plain, DDP-wrapped,
+optionally compiled), the loss and its parts, the guarded AdamW step, validation metrics and the samples the
+figures show. The loop owns everything every trainer repeats: the counters (epoch, batch in epoch, global
+step), gradient accumulation, the LR schedule, validation cadence, early stopping, checkpoints, SIGINT/SIGTERM
+and exact resume. `train()` wires the callbacks (trackers, LR monitor, early stopping, progress, figures,
+checkpoints and the config's own `callbacks`) and writes the end-of-run outputs (curves, best-model weights).
+
+Exact resume: a checkpoint holds model, optimizer, grad scaler, schedule, callback states (early stopping,
+checkpoint bookkeeping), the loop's position and running epoch sums, and the RNG states. Data order and each
+sample's augmentation and mask noise are pure functions of (seed, epoch, index), so a resumed run asks for
+the epoch's batches from the saved batch index and replays nothing.
 """
 
 from __future__ import annotations
@@ -13,37 +19,39 @@ import contextlib
 import json
 import logging
 import math
-import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from timm.optim import param_groups_weight_decay
-from torch.utils.data import DataLoader
 
-from common.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
+from common.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    TrackerLogger,
+    build_callbacks,
+)
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.config import config_to_dict, save_config
 from common.devices import describe_device, peak_memory_mb
-from common.distributed import all_reduce_mean, get_rank, get_world_size, is_main_process
-from common.early_stopping import EarlyStopping
+from common.distributed import get_rank, get_world_size, is_main_process
 from common.errors import DataError
 from common.logs import PhaseTimer
+from common.loop import FitResult, Loop, Plan
 from common.plots import plot_history
-from common.progress import progress
+from common.resume import read_training_checkpoint
 from common.runs import RunFolder
+from common.sampler import ResumableSampler
 from common.schedules import build_schedule
-from common.seeding import capture_rng_state, restore_rng_state, seed_everything
-from common.signals import GracefulStop
-from common.torch_support import (
-    OptimizerStepper,
-    apply_lrs,
-    parse_precision,
-    restore_training_state,
-    training_state,
-)
-from common.trackers import build_trackers
-from spectral_mae.config import SpectralMAEConfig
-from spectral_mae.data import EpochSampler
+from common.seeding import seed_everything
+from common.torch_support import OptimizerStepper, TorchTask, parse_precision
+from common.trackers import Trackers, build_trackers
+from spectral_mae.config import ShowPredictionConfig, SpectralMAEConfig
+from spectral_mae.data import keyed_loader
 from spectral_mae.evaluate import run_evaluation
 from spectral_mae.factory import (
     Denormalizer,
@@ -55,87 +63,188 @@ from spectral_mae.factory import (
 )
 from spectral_mae.visualize import write_prediction_figures
 
-LOSS_PARTS = ("loss", "mse", "sam", "variance", "range_penalty")
 HISTORY_FILE = "metrics_history.json"
 LAST, BEST, STEP = "last.ckpt", "best_model.ckpt", "last_step.ckpt"
 BEST_TOP_K = "best_model-epoch{epoch:04d}.ckpt"  # checkpoint.save_top_k > 1 keeps several, one name each
+COMMAND = "python -m spectral_mae.train"  # how a printed resume command starts
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    global_step: int
-    epochs_done: int
-    stopped_early: bool = False
-    interrupted: bool = False
-    best_checkpoint: Path | None = None
-    last_val: dict[str, float] = field(default_factory=dict)
+class SpectralMAETask(TorchTask):
+    """The masked autoencoder on hyperspectral cubes, as the training loop's task.
 
+    Single process or one rank of a DDP run (`rank` / `world_size` default to the launcher's environment;
+    the process group must exist before the task is built). `hparams.batch_size` is per process: each rank
+    reads its contiguous slice of the same global batches a single process with batch size x world_size
+    reads. `keep_examples` validation samples are kept in `examples` for the figures (0: none).
+    """
 
-@dataclass
-class _Position:
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    global_step: int = 0
-    epoch_sums: dict[str, float] = field(default_factory=dict)  # running sums of loss parts this epoch
-    epoch_batches: int = 0
+    def __init__(
+        self,
+        cfg: SpectralMAEConfig,
+        *,
+        device: torch.device,
+        rank: int | None = None,
+        world_size: int | None = None,
+        keep_examples: int = 0,
+        timer: PhaseTimer | None = None,
+    ):
+        check_config(cfg)
+        self.config, self.device = cfg, device
+        rank = get_rank() if rank is None else rank
+        world = get_world_size() if world_size is None else world_size
+        h, g = cfg.hparams, cfg.general
+        phase = timer.phase if timer is not None else lambda _name: contextlib.nullcontext()
 
+        with phase("load_data"):
+            self._build_data(cfg, rank, world)
+        with phase("build_model"):
+            self.model = build_model_from_config(cfg).to(device)
+            forward: torch.nn.Module = self.model
+            if world > 1:
+                # no-op for the ViT (it has no BatchNorm); kept for variants that add one
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                # the loop's no_sync() uses self.ddp: micro-batches that do not end a step skip the all-reduce
+                self.ddp = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[device.index] if device.type == "cuda" else None
+                )
+                forward = self.ddp
+            # Training steps go through the compiled module (fused elementwise work, fewer copies); validation
+            # and checkpoints use the plain one (no recompilation for eval mode; state_dict keys unchanged).
+            self.train_forward = torch.compile(forward) if g.compile else forward
+            self.loss_fn = build_loss_from_config(cfg)
+            self.precision = parse_precision(
+                ("16-mixed" if device.type == "cuda" else "bf16-mixed") if g.use_amp else "32", device
+            )
+            # AdamW without weight decay on norms, biases and 1-D embeddings (MAE's recipe, via timm).
+            groups = param_groups_weight_decay(self.model, cfg.optimizer.weight_decay)
+            self.optimizer = adamw(
+                groups, device, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps
+            )
+            self.stepper = OptimizerStepper(
+                self.optimizer, precision=self.precision, clip_grad_norm=h.clip_grad_norm
+            )
+        self.denorm = Denormalizer(self.val_ds, device)
+        self.keep_examples = keep_examples
+        self.examples: dict[str, Any] | None = None  # the last validation's kept samples, for the figures
 
-def _loaders(cfg: SpectralMAEConfig, device: torch.device):
-    """(train_ds, train_sampler, train_loader, val_ds, val_loader) for this rank."""
-    h, world, rank = cfg.hparams, get_world_size(), get_rank()
-    global_batch = h.batch_size * world
-    if h.overfit_batches:  # the same first N batches every epoch, no augmentation, validated on themselves
-        train_ds = build_dataset(cfg, cfg.dataset.train_split, augment=False)
-        n = min(len(train_ds), h.overfit_batches * global_batch)
-        train_sampler = EpochSampler(
-            n, batch_size=h.batch_size, seed=cfg.general.seed, shuffle=False, num_replicas=world, rank=rank
+    def _build_data(self, cfg: SpectralMAEConfig, rank: int, world: int) -> None:
+        h, seed = cfg.hparams, cfg.general.seed
+        if (
+            h.overfit_batches
+        ):  # the same first N batches every epoch, no augmentation, validated on themselves
+            self.train_ds = build_dataset(cfg, cfg.dataset.train_split, augment=False)
+            n = min(len(self.train_ds), h.overfit_batches * h.batch_size * world)
+            self.train_sampler = ResumableSampler(
+                n, h.batch_size, seed=seed, shuffle=False, rank=rank, world_size=world
+            )
+            self.val_ds, val_n = self.train_ds, n
+        else:
+            self.train_ds = build_dataset(cfg, cfg.dataset.train_split, augment=True)
+            self.train_sampler = ResumableSampler(
+                len(self.train_ds), h.batch_size, seed=seed, rank=rank, world_size=world
+            )
+            self.val_ds = build_dataset(cfg, cfg.dataset.val_split, augment=False)
+            val_n = len(self.val_ds)
+        if self.train_sampler.batches_per_epoch() == 0:
+            raise DataError(
+                f"The '{cfg.dataset.train_split}' split has {len(self.train_ds)} samples, fewer than one global "
+                f"batch ({h.batch_size} x {world} processes); lower hparams.batch_size."
+            )
+        # Validation: every sample once in a fixed order, with epoch-0 masks (the same at every validation).
+        self.val_sampler = ResumableSampler(
+            val_n, h.batch_size, seed=seed, shuffle=False, drop_last=False, rank=rank, world_size=world
         )
-        val_ds, val_n = train_ds, n
-    else:
-        train_ds = build_dataset(cfg, cfg.dataset.train_split, augment=True)
-        train_sampler = EpochSampler(
-            len(train_ds), batch_size=h.batch_size, seed=cfg.general.seed, num_replicas=world, rank=rank
+        kw = dict(num_workers=cfg.general.num_workers, pin_memory=self.device.type == "cuda")
+        self.train_loader = keyed_loader(self.train_ds, self.train_sampler, **kw)
+        self.val_loader = keyed_loader(self.val_ds, self.val_sampler, **kw)
+
+    # -- the loop's task ------------------------------------------------------------------------------------
+    def num_batches(self, epoch: int) -> int:
+        return self.train_sampler.batches_per_epoch()
+
+    def batches(self, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
+        self.model.train()
+        self.train_sampler.set_epoch(epoch, start)
+        return _iterate(self.train_loader)
+
+    def micro_step(self, batch: dict[str, torch.Tensor], scale: float) -> dict[str, float]:
+        cube = batch["cube"].to(self.device, non_blocking=True)  # (B, C, H, W)
+        noise = batch["noise"].to(self.device, non_blocking=True)  # (B, L): each sample's mask noise
+        with self.precision.autocast():
+            pred, mask = self.train_forward(cube, noise)  # (B, L, t*p*p), (B, L)
+        parts = self.loss_fn(pred, self.model.patchify(cube), mask)
+        self.stepper.backward(parts["loss"], scale)
+        return {k: float(v.detach()) for k, v in parts.items()}
+
+    def validate(self) -> dict[str, float]:
+        metrics, self.examples = run_evaluation(
+            self.model,
+            self.val_loader,
+            device=self.device,
+            loss_fn=self.loss_fn,
+            denorm=self.denorm,
+            autocast=self.precision.autocast,
+            keep=self.keep_examples,
         )
-        val_ds = build_dataset(cfg, cfg.dataset.val_split, augment=False)
-        val_n = len(val_ds)
-    if train_sampler.batches_per_epoch() == 0:
-        raise DataError(
-            f"The '{cfg.dataset.train_split}' split has {len(train_ds)} samples, fewer than one global "
-            f"batch ({h.batch_size} x {world} processes); lower hparams.batch_size."
-        )
-    val_sampler = EpochSampler(
-        val_n,
-        batch_size=h.batch_size,
-        seed=cfg.general.seed,
-        shuffle=False,
-        drop_last=False,
-        num_replicas=world,
-        rank=rank,
-    )
-    pin = device.type == "cuda"
-    common_kw = dict(batch_size=h.batch_size, num_workers=cfg.general.num_workers, pin_memory=pin)
-    train_loader = DataLoader(train_ds, sampler=train_sampler, **common_kw)
-    val_loader = DataLoader(val_ds, sampler=val_sampler, **common_kw)
-    return train_ds, train_sampler, train_loader, val_ds, val_loader
+        self.model.train()
+        return self.reduce_metrics(metrics)
 
 
-def _checkpoint_state(model, optimizer, schedule, stepper, manager, early, pos: _Position, cfg) -> dict:
-    return training_state(
-        model,
-        optimizer,
-        schedule=schedule.state_dict(),
-        stepper=stepper.state_dict(),
-        manager=manager.state_dict(),
-        early_stopping=early.state_dict() if early else None,
-        epoch=pos.epoch,
-        batch_in_epoch=pos.batch_in_epoch,
-        global_step=pos.global_step,
-        epoch_sums=dict(pos.epoch_sums),
-        epoch_batches=pos.epoch_batches,
-        rng=capture_rng_state(),
-        config=config_to_dict(cfg),
-    )
+def _iterate(loader) -> Iterator[Any]:
+    """The loader's batches as a generator: the loop's `close()` on it drops the loader's iterator (and
+    stops its workers) when an epoch ends early."""
+    yield from loader
+
+
+class PredictionFigures(Callback):
+    """After each validation, the figures of the task's kept samples (RGB reconstruction, MSE per wavelength,
+    spectra) as plots/predictions/<kind>_epoch_NNNN.<fmt>, also logged as tracker artifacts."""
+
+    def __init__(self, folder: Path, show: ShowPredictionConfig, trackers: Trackers | None = None):
+        self.folder, self.show, self.trackers = Path(folder), show, trackers
+
+    def on_validation_end(self, loop: Loop, metrics: dict[str, float]) -> None:
+        examples = getattr(loop.task, "examples", None)
+        if examples is None:
+            return
+        loop.task.examples = None
+        figures = write_prediction_figures(
+            self.folder,
+            f"epoch_{loop.pos.epoch + 1:04d}",
+            examples["original"],
+            examples["recon"],
+            examples["mask"],
+            examples["mse_per_band"],
+            reference_rgb=examples["rgb"],
+            fmt=self.show.save_format,
+            dpi=self.show.dpi,
+            pixels_per_image=self.show.pixels_per_image,
+        )
+        if self.trackers is not None:
+            for path in figures:
+                self.trackers.log_artifact(path, f"predictions/{path.name}")
+
+
+class EpochSummary(Callback):
+    """One log line per epoch: time, step, train loss, the main validation metrics, peak memory."""
+
+    SHOWN = ("val/loss", "val/psnr", "val/ssim", "val/sam_deg")
+
+    def __init__(self, logger: logging.Logger, epochs: int, device: torch.device):
+        self.logger, self.epochs, self.device = logger, epochs, device
+
+    def on_train_epoch_end(self, loop: Loop, metrics: dict[str, float]) -> None:
+        memory = peak_memory_mb(self.device)
+        self.logger.info(
+            "epoch %d/%d done in %.1fs (step %d): train loss %.4f%s; peak memory %s",
+            loop.pos.epoch + 1,
+            self.epochs,
+            metrics.get("system/epoch_time_s", math.nan),
+            loop.pos.step,
+            metrics.get("train/loss", math.nan),
+            "".join(f", {k} {metrics[k]:.4g}" for k in self.SHOWN if k in metrics),
+            ", ".join(f"{k} {v:.0f}" for k, v in memory.items()),
+        )
 
 
 def train(
@@ -144,15 +253,17 @@ def train(
     *,
     device: torch.device,
     logger: logging.Logger,
-    resume: Path | None = None,
-    interrupt_after_steps: int | None = None,
-    crash_after_steps: int | None = None,
-) -> TrainResult:
-    """Train per `cfg` into `run`; resume from checkpoint `resume` when given.
+    resume: dict | str | Path | None = None,
+    resume_path: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    command: str = COMMAND,
+) -> FitResult:
+    """Train per `cfg` into `run` on the shared loop; `resume`: a checkpoint path, or its loaded state (then
+    `resume_path` names the file it came from).
 
-    interrupt_after_steps / crash_after_steps are test hooks: the first acts like SIGTERM after that many
-    optimizer steps (checkpoint, clean return), the second raises RuntimeError then, like a crash or SIGKILL
-    (only the periodic checkpoints survive).
+    `callbacks` come after the config's own (`cfg.callbacks`); `command` starts the resume command the run
+    prints when a signal stops it. Returns the loop's FitResult with `run_dir` set; its `exit_code` is 130 /
+    143 after SIGINT / SIGTERM.
     """
     check_config(cfg)
     timer = PhaseTimer(logger)
@@ -160,82 +271,33 @@ def train(
     main_process, world = is_main_process(), get_world_size()
     if g.debug:
         torch.autograd.set_detect_anomaly(True)
+    state = None
+    if isinstance(resume, dict):
+        state = resume
+    elif resume is not None:
+        with timer.phase("read_checkpoint"):
+            resume_path = Path(resume)
+            state = read_training_checkpoint(resume_path)
+
     seed_everything(g.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    sp = cfg.show_prediction
+    keep = sp.nb_to_plot if sp.enabled and main_process else 0
+    task = SpectralMAETask(cfg, device=device, keep_examples=keep, timer=timer)
 
-    with timer.phase("load_data"):
-        train_ds, train_sampler, train_loader, val_ds, val_loader = _loaders(cfg, device)
-    with timer.phase("build_model"):
-        net = build_model_from_config(cfg).to(device)
-        model: torch.nn.Module = net
-        if world > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
-                model
-            )  # no-op for the ViT; kept for variants
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        # Training steps go through the compiled module (fused elementwise work, fewer copies); validation and
-        # checkpoints use the plain one (no recompilation for eval mode; state_dict keys unchanged).
-        train_forward = torch.compile(model) if g.compile else model
-        loss_fn = build_loss_from_config(cfg)
-        precision = parse_precision(
-            ("16-mixed" if device.type == "cuda" else "bf16-mixed") if g.use_amp else "32", device
-        )
-        # AdamW without weight decay on norms, biases and 1-D embeddings (MAE's recipe, via timm).
-        groups = param_groups_weight_decay(net, cfg.optimizer.weight_decay)
-        optimizer = adamw(
-            groups, device, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps
-        )
-        stepper = OptimizerStepper(
-            optimizer,
-            precision=precision,
-            accumulate=h.accumulate_grad_batches,
-            clip_grad_norm=h.clip_grad_norm,
-        )
-        batches = train_sampler.batches_per_epoch()
-        steps_per_epoch = math.ceil(batches / h.accumulate_grad_batches)
-        schedule_units = h.epochs * (steps_per_epoch if cfg.scheduler.interval == "step" else 1)
-        schedule = build_schedule(
-            cfg.scheduler, [cfg.optimizer.lr] * len(optimizer.param_groups), schedule_units
-        )
-        top_k = cfg.checkpoint.save_top_k
-        manager = CheckpointManager(
-            run.checkpoints,
-            last=LAST,
-            best=BEST if top_k == 1 else BEST_TOP_K,
-            monitor=cfg.checkpoint.monitor,
-            mode=cfg.checkpoint.mode,
-            top_k=top_k,
-            step_file=STEP,
-        )
-        es = cfg.early_stopping
-        early = EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta) if es.enabled else None
-
-    pos = _Position()
-    if resume is not None:
-        with timer.phase("resume"):
-            rest = restore_training_state(load_checkpoint(resume), net, optimizer)
-            schedule.load_state_dict(rest["schedule"])
-            stepper.load_state_dict(rest["stepper"])
-            manager.load_state_dict(rest["manager"])
-            if early and rest.get("early_stopping"):
-                early.load_state_dict(rest["early_stopping"])
-            pos = _Position(
-                int(rest["epoch"]),
-                int(rest["batch_in_epoch"]),
-                int(rest["global_step"]),
-                {k: float(v) for k, v in rest["epoch_sums"].items()},
-                int(rest["epoch_batches"]),
-            )
-            restore_rng_state(rest["rng"])
-        logger.info(
-            "resumed from %s at epoch %d, batch %d, step %d",
-            resume,
-            pos.epoch,
-            pos.batch_in_epoch,
-            pos.global_step,
-        )
-    apply_lrs(optimizer, schedule.lrs)
+    batches = task.num_batches(0)
+    steps_per_epoch = math.ceil(batches / h.accumulate_grad_batches)
+    # A plateau schedule watches a validation metric, so it advances per epoch whatever scheduler.interval says.
+    interval = "epoch" if cfg.scheduler.name == "plateau" else cfg.scheduler.interval
+    units = h.epochs * (steps_per_epoch if interval == "step" else 1)
+    schedule = build_schedule(cfg.scheduler, [cfg.optimizer.lr] * len(task.optimizer.param_groups), units)
+    plan = Plan(
+        max_epochs=h.epochs,
+        accumulate=h.accumulate_grad_batches,
+        log_every_n_steps=g.log_every_n_steps,
+        val_every_n_epochs=h.valid_interval,
+        schedule_interval=interval,
+        schedule_monitor=cfg.checkpoint.monitor,
+    )
 
     mlflow_kwargs = None
     if cfg.mlflow.enabled:
@@ -245,207 +307,114 @@ def train(
             "tracking_uri": cfg.mlflow.tracking_uri,
             "tags": {"model": cfg.model.name, **cfg.mlflow.tags},
         }
-    trackers = build_trackers(
+    trackers = build_trackers(  # rank 0 only: the other ranks get an empty fan-out
         run,
         history_file=HISTORY_FILE,
         mlflow=mlflow_kwargs,
-        resume_step=pos.global_step if resume is not None else None,
+        resume_step=int(state["global_step"]) if state is not None else None,
         logger=logger,
     )
-    if main_process:
-        save_config(cfg, run.path("config.yaml"))
-        trackers.log_params(config_to_dict(cfg))
-    logger.info(
-        "device: %s, precision %s, %d process(es); model %s: %d parameters, %d tokens per sample",
-        describe_device(device),
-        precision.name,
-        world,
-        cfg.model.name,
-        sum(p.numel() for p in net.parameters()),
-        net.num_patches,
-    )
-    logger.info(
-        "train: %d samples, %d batches/epoch; val: %d samples; run folder: %s",
-        len(train_ds),
-        batches,
-        len(val_ds),
-        run.root,
-    )
-    if g.debug:
-        timer.report(logging.INFO)
-
-    denorm = Denormalizer(val_ds, device)
-    result = TrainResult(run.root, pos.global_step, pos.epoch)
-
-    def save(kind: str, metrics: dict | None = None) -> None:
-        if not main_process:  # only rank 0 writes checkpoints
-            return
-        state = _checkpoint_state(model, optimizer, schedule, stepper, manager, early, pos, cfg)
-        if kind == "step":
-            manager.save_step(state, epoch=pos.epoch, step=pos.global_step)
-        else:
-            manager.save(state, epoch=pos.epoch, metrics=metrics)
-
-    with GracefulStop() as stop, trackers:
-        while pos.epoch < h.epochs:
-            epoch_start = time.perf_counter()
-            train_sampler.set_epoch(pos.epoch)
-            train_sampler.set_start_batch(pos.batch_in_epoch)
-            model.train()
-            step_parts: dict[str, float] = {}
-            micro_in_step = 0
-            for i, batch in enumerate(
-                progress(train_loader, desc=f"epoch {pos.epoch}", logger=logger), start=pos.batch_in_epoch
-            ):
-                cube = batch["cube"].to(device, non_blocking=True)  # (B, C, H, W)
-                noise = batch["noise"].to(device, non_blocking=True)  # (B, L): the sample's mask noise
-                last_batch = i == batches - 1
-                will_step = (i + 1) % h.accumulate_grad_batches == 0 or last_batch
-                # Skip the DDP gradient all-reduce on micro-batches that do not end an optimizer step.
-                sync = model.no_sync() if world > 1 and not will_step else contextlib.nullcontext()
-                with sync:
-                    with precision.autocast():
-                        pred, mask = train_forward(cube, noise)  # (B, L, t*p*p), (B, L)
-                    parts = loss_fn(pred, net.patchify(cube), mask)
-                    stepper.backward(parts["loss"])
-                norm = stepper.step_if_ready(i, flush=last_batch)
-                values = {k: float(v.detach()) for k, v in parts.items()}
-                for k, v in values.items():
-                    step_parts[k] = step_parts.get(k, 0.0) + v
-                    pos.epoch_sums[k] = pos.epoch_sums.get(k, 0.0) + v
-                pos.epoch_batches += 1
-                micro_in_step += 1
-                pos.batch_in_epoch = i + 1
-                if not will_step:
-                    continue
-                pos.global_step += 1
-                if cfg.scheduler.interval == "step" and cfg.scheduler.name != "plateau":
-                    apply_lrs(optimizer, schedule.step())
-                if pos.global_step % g.log_every_n_steps == 0:
-                    logged = all_reduce_mean({f"train/{k}": v / micro_in_step for k, v in step_parts.items()})
-                    logged["train/lr"] = optimizer.param_groups[0]["lr"]
-                    if norm is not None:
-                        logged["train/grad_norm"] = norm
-                    trackers.log_metrics(logged, step=pos.global_step)
-                step_parts, micro_in_step = {}, 0
-                if interrupt_after_steps is not None and pos.global_step >= interrupt_after_steps:
-                    stop.requested = True
-                if stop.requested:
-                    save("step")
-                    hint = f"python -m spectral_mae.train --resume {run.root}"
-                    logger.warning(
-                        stop.message(hint) if stop.signal_name else f"stopped; resume with: {hint}"
-                    )
-                    result.interrupted = True
-                    result.global_step = pos.global_step
-                    return result
-                every = g.checkpoint_every_n_steps
-                if every and pos.global_step % every == 0 and not last_batch:  # epoch end saves anyway
-                    save("step")
-                if crash_after_steps is not None and pos.global_step >= crash_after_steps:
-                    raise RuntimeError(f"simulated crash after step {pos.global_step}")
-
-            # ---- end of epoch: epoch means, schedule, validation, checkpoints
-            means = all_reduce_mean(
-                {f"train_epoch/{k}": v / max(pos.epoch_batches, 1) for k, v in pos.epoch_sums.items()}
-            )
-            means["epoch"] = pos.epoch
-            trackers.log_metrics(means, step=pos.global_step)
-            val_metrics: dict[str, float] = {}
-            if (pos.epoch + 1) % h.valid_interval == 0 or pos.epoch + 1 == h.epochs:
-                val_metrics = _validate(
-                    cfg, model, val_loader, loss_fn, device, precision, denorm, run, trackers, pos
-                )
-                result.last_val = val_metrics
-            if cfg.scheduler.name == "plateau" and val_metrics:
-                apply_lrs(optimizer, schedule.step(val_metrics[cfg.checkpoint.monitor]))
-            elif cfg.scheduler.interval == "epoch" and cfg.scheduler.name != "plateau":
-                apply_lrs(optimizer, schedule.step())
-            stop_now = bool(early and val_metrics and early.update(val_metrics))
-            memory = peak_memory_mb(device)
-            logger.info(
-                "epoch %d/%d done in %.1fs (step %d): train loss %.4f%s; peak memory %s",
-                pos.epoch + 1,
-                h.epochs,
-                time.perf_counter() - epoch_start,
-                pos.global_step,
-                means["train_epoch/loss"],
-                "".join(
-                    f", {k} {v:.4g}"
-                    for k, v in val_metrics.items()
-                    if k in ("val/loss", "val/psnr", "val/ssim", "val/sam_deg")
-                ),
-                ", ".join(f"{k} {v:.0f}" for k, v in memory.items()),
-            )
-            pos.epoch, pos.batch_in_epoch, pos.epoch_sums, pos.epoch_batches = pos.epoch + 1, 0, {}, 0
-            save("epoch", val_metrics)
-            result.epochs_done, result.global_step = pos.epoch, pos.global_step
-            if stop_now:
-                logger.info("early stopping: %s", early.reason)
-                result.stopped_early = True
-                break
-            if stop.requested:
-                hint = f"python -m spectral_mae.train --resume {run.root}"
-                logger.warning(stop.message(hint))
-                result.interrupted = True
-                return result
-
-        result.best_checkpoint = manager.best_path
+    try:
         if main_process:
-            _finish(cfg, run, trackers, manager, logger)
+            save_config(cfg, run.path("config.yaml"))
+            trackers.log_params(config_to_dict(cfg))
+        logger.info(
+            "device: %s, precision %s, %d process(es); model %s: %d parameters, %d tokens per sample",
+            describe_device(device),
+            task.precision.name,
+            world,
+            cfg.model.name,
+            sum(p.numel() for p in task.model.parameters()),
+            task.model.num_patches,
+        )
+        logger.info(
+            "train: %d samples, %d batches/epoch (%d optimizer steps); val: %d samples; run folder: %s",
+            len(task.train_ds),
+            batches,
+            steps_per_epoch,
+            len(task.val_ds),
+            run.root,
+        )
+        if g.debug:
+            timer.report(logging.INFO)
+
+        saver = None
+        if main_process:  # only rank 0 writes checkpoints
+            top_k = cfg.checkpoint.save_top_k
+            saver = ModelCheckpoint(
+                run.checkpoints,
+                filename=BEST if top_k == 1 else BEST_TOP_K,
+                monitor=cfg.checkpoint.monitor,
+                mode=cfg.checkpoint.mode,
+                save_top_k=top_k,
+                save_last=LAST,
+                every_n_steps=g.checkpoint_every_n_steps,
+                step_file=STEP,
+            )
+        es = cfg.early_stopping
+        # `lr`, and `lr/decay` / `lr/no_decay` for the parameter groups with and without weight decay
+        every_rank: list[Callback] = [LearningRateMonitor(names=_group_names(task.optimizer))]
+        if es.enabled:  # on every rank, so that all stop together (the metrics are all-reduced)
+            every_rank.append(
+                EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=es.mode)
+            )
+        rank_zero: list[Callback] = []
+        if main_process:
+            rank_zero = [
+                TrackerLogger(trackers),
+                ProgressBar(),
+                EpochSummary(logger, h.epochs, device),
+                PredictionFigures(run.plots / "predictions", sp, trackers),
+            ]
+        loop = Loop(
+            task,
+            plan,
+            callbacks=[
+                *every_rank,
+                *rank_zero,
+                *build_callbacks(cfg.callbacks),
+                *callbacks,
+                *([saver] if saver else []),
+            ],
+            schedule=schedule,
+            resume=state,
+            resume_path=resume_path,  # names the file in the "resumed at" line and in checkpoint bookkeeping
+            command=command,
+        )
+        result = loop.fit()
+        result.run_dir = run.root
+        if main_process and not result.interrupted:
+            _finish(cfg, run, trackers, saver, logger)
+    finally:
+        trackers.close()
     return result
 
 
-def _validate(
-    cfg, model, val_loader, loss_fn, device, precision, denorm, run, trackers, pos
-) -> dict[str, float]:
-    sp = cfg.show_prediction
-    keep = sp.nb_to_plot if sp.enabled and is_main_process() else 0
-    metrics, examples = run_evaluation(
-        model,
-        val_loader,
-        device=device,
-        loss_fn=loss_fn,
-        denorm=denorm,
-        autocast=precision.autocast,
-        keep=keep,
-    )
-    metrics = all_reduce_mean({f"val/{k}": v for k, v in metrics.items()})
-    trackers.log_metrics(metrics, step=pos.global_step)
-    if examples is not None:
-        figures = write_prediction_figures(
-            run.plots / "predictions",
-            f"epoch_{pos.epoch + 1:04d}",
-            examples["original"],
-            examples["recon"],
-            examples["mask"],
-            examples["mse_per_band"],
-            reference_rgb=examples["rgb"],
-            fmt=sp.save_format,
-            dpi=sp.dpi,
-            pixels_per_image=sp.pixels_per_image,
-        )
-        for path in figures:
-            trackers.log_artifact(path, f"predictions/{path.name}")
-    return metrics
+def _group_names(optimizer: torch.optim.Optimizer) -> list[str]:
+    names = []
+    for group in optimizer.param_groups:
+        name = "decay" if group.get("weight_decay") else "no_decay"
+        names.append(name + ("_fallback" if group.get("use_fallback") else ""))
+    return names
 
 
-def _finish(cfg, run: RunFolder, trackers, manager: CheckpointManager, logger) -> None:
+def _finish(cfg, run: RunFolder, trackers: Trackers, saver: ModelCheckpoint, logger) -> None:
     """Curves PNG, and the best model (weights + metadata, no optimizer) as MLflow artifacts."""
     trackers.flush()
     curves = plot_history(
         run.path(HISTORY_FILE), run.plots / "training_curves.png", title=f"spectral_mae {cfg.model.name}"
     )
     trackers.log_artifact(curves, "plots/training_curves.png")
-    if manager.best_path is not None and manager.best_path.is_file():
-        best = load_checkpoint(manager.best_path)
+    best_path = saver.best_path
+    if best_path is not None and best_path.is_file():
+        best = load_checkpoint(best_path)
         metadata = {
-            "epoch": int(best["epoch"]),
+            "epoch": int(best["epoch"]),  # epochs completed when it was written
             "global_step": int(best["global_step"]),
             "monitor": cfg.checkpoint.monitor,
-            "value": manager.best_value,
+            "value": saver.best_model_score,
             "model": cfg.model.name,
-            "source_checkpoint": str(manager.best_path),
+            "source_checkpoint": str(best_path),
         }
         weights = save_checkpoint(
             run.path("best_model_weights.ckpt"),
@@ -457,8 +426,8 @@ def _finish(cfg, run: RunFolder, trackers, manager: CheckpointManager, logger) -
         trackers.log_artifact(meta_path, "best_model/best_model.json")
         logger.info(
             "best model: %s (%s = %.4g at epoch %d)",
-            manager.best_path,
+            best_path,
             cfg.checkpoint.monitor,
-            manager.best_value,
+            saver.best_model_score,
             metadata["epoch"],
         )

@@ -31,7 +31,10 @@ def default_runs_dir(argv: list[str] | None = None) -> str:
 
 
 def _default_metrics(names: list[str]) -> list[str]:
-    epoch_level = [n for n in names if not n.endswith("_step") and not n.startswith(("lr", "system"))]
+    # per-epoch curves first: not the per-step rows, the LRs, system/ figures or the loop's epoch counter
+    epoch_level = [
+        n for n in names if not n.endswith("_step") and not n.startswith(("lr", "system")) and n != "epoch"
+    ]
     picks = []
     for hint in DEFAULT_METRIC_HINTS:
         picks += [n for n in epoch_level if n.split("/")[-1].startswith(hint) and n not in picks]

@@ -1,6 +1,6 @@
 """`JsonHistory`: the always-on, complete metrics record of a run (`metrics_history.json`).
 
-File format: {"params": {...nested...}, "metrics": {name: [{"step": s, "value": v, "time": t}, ...]},
+File format: {"params": {...nested...}, "metrics": {name: [{"step": s, "value": v, "time": t, "seq": n}, ...]},
 "artifacts": [{"name", "path", "time"}, ...], "log_calls": n}.
 
 Rewriting the whole JSON on every step would cost O(history) per step, so the JSON is rewritten atomically
@@ -8,7 +8,8 @@ every `flush_every` calls and on flush()/close(). Each logged step is also appen
 journal beside it (`<name>.journal`); a process killed between two rewrites (even by SIGKILL) therefore
 loses nothing, and reopening with `resume_step` folds the journal back in. The journal is emptied after each
 rewrite and deleted on close. `log_calls` numbers the journal lines so that a crash between a rewrite and the
-journal reset never counts an entry twice.
+journal reset never counts an entry twice, and `seq` on each entry (its log call) lets a resumed run keep
+exactly the rows logged before its checkpoint (`state_dict` / `load_state_dict`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class JsonHistory:
         values = {str(name): metric_value(name, value) for name, value in metrics.items()}
         self._log_calls += 1
         for name, value in values.items():
-            self._record(name, int(step), value, now)
+            self._record(name, int(step), value, now, self._log_calls)
         self._append_journal({"seq": self._log_calls, "step": int(step), "time": now, "metrics": values})
         self._since_flush += 1
         if self._since_flush >= self.flush_every and self._flush_is_affordable():
@@ -120,15 +121,33 @@ class JsonHistory:
             raise KeyError(f"no metric {name!r} in {self.path}; logged metrics: {sorted(self.metrics)}")
         return [(entry["step"], entry["value"]) for entry in self.metrics[name]]
 
+    def state_dict(self) -> dict:
+        """How many log calls the history holds: a checkpoint records it, so a resume keeps exactly those."""
+        return {"log_calls": self._log_calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Keep only what was logged up to the checkpoint (by log call, not by step: rows logged at the
+        checkpoint's own step after it was written are dropped and will be logged again)."""
+        kept = int(state["log_calls"])
+        for name in list(self.metrics):
+            entries = [e for e in self.metrics[name] if e.get("seq", 0) <= kept]
+            if entries:
+                self.metrics[name] = entries
+            else:
+                del self.metrics[name]
+        self._log_calls = kept
+        self.flush()
+
     # -- internals --------------------------------------------------------------------------------------
-    def _record(self, name: str, step: int, value: float, now: float) -> None:
+    def _record(self, name: str, step: int, value: float, now: float, seq: int) -> None:
         series = self.metrics.setdefault(name, [])
+        entry = {"step": step, "value": value, "time": now, "seq": seq}
         replayed = self._resume_step is not None and step <= self._resume_step
         if replayed and series and series[-1]["step"] == step:
             # A resumed loop may log the checkpoint's own step again: keep one entry per (name, step).
-            series[-1] = {"step": step, "value": value, "time": now}
+            series[-1] = entry
         else:
-            series.append({"step": step, "value": value, "time": now})
+            series.append(entry)
 
     def _append_journal(self, line: dict) -> None:
         if self._journal is None:
@@ -157,7 +176,12 @@ class JsonHistory:
                 raise TypeError("'params' and 'metrics' must be objects")
             for name, entries in metrics.items():
                 metrics[name] = [
-                    {"step": int(e["step"]), "value": float(e["value"]), "time": float(e["time"])}
+                    {
+                        "step": int(e["step"]),
+                        "value": float(e["value"]),
+                        "time": float(e["time"]),
+                        "seq": int(e.get("seq", 0)),
+                    }
                     for e in entries
                 ]
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -188,7 +212,9 @@ class JsonHistory:
             if seq <= self._log_calls:
                 continue  # already in the JSON (crash between a rewrite and the journal reset)
             for name, value in values.items():
-                self.metrics.setdefault(name, []).append({"step": step, "value": value, "time": now})
+                self.metrics.setdefault(name, []).append(
+                    {"step": step, "value": value, "time": now, "seq": seq}
+                )
             self._log_calls = seq
 
 
