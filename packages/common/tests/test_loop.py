@@ -16,8 +16,9 @@ import pytest
 from common.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, build_callbacks
 from common.checkpoint import load_checkpoint
 from common.demo import DemoConfig, RegressionTask, train
-from common.errors import ConfigError
+from common.errors import CheckpointError, ConfigError
 from common.loop import Loop, Plan, Task, fit
+from common.resume import read_training_checkpoint
 from common.schedules import ScheduleConfig, StepSchedule
 from common.testing import CrashAt, SimulatedCrash, assert_trees_equal, history_series
 
@@ -271,3 +272,19 @@ def test_a_signal_saves_a_resumable_checkpoint_and_exits_128_plus_its_number(tmp
     resumed = demo_cli(tmp_path, "run", "--resume", "last", "callbacks=[]")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at epoch 1, batch 10, step 5" in resumed.stderr
+
+
+def test_resuming_on_another_number_of_processes_only_at_an_epoch_boundary(tmp_path, monkeypatch):
+    cfg = small(tmp_path, epochs=2, save_every_steps=2)
+    with pytest.raises(SimulatedCrash):
+        train(cfg, callbacks=[CrashAt(3)])
+    mid_epoch = read_training_checkpoint(tmp_path / "run/checkpoints/last_step.npz")
+    assert mid_epoch["loop"]["world_size"] == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as if launched on two processes
+    with pytest.raises(CheckpointError, match="Resume it with 1 process"):
+        train(cfg, resume=mid_epoch)
+    monkeypatch.delenv("WORLD_SIZE")
+    train(cfg, resume=mid_epoch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    end_of_epoch = read_training_checkpoint(tmp_path / "run/checkpoints/last.npz")  # may change the count
+    assert train(replace(cfg, epochs=3), resume=end_of_epoch).epochs_done == 3

@@ -223,6 +223,7 @@ class Loop:
                 "step": at.step,
                 "epoch_sums": sums,
                 "epoch_micro": 0 if self._epoch_done else self._epoch_micro,
+                "world_size": get_world_size(),
             },
             # the same counters at the top level, for people and tools reading a checkpoint
             epoch=at.epoch,
@@ -248,6 +249,14 @@ class Loop:
                 "entry (a weights-only or older file). Start a new run from it with the package's "
                 "init-weights option instead."
             )
+        at = state["loop"]
+        _check_world_size(
+            int(at.get("world_size", 1)),
+            get_world_size(),
+            int(at["epoch"]),
+            int(at["batch"]),
+            self.resume_path,
+        )
         self.task.load_state_dict(state)
         self.schedule.load_state_dict(state["schedule"])
         self.callbacks.load_state_dicts(state.get("callbacks", {}))
@@ -453,6 +462,31 @@ def fit(
         command=command,
     )
     return loop.fit()
+
+
+def _check_world_size(saved: int, now: int, epoch: int, batch: int, path: Path | None) -> None:
+    """The rule for resuming on another number of processes: only at an epoch boundary.
+
+    Inside an epoch the saved position counts each process's micro-batches of a global batch that spans
+    `saved` processes; with another count the same index names other samples. At an epoch boundary the new
+    run simply continues with its own global batch (per-process batch x processes x accumulation), a
+    different optimisation from then on: the learning rate is not rescaled for it.
+    """
+    if saved == now:
+        return
+    where = f" ({path})" if path else ""
+    if batch:
+        raise CheckpointError(
+            f"The checkpoint{where} was written by {saved} process(es) in the middle of epoch {epoch + 1}; "
+            f"this run has {now}. Resume it with {saved} process(es), or resume from an end-of-epoch "
+            "checkpoint (the run's last file) to continue with another number of processes."
+        )
+    log.warning(
+        "resuming a %d-process run on %d process(es): the global batch changes from here on (the learning rate "
+        "is left as it is)",
+        saved,
+        now,
+    )
 
 
 def _add(sums: dict[str, float], values: Mapping[str, float]) -> None:
