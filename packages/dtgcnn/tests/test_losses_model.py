@@ -163,3 +163,17 @@ def test_model_outputs_and_flops():
     # the edge MLP costs k times less per point: the textbook count exceeds ours by exactly that part
     edge = 2 * 20 * 2 * (6 * 8 + 8 * 16)
     assert naive["forward"] - fast["forward"] == pytest.approx(edge * (4 - 1))
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from dtgcnn.metrics import roc_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(4, 200))
+        target = rng.random(n) < 0.3
+        target[:2] = [True, False]
+        score = np.round(rng.normal(size=n), int(rng.integers(0, 3)))  # coarse rounding: many ties
+        assert roc_auc(target, score) == pytest.approx(roc_auc_score(target, score), abs=1e-12)

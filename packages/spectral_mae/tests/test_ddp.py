@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -78,3 +79,37 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
         b = [e["value"] for e in hist["ddp"][key]]
         np.testing.assert_allclose(b, a, rtol=1e-4, err_msg=key)
     assert len(list((ddp_dir / "logs").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_a_lost_rank_ends_the_others_with_an_error_naming_it_and_keeps_the_last_checkpoint(
+    override_factory, tmp_path
+):
+    run_dir, stamp = tmp_path / "ddp", tmp_path / "killed_at"
+    kill = f"callbacks=[{{class_path: common.testing.KillAt, init_args: {{step: 3, rank: 1, stamp: '{stamp}'}}}}]"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [
+            *launcher,
+            "-m",
+            "spectral_mae.train_ddp",
+            "--device",
+            "cpu",
+            *override_factory(tmp_path, "hparams.batch_size=1", "general.checkpoint_every_n_steps=1"),
+            f"general.run_dir={run_dir}",
+            kill,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    ended = time.time()
+    assert proc.returncode != 0
+    # torchrun's summary names the lost rank and how it died
+    assert "rank" in proc.stderr and ": 1 (local_rank: 1)" in proc.stderr, proc.stderr[-3000:]
+    assert "SIGKILL" in proc.stderr or "-9" in proc.stderr
+    # a liveness bound, not a speed figure: rank 0 must not wait out a long collective timeout
+    assert ended - float(stamp.read_text()) < 60
+    survivor = load_checkpoint(run_dir / "checkpoints" / "last_step.ckpt")  # intact and verified
+    assert survivor["global_step"] in (2, 3)

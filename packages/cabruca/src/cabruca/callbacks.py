@@ -21,7 +21,7 @@ from common.plots import plot_curves
 
 
 class SystemMetrics(Callback):
-    """After each epoch: `system/tiles_per_sec` (training tiles over the time of the epoch's steps, validation
+    """After each epoch: `system/tiles_per_sec` (training tiles of all processes over the time of the epoch's steps, validation
     excluded), peak memory (`system/rss_peak_mb`, `system/cuda_peak_mb`) and `system/gpu_util_percent` where
     the driver reports it; then one summary line in the log."""
 
@@ -45,7 +45,8 @@ class SystemMetrics(Callback):
 
     def on_train_epoch_end(self, loop, metrics) -> None:
         task = loop.task
-        tiles = task.tiles_seen - self._tiles_at_start
+        # every process trains as many tiles as this one: the rate is over all processes
+        tiles = (task.tiles_seen - self._tiles_at_start) * getattr(task, "world_size", 1)
         rate = tiles / max(self._last_step - self._started, 1e-9)
         row = {f"system/{k}": v for k, v in peak_memory_mb(task.device).items()}
         row["system/tiles_per_sec"] = rate

@@ -115,6 +115,8 @@ class TrainingConfig:
     gradient_clip: float | None = 1.0  # max global grad norm (None: no clipping)
     mixed_precision: bool = False  # float16 autocast + GradScaler (CUDA only)
     compile: bool = False  # wrap the model in torch.compile
+    norm_eval: bool = False  # keep BatchNorm layers in eval mode while training (running statistics)
+    sync_batchnorm: bool = True  # under torchrun on CUDA: SyncBatchNorm (statistics over the global batch)
     empty_cache_freq: int = 0  # empty the CUDA/MPS cache every N optimizer steps (0: never)
     monitor_metric: str = "val/mAP_50"  # metric for the best checkpoint, plateau LR and early stopping
     minimize_metric: bool = False  # lower monitor_metric is better

@@ -5,6 +5,13 @@ checkpoints, signals, exact resume) is the loop's and its callbacks' (see `cabru
 Exact resume: the training order is `epoch_permutation(n, seed, epoch)` (a `ResumableSampler`), each tile's
 augmentation is `sample_rng(seed, epoch, index)`, and the data loaders never draw from torch's global RNG,
 so a run resumed at (epoch, batch) sees the same tiles with the same augmentation as an uninterrupted one.
+
+Data parallel (one process per GPU or CPU slot, launched by torchrun; see README "Scale out"): the process
+group must exist before the task is built. `data.batch_size` is per process; each rank reads its contiguous
+slice of the global batches a single process with batch size x world size reads, the model is wrapped in
+DistributedDataParallel (`self.ddp`, so micro-batches that do not end an optimizer step skip the gradient
+all-reduce), and rank 0 evaluates the whole validation set while the others wait; its metrics are broadcast,
+so every rank (early stopping, plateau schedule) sees the same numbers as a single-process run would.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import load_checkpoint
+from common.distributed import broadcast_object, get_rank, get_world_size, is_main_process
 from common.errors import CheckpointError, ConfigError
 from common.sampler import ResumableSampler
 from common.seeding import seed_everything
@@ -42,8 +50,18 @@ class CabrucaTask(TorchTask):
     `init_weights` (a checkpoint's "model" tree) warm-starts the model: weights only, fresh optimizer.
     """
 
-    def __init__(self, cfg: CabrucaConfig, device: torch.device, *, init_weights: dict | None = None):
+    def __init__(
+        self,
+        cfg: CabrucaConfig,
+        device: torch.device,
+        *,
+        init_weights: dict | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         self.config, self.device = cfg, device
+        self.rank = get_rank() if rank is None else rank
+        self.world_size = world = get_world_size() if world_size is None else world_size
         t, d = cfg.training, cfg.data
         seed_everything(cfg.seed)
         data_dir = Path(d.data_dir)
@@ -52,24 +70,42 @@ class CabrucaTask(TorchTask):
         self.accumulate = t.gradient_accumulation_steps
         cap = t.max_steps_per_epoch * self.accumulate if t.max_steps_per_epoch else None
         self.train_sampler = ResumableSampler(
-            len(self.train_set), d.batch_size, seed=cfg.seed, shuffle=True, drop_last=True, max_batches=cap
+            len(self.train_set),
+            d.batch_size,
+            seed=cfg.seed,
+            shuffle=True,
+            drop_last=True,
+            max_batches=cap,
+            rank=self.rank,
+            world_size=world,
         )
         if self.train_sampler.batches_per_epoch() < 1:
+            across = f" x {world} processes" if world > 1 else ""
             raise ConfigError(
-                f"{len(self.train_set)} training tiles do not fill one batch of data.batch_size "
-                f"{d.batch_size}; lower it or add data."
+                f"{len(self.train_set)} training tiles do not fill one global batch of data.batch_size "
+                f"{d.batch_size}{across}; lower it or add data."
             )
+        # Validation: every tile once, in order, in one process (rank 0 under DDP; see `validate`).
         self.val_sampler = ResumableSampler(len(self.val_set), d.batch_size, shuffle=False, drop_last=False)
 
         self.model = build_model(cfg.model).to(device)
         if init_weights is not None:  # warm start (progressive training / fine-tuning): weights only
             restore_training_state({"model": init_weights, "optimizer": None}, self.model, None)
-        forward = self.model
-        if device.type == "cuda" and torch.cuda.device_count() > 1:
-            # Multi-GPU: DataParallel splits each batch across the visible GPUs; checkpoints keep saving the
-            # plain self.model.
-            forward = torch.nn.DataParallel(forward)
+        forward: torch.nn.Module = self.model
+        self.ddp = None
+        if world > 1:
+            if t.sync_batchnorm and device.type == "cuda":
+                # BatchNorm statistics over the global batch (CUDA only in torch); state_dict keys unchanged
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # the loop's no_sync() uses self.ddp: micro-batches that do not end a step skip the all-reduce;
+            # checkpoints keep saving the plain self.model
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+            forward = self.ddp
         self.forward = torch.compile(forward) if t.compile else forward
+        # Validation runs in one process: through the plain module under DDP (no collective in its forward).
+        self.eval_forward = self.forward if self.ddp is None else self.model
         self.loss_fn = MultiTaskLoss(cfg.loss)
         self.optimizer, self.group_names = build_optimizer(self.model, cfg)
         self.precision = parse_precision("16-mixed" if t.mixed_precision else "32", device)
@@ -77,7 +113,17 @@ class CabrucaTask(TorchTask):
             self.optimizer, precision=self.precision, clip_grad_norm=t.gradient_clip
         )
         self.tiles_seen = 0  # training tiles through micro_step in this process (for tiles/s)
+        self.train_mode()
+
+    def train_mode(self) -> None:
+        """Training mode; with `training.norm_eval` the BatchNorm layers stay in eval mode (running
+        statistics, not the micro-batch's: per-process batch statistics then no longer differ from a single
+        process's, and small batches do not disturb the statistics)."""
         self.model.train()
+        if self.config.training.norm_eval:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     # ---- data -------------------------------------------------------------------------------------
     @property
@@ -110,8 +156,16 @@ class CabrucaTask(TorchTask):
         return {k: float(v.detach()) for k, v in losses.items()}
 
     # ---- validation -------------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Validation losses and metrics. Under DDP rank 0 evaluates the whole validation set (COCO mAP is
+        not a mean over shards) while the others wait in the broadcast of its metrics; every rank returns
+        the same dict, equal to a single process's."""
+        if self.world_size <= 1:
+            return self._evaluate()
+        return broadcast_object(self._evaluate() if is_main_process() else None)
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, float]:
         cfg, model = self.config, self.model
         model.eval()
         ev = Evaluator(cfg.data.semantic_classes, cfg.data.instance_classes, cfg.data.instance_semantic_ids)
@@ -120,14 +174,14 @@ class CabrucaTask(TorchTask):
         for batch in make_loader(self.val_set, cfg.data, self.val_sampler):
             batch = self._to_device(batch)
             with self.precision.autocast():
-                out = self.forward(batch["image"])
+                out = self.eval_forward(batch["image"])
             losses = self.loss_fn(out, batch)
             b = batch["image"].shape[0]
             for k in LOSS_NAMES:
                 sums[k] += float(losses[k]) * b
             n += b
             update_evaluator(ev, out, batch, cfg)
-        model.train()
+        self.train_mode()
         metrics = {k: v / max(n, 1) for k, v in sums.items()}
         metrics.update(ev.compute())
         return metrics

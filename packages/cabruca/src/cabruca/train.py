@@ -4,20 +4,28 @@ python -m cabruca.train --config configs/training_config.yaml [--device cpu|cuda
     [--use-mlflow] [--use-wandb] [--lr 1e-3] [--batch-size 8] [--epochs 50] [--grad-accum 4]
     [--experiment-name NAME] [--mixed-precision] [--compile] [key.sub=value ...]
 python -m cabruca.train --demo
+torchrun --nproc_per_node N -m cabruca.train [same options]       # data parallel, see README "Scale out"
 
 The run is `common.loop.Loop` over a `cabruca.engine.CabrucaTask` with the common callbacks (trackers, LR
 monitor, early stopping, progress, checkpoints under cabruca's file names), cabruca's own (system metrics,
 cache emptying, curves plot, profiler) and the user's from the config's `callbacks` list.
+
+Under torchrun (WORLD_SIZE > 1) every process joins the process group (NCCL on CUDA, each rank on GPU
+LOCAL_RANK; Gloo on CPU), trains its slice of each global batch (data.batch_size x world size x
+training.gradient_accumulation_steps tiles per optimizer step; the learning rate is not rescaled), and only
+rank 0 writes the run folder, whose name rank 0 chooses and broadcasts. Without torchrun nothing changes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from common.callbacks import (
     EarlyStopping,
@@ -40,7 +48,16 @@ from common.cli import (
 )
 from common.config import config_to_dict, dump_config, save_config
 from common.devices import describe_device, torch_device
-from common.errors import CheckpointError, DeviceError
+from common.distributed import (
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    get_local_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
+from common.errors import CheckpointError, ConfigError, DeviceError
 from common.logs import setup_logging
 from common.loop import FitResult, Loop, Plan
 from common.resume import find_checkpoint, read_training_checkpoint, saved_config
@@ -55,6 +72,37 @@ from .optim import build_lr_schedule
 from .profiling import BatchProfiler
 
 COMMAND = "python -m cabruca.train"  # how a run is started: the resume hint a stopped run logs starts with it
+
+
+def launch_command() -> str:
+    """How this run was started, for the resume hint: torchrun with the per-node process count under it."""
+    if get_world_size() <= 1:
+        return COMMAND
+    per_node = os.environ.get("LOCAL_WORLD_SIZE") or str(get_world_size())
+    nodes = int(get_world_size()) // max(int(per_node), 1)
+    multi = f" --nnodes {nodes} --rdzv-backend c10d --rdzv-endpoint HOST:PORT" if nodes > 1 else ""
+    return f"torchrun{multi} --nproc_per_node {per_node} -m cabruca.train"
+
+
+def rank_device(cfg: CabrucaConfig, log: logging.Logger | None = None) -> torch.device:
+    """This process's device: under torchrun GPU LOCAL_RANK on CUDA (the CPU otherwise); in one process
+    cfg.device, with a hint to use torchrun when several GPUs are visible (one process uses one GPU)."""
+    device = torch_device(cfg.device)
+    if device.type != "cuda":
+        return device
+    if get_world_size() > 1:
+        return torch.device("cuda", get_local_rank())
+    gpus = torch.cuda.device_count()
+    if gpus > 1:
+        (log or logging.getLogger("trainyard")).warning(
+            "%d GPUs are visible but one process trains on one GPU (%s); to train on all of them run "
+            "`torchrun --nproc_per_node %d -m cabruca.train ...` with the same options.",
+            gpus,
+            device,
+            gpus,
+        )
+    return device
+
 
 OPTION_KEYS = {
     "lr": "optimizer.lr",
@@ -122,7 +170,7 @@ def train(
 
     `resume`: a checkpoint file (its state already read may be passed as `state`); `resume_plan` decides
     between continuing that run exactly and a warm start. `callbacks` are added to the config's."""
-    device = torch_device(cfg.device)
+    device = rank_device(cfg, logger)
     t = cfg.training
     if t.mixed_precision and device.type != "cuda":
         raise DeviceError(
@@ -140,11 +188,39 @@ def train(
                 "checkpoint, or one written before the shared training loop). Start a new run from its "
                 "weights with training.resume_mode=weights."
             )
-    if mode == "continue":
-        run = RunFolder(Path(resume).resolve().parent.parent)  # <run>/checkpoints/<file>
-    else:
-        run = RunFolder.timestamped(cfg.output_dir, cfg.experiment_name)
-    log = logger or setup_logging(run.logs, level="INFO")
+    started = get_world_size() > 1 and init_distributed(device.type)
+    try:
+        result = _train(cfg, device, mode, why, resume, state, callbacks, logger)
+        if (
+            started
+        ):  # rank 0 has finished writing before any process leaves (not after an error: it would hang)
+            barrier()
+        return result
+    finally:
+        if started:
+            cleanup_distributed()
+
+
+def choose_run_folder(cfg: CabrucaConfig, mode: str | None, resume) -> RunFolder:
+    """The run folder, chosen (and created) by rank 0 and broadcast: every rank uses the same timestamp."""
+    run = None
+    if is_main_process():
+        if mode == "continue":
+            run = RunFolder(Path(resume).resolve().parent.parent)  # <run>/checkpoints/<file>
+        else:
+            run = RunFolder.timestamped(cfg.output_dir, cfg.experiment_name)
+    return broadcast_object(run)  # unpickling a RunFolder creates nothing
+
+
+def _train(cfg, device, mode, why, resume, state, callbacks, logger) -> FitResult:
+    t, main_process, world = cfg.training, is_main_process(), get_world_size()
+    run = choose_run_folder(cfg, mode, resume)
+    if logger is not None:
+        log = logger
+    elif main_process:
+        log = setup_logging(run.logs, level="INFO")
+    else:  # the other ranks log warnings to stderr and write no log file
+        log = setup_logging(None, level="WARNING")
     if resume is not None:
         log.info(
             "resuming from %s: %s (%s)",
@@ -153,7 +229,18 @@ def train(
             why,
         )
     log.info("run folder %s; device %s", run.root, describe_device(device))
-    save_config(cfg, run.path("config.yaml"))
+    if world > 1:
+        log.info(
+            "data parallel over %d processes: global batch %d = data.batch_size %d x %d processes x %d "
+            "accumulation steps (learning rate as configured, not rescaled)",
+            world,
+            cfg.data.batch_size * world * t.gradient_accumulation_steps,
+            cfg.data.batch_size,
+            world,
+            t.gradient_accumulation_steps,
+        )
+    if main_process:
+        save_config(cfg, run.path("config.yaml"))
     tr = cfg.tracking
     trackers = build_trackers(
         run,
@@ -175,7 +262,8 @@ def train(
     )
     try:
         task = CabrucaTask(cfg, device, init_weights=state["model"] if mode == "weights" else None)
-        trackers.log_params(config_to_dict(cfg))
+        if main_process:
+            trackers.log_params(config_to_dict(cfg))
         schedule, interval = build_lr_schedule(
             cfg, [g["lr"] for g in task.optimizer.param_groups], task.steps_per_epoch
         )
@@ -193,7 +281,7 @@ def train(
             callbacks=[*loop_callbacks(cfg, run, task, trackers, log), *callbacks],
             schedule=schedule,
             resume=state if mode == "continue" else None,
-            command=COMMAND,
+            command=launch_command(),
         )
         result = loop.fit()
     finally:
@@ -214,17 +302,22 @@ def loop_callbacks(cfg: CabrucaConfig, run: RunFolder, task: CabrucaTask, tracke
     profiler, the config's `callbacks`, and the checkpoints (which the loop always runs last)."""
     t = cfg.training
     mode = "min" if t.minimize_metric else "max"
+    main_process = is_main_process()
+    # Under DDP the files and the console belong to rank 0; early stopping runs on every rank (the metrics
+    # it reads are the same everywhere), and ModelCheckpoint skips its writes off rank 0 itself.
     callbacks = [
-        SystemMetrics(log),
-        TrackerLogger(trackers),
+        *([SystemMetrics(log), TrackerLogger(trackers)] if main_process else []),
         LearningRateMonitor(logging_interval="step", names=task.group_names),
         EarlyStopping(t.monitor_metric, patience=t.early_stopping_patience or 10**9, mode=mode),
-        ProgressBar(),
-        HistoryPlot(run.path(HISTORY_FILE), run.plots / "training_curves.png", log),
     ]
+    if main_process:
+        callbacks += [
+            ProgressBar(),
+            HistoryPlot(run.path(HISTORY_FILE), run.plots / "training_curves.png", log),
+        ]
     if t.empty_cache_freq:
         callbacks.append(EmptyCache(t.empty_cache_freq))
-    if t.profile:
+    if t.profile and main_process:
         callbacks.append(BatchProfiler(t.profile_batches, run.path("profiler"), log))
     callbacks += build_callbacks(cfg.callbacks)
     # checkpoint_latest.pth is both the epoch-end "last" file and the mid-epoch step file, so it is always the
@@ -249,6 +342,9 @@ def run_demo(output_dir: str, device: str, extra_overrides: tuple[str, ...]) -> 
     """Synthetic scenes, light config, a short run, evaluation, and where everything is."""
     from .evaluate import evaluate_checkpoint
     from .synthetic import generate
+
+    if get_world_size() > 1:
+        raise ConfigError("--demo runs in one process; start it with python -m cabruca.train, not torchrun.")
 
     data_dir = Path(output_dir) / "demo_data"
     if not (data_dir / "val" / "annotations.json").exists():
@@ -363,7 +459,8 @@ def main(ctx, config, resume, demo, print_config, overrides, **_):
             source = saved_config(state)
     cfg = config_mod.load(source, cli=cli, overrides=overrides)
     if print_config:
-        click.echo(dump_config(cfg))
+        if is_main_process():
+            click.echo(dump_config(cfg))
         return 0
     return train(cfg, resume=checkpoint, state=state).exit_code
 

@@ -8,6 +8,7 @@ MASTER_ADDR, MASTER_PORT. torch is imported only inside the functions that need 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from common.errors import ConfigError, DeviceError
 __all__ = [
     "all_reduce_mean",
     "barrier",
+    "broadcast_object",
     "cleanup_distributed",
     "get_local_rank",
     "get_rank",
@@ -29,6 +31,7 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -50,16 +53,65 @@ def _process_group_ready() -> bool:
     return dist is not None and dist.is_available() and dist.is_initialized()
 
 
+def _mlx_group() -> Any:
+    """The mx.distributed group `common.mlx_support.init_distributed` set up, or None; never imports mlx."""
+    support = sys.modules.get("common.mlx_support")
+    return getattr(support, "GROUP", None)
+
+
+@functools.lru_cache(maxsize=8)
+def _ring_hosts(path: str) -> int:
+    """Processes in the ring hostfile mlx.launch writes (a JSON list with one entry per rank)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return len(json.load(f))
+    except (OSError, ValueError):
+        return 1
+
+
+def _mlx_env_world_size() -> int:
+    """World size from the environment `mlx.launch` sets (ring: MLX_HOSTFILE, nccl: MLX_WORLD_SIZE,
+    mpi: OMPI_COMM_WORLD_SIZE / PMI_SIZE); 1 when not launched by it."""
+    if os.environ.get("MLX_WORLD_SIZE", "").strip():
+        return _env_int("MLX_WORLD_SIZE", 1)
+    if os.environ.get("MLX_RANK", "").strip() and os.environ.get("MLX_HOSTFILE"):
+        return _ring_hosts(os.environ["MLX_HOSTFILE"])
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if os.environ.get(name, "").strip():
+            return _env_int(name, 1)
+    return 1
+
+
+def _mlx_env_rank() -> int:
+    for name in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").strip():
+            return _env_int(name, 0)
+    return 0
+
+
 def get_rank() -> int:
+    """This process's rank: torch.distributed's group, MLX's group, then RANK (torchrun) or the variables
+    mlx.launch sets (MLX_RANK; OMPI_COMM_WORLD_RANK under MPI)."""
     if _process_group_ready():
         return sys.modules["torch.distributed"].get_rank()
-    return _env_int("RANK", 0)
+    group = _mlx_group()
+    if group is not None:
+        return int(group.rank())
+    if os.environ.get("RANK", "").strip():
+        return _env_int("RANK", 0)
+    return _mlx_env_rank()
 
 
 def get_world_size() -> int:
+    """Processes in the run, from the same sources as `get_rank`."""
     if _process_group_ready():
         return sys.modules["torch.distributed"].get_world_size()
-    return _env_int("WORLD_SIZE", 1)
+    group = _mlx_group()
+    if group is not None:
+        return int(group.size())
+    if os.environ.get("WORLD_SIZE", "").strip():
+        return _env_int("WORLD_SIZE", 1)
+    return _mlx_env_world_size()
 
 
 def get_local_rank() -> int:
@@ -156,3 +208,15 @@ def barrier() -> None:
         dist.barrier(device_ids=[torch.cuda.current_device()])
     else:
         dist.barrier()
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank `src`'s `obj` on every rank (e.g. the run folder name rank 0 chose); `obj` itself when not
+    distributed. The object is pickled between the processes of one run, never read from a file."""
+    if not _process_group_ready():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -350,24 +350,27 @@ class Loop:
     def _after_optimizer_step(self, grad_norm: float | None, stop) -> None:
         plan, pos = self.plan, self.pos
         pos.step += 1
-        step = {k: v / self._step_micro for k, v in self._step_sums.items()}
+        micro = self._step_micro
+        step = {k: v / micro for k, v in self._step_sums.items()}
         if grad_norm is not None:
             step["grad_norm"] = float(grad_norm)
-        _add(self._epoch_sums, {k: v * self._step_micro for k, v in step.items() if k != "grad_norm"})
-        self._epoch_micro += self._step_micro
-        if grad_norm is not None:
-            _add(self._epoch_sums, {"grad_norm": float(grad_norm), "#grad_norm": 1.0})
         self._step_sums, self._step_micro = {}, 0
         self.lrs_used = list(self.schedule.lrs)
         if plan.schedule_interval == "step":
             self.task.set_lrs(self.schedule.step())
-        # A signal stops every process at the same step: the flags travel with the step's metrics, in the
-        # one reduction per step, so a process that saw no signal (or saw it later) stops too.
+        # One reduction per step: the step's metrics become means over all processes, and the signal flags
+        # travel with them, so a process that saw no signal (or saw it later) stops at the same step too.
         got = stop.signal_name if stop.requested else None
         step.update({"#SIGINT": float(got == "SIGINT"), "#SIGTERM": float(got == "SIGTERM")})
         step = self.task.reduce_metrics(step)
         flags = {name: step.pop(f"#{name}") for name in ("SIGINT", "SIGTERM")}
         self._signal = next((name for name, seen in flags.items() if seen > 0), None)
+        # The epoch sums are built from reduced values, so they are the same on every process and the one
+        # rank 0 checkpoints is right for all of them on resume.
+        _add(self._epoch_sums, {k: v * micro for k, v in step.items() if k != "grad_norm"})
+        self._epoch_micro += micro
+        if "grad_norm" in step:
+            _add(self._epoch_sums, {"grad_norm": step["grad_norm"], "#grad_norm": 1.0})
         if plan.log_every_n_steps and pos.step % plan.log_every_n_steps == 0:
             self.log({f"train/{k}_step": v for k, v in step.items()})
         if plan.val_every_n_steps and pos.step % plan.val_every_n_steps == 0:
@@ -389,7 +392,7 @@ class Loop:
         train = {f"train/{k}": v / n for k, v in self._epoch_sums.items() if not k.startswith("#")}
         if "#grad_norm" in self._epoch_sums:
             train["train/grad_norm"] = self._epoch_sums["grad_norm"] / self._epoch_sums["#grad_norm"]
-        row = self.task.reduce_metrics(train)
+        row = dict(train)  # already means over all processes (see _after_optimizer_step)
         last = pos.epoch + 1 == plan.max_epochs
         every = plan.val_every_n_epochs
         if last or (every and (pos.epoch + 1) % every == 0):

@@ -88,3 +88,70 @@ def load_optimizer_state(optimizer, state: dict) -> None:
         )
     optimizer.state = from_numpy_tree(state)
     mx.eval(optimizer.state)
+
+
+# -- data parallelism with mx.distributed (launched by `mlx.launch`) ---------------------------------------
+
+# The global group once `init_distributed` joined a run of several processes (None: one process).
+# `common.distributed.get_rank / get_world_size` read it through sys.modules, without importing mlx.
+GROUP: Any = None
+
+
+def launched() -> bool:
+    """True when `mlx.launch` (ring, nccl, jaccl or mpi backend) started this process."""
+    from common.distributed import _mlx_env_world_size
+
+    return _mlx_env_world_size() > 1
+
+
+def init_distributed(backend: str = "any") -> Any:
+    """Join the mx.distributed group `mlx.launch` described in the environment; returns it, or None when
+    this is a single-process run (nothing done). Idempotent."""
+    global GROUP
+    if GROUP is not None:
+        return GROUP
+    if not launched():
+        return None
+    from common.errors import DeviceError
+
+    try:
+        group = mx.distributed.init(strict=True, backend=backend)
+    except RuntimeError as exc:
+        raise DeviceError(
+            f"mlx.launch started this process but mx.distributed.init(backend={backend!r}) failed: {exc}"
+        ) from exc
+    if group.size() > 1:
+        GROUP = group
+    return GROUP
+
+
+def _reduce_stream() -> Any:
+    """Where the all-reduce runs: the GPU stream under CUDA (the nccl backend), else the CPU (the ring and
+    MPI backends reduce host memory; on Apple silicon that memory is shared with the GPU)."""
+    return None if mx.cuda.is_available() else mx.cpu
+
+
+def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """Mean of each value over the processes of the run (every process passes the same keys; the order
+    is fixed by sorting them); a float copy in a single-process run."""
+    if GROUP is None:
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)
+    packed = mx.array([float(values[k]) for k in keys], dtype=mx.float64)
+    total = mx.distributed.all_sum(packed, group=GROUP, stream=mx.cpu) / GROUP.size()
+    means = dict(zip(keys, total.tolist(), strict=True))
+    return {k: float(means[k]) for k in values}
+
+
+def all_reduce_mean_arrays(arrays: list[mx.array]) -> list[mx.array]:
+    """The element-wise mean of each array over the processes, in one all-reduce: the arrays travel
+    concatenated as one flat float32 buffer. Single-process runs get the list back unchanged."""
+    if GROUP is None or not arrays:
+        return arrays
+    flat = mx.concatenate([a.astype(mx.float32).reshape(-1) for a in arrays])
+    flat = mx.distributed.all_sum(flat, group=GROUP, stream=_reduce_stream()) / GROUP.size()
+    out, start = [], 0
+    for a in arrays:
+        out.append(flat[start : start + a.size].reshape(a.shape).astype(a.dtype))
+        start += a.size
+    return out

@@ -13,12 +13,14 @@ import json
 import math
 import os
 import signal as signal_module
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.callbacks import Callback
+from common.distributed import get_rank
 
 __all__ = ["CrashAt", "KillAt", "SignalAt", "SimulatedCrash", "assert_trees_equal", "history_series"]
 
@@ -28,13 +30,16 @@ class SimulatedCrash(RuntimeError):
 
 
 class KillAt(Callback):
-    """SIGKILL this process after optimizer step `step` (nothing can clean up)."""
+    """SIGKILL this process after optimizer step `step` (nothing can clean up). `rank`: only that process of
+    a multi-process run dies (the others must notice); `stamp`: a file that gets the time of the kill."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None, stamp: str | None = None) -> None:
+        self.step, self.rank, self.stamp = step, rank, stamp
 
     def on_train_batch_end(self, loop, outputs) -> None:
-        if loop.pos.step == self.step:
+        if loop.pos.step == self.step and (self.rank is None or get_rank() == self.rank):
+            if self.stamp:
+                Path(self.stamp).write_text(repr(time.time()))
             os.kill(os.getpid(), signal_module.SIGKILL)
 
 

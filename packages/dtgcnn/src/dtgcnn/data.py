@@ -266,11 +266,22 @@ class PKOrder:
         return np.asarray(out, dtype=np.int64)
 
 
-def pk_sampler(labels: np.ndarray, batch_size: int, samples_per_label: int, seed: int) -> ResumableSampler:
+def pk_sampler(
+    labels: np.ndarray,
+    batch_size: int,
+    samples_per_label: int,
+    seed: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> ResumableSampler:
     """The training sampler: batches of P = batch_size // K labels x K = samples_per_label meshes (`PKOrder`),
-    resumable at any batch of any epoch."""
+    resumable at any batch of any epoch. With `world_size` processes, process `rank` takes group
+    i * world_size + rank of the order as its batch i (each P x K group stays whole on one process)."""
     order = PKOrder(labels, batch_size, samples_per_label, seed)
-    return ResumableSampler(len(order.labels), order.batch_size, seed=seed, order=order)
+    return ResumableSampler(
+        len(order.labels), order.batch_size, seed=seed, order=order, rank=rank, world_size=world_size
+    )
 
 
 def eval_batches(n: int, batch_size: int) -> list[np.ndarray]:
@@ -306,13 +317,18 @@ def prefetch(
     epoch: int,
     start: int = 0,
     depth: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield (batch_index, x, labels) for batches[start:] (the epoch's batches of dataset indices), prepared
-    `depth` batches ahead in a thread."""
+    `depth` batches ahead in a thread. Batch b of process `rank` of `world_size` sits at position
+    (b * world_size + rank) * batch size of the epoch order, which seeds its samples' augmentation: the same
+    samples get the same augmentation whatever the number of processes."""
 
     def prepared():
         for b in range(start, len(batches)):
             idx = np.asarray(batches[b], dtype=np.int64)
-            yield (b, *make_batch(split, idx, augmentation, seed, epoch, b * len(batches[0])))
+            first = (b * world_size + rank) * len(batches[0])
+            yield (b, *make_batch(split, idx, augmentation, seed, epoch, first))
 
     return prefetch_in_thread(prepared(), depth, name="dtgcnn-prefetch")

@@ -11,8 +11,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from common import mlx_support
 from common.errors import NonFiniteError
 from dtgcnn.config import TrainConfig
 from dtgcnn.data import MeshSplit, eval_batches, make_batch
@@ -66,6 +67,12 @@ class Stepper:
 
     The loss-and-gradient function is `mx.compile`d (jit_compile) with the model state and the MLX random
     key as explicit state, so BatchNorm statistics and dropout keys flow in and out of the compiled graph.
+
+    Data parallel (`common.mlx_support.GROUP` set by `init_distributed` under mlx.launch): micro-batches
+    accumulate locally; `optimizer_step` averages the pending gradient sums over the processes in ONE
+    all-reduce (`all_sum / size`, the arrays packed into one buffer) before clipping and the update. The same
+    buffer carries the BatchNorm running statistics (averaged, so every process validates the same model)
+    and a non-finite-loss flag (so every process stops at the same step).
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class Stepper:
         self.pending = None  # sum of scale * gradients of the micro-batches of the step in progress
         self.pending_count = 0
         self._last_batch: tuple[np.ndarray, np.ndarray] | None = None  # saved if the step goes non-finite
+        self._nonfinite_loss = False  # data parallel: a micro-batch of this step had a NaN/inf loss
 
     @property
     def next_step(self) -> int:
@@ -101,7 +109,9 @@ class Stepper:
         metrics = {"loss": loss.item(), **{k: v.item() for k, v in aux.items()}}
         self._last_batch = (x, y)
         if not np.isfinite(metrics["loss"]):
-            self._fail(f"loss is {metrics['loss']} at step {self.next_step}")
+            if mlx_support.GROUP is None:
+                self._fail(f"loss is {metrics['loss']} at step {self.next_step}")
+            self._nonfinite_loss = True  # every process learns of it in the step's all-reduce
         self.pending = grads if self.pending is None else tree_map(mx.add, self.pending, grads)
         self.pending_count += 1
         return metrics
@@ -115,6 +125,8 @@ class Stepper:
             raise RuntimeError("optimizer_step() without a micro_step() since the last update")
         grads, step = self.pending, self.next_step
         self.pending, self.pending_count = None, 0
+        if mlx_support.GROUP is not None:
+            grads = self._all_reduce(grads, step)
         if self.cfg.gradient_clip_val > 0:
             grads, norm = optim.clip_grad_norm(grads, self.cfg.gradient_clip_val)
         else:
@@ -133,6 +145,25 @@ class Stepper:
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.state, self.optimizer.state)
         return norm
+
+    def _all_reduce(self, grads, step: int):
+        """Mean of the pending gradients (and of the BatchNorm statistics) over the processes: one all_sum."""
+        trainable = {k for k, _ in tree_flatten(self.model.trainable_parameters())}
+        frozen = [(k, v) for k, v in tree_flatten(self.model.parameters()) if k not in trainable]
+        flat_grads = tree_flatten(grads)
+        flag = mx.array([float(self._nonfinite_loss)])
+        arrays = [g for _, g in flat_grads] + [v for _, v in frozen] + [flag]
+        reduced = mlx_support.all_reduce_mean_arrays(arrays)
+        n = len(flat_grads)
+        grads = tree_unflatten([(k, g) for (k, _), g in zip(flat_grads, reduced[:n], strict=True)])
+        if reduced[-1].item() > 0:
+            self._nonfinite_loss = False
+            self._fail(f"loss is not finite on at least one process at step {step}")
+        if frozen:
+            self.model.update(
+                tree_unflatten([(k, v) for (k, _), v in zip(frozen, reduced[n:-1], strict=True)])
+            )
+        return grads
 
     def _fail(self, what: str):
         where = ""

@@ -5,6 +5,7 @@
         --learning-rate 0.0005 --num-epochs 50 --embedding-dim 512
     python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --resume last
     python -m dtgcnn.train --demo
+    mlx.launch -n 2 -- python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/dp2   # data parallel
 Trailing `key=value` arguments override any config key (e.g. `k=10 mining_strategy=semi_hard`).
 The run goes through `common.loop.Loop` (see `dtgcnn.trainer`).
 """
@@ -28,6 +29,7 @@ from common.cli import (
     typed_options,
 )
 from common.config import bundled_configs, dump_config, load_config
+from common.distributed import get_rank, get_world_size
 from common.errors import ConfigError, DeviceError
 from common.logs import setup_logging
 from common.resume import find_checkpoint, read_training_checkpoint, saved_config
@@ -66,6 +68,10 @@ Examples:
   python -m dtgcnn.train --demo
   python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --config default_config --verbose
   python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --resume last
+  mlx.launch -n 2 -- python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/dp2
+
+Data parallel: start the same command under mlx.launch (-n N processes on this machine, --hosts h1,h2 or
+--hostfile for several machines); each process trains on its P x K group of every global batch.
 
 Trailing KEY=VALUE arguments override any config key (e.g. k=10 mining_strategy=semi_hard). A resumed run
 uses the config saved in its checkpoint (unless --config is given); options and overrides typed beside
@@ -109,8 +115,18 @@ saving checkpoints/last_step.npz (the log names the command that resumes it), 2 
     type=int,
     help="Stop after N optimizer steps, writing a resumable checkpoint (the loop's max_steps).",
 )
-@click.option("--distributed", is_flag=True, help="Multi-device data parallel (not available with MLX yet).")
-@click.option("--num-gpus", type=int, default=1, show_default=True)
+@click.option(
+    "--distributed",
+    is_flag=True,
+    help="Data parallel over the processes mlx.launch started (implied under mlx.launch; refused without).",
+)
+@click.option(
+    "--num-gpus",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes expected (start them with mlx.launch).",
+)
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (startup phases, per-step details).")
 @click.argument("overrides", nargs=-1)
@@ -130,11 +146,8 @@ def main(
     overrides,
     **_options,
 ):
-    if distributed or num_gpus > 1:
-        raise DeviceError(
-            "Multi-GPU training (--distributed / --num-gpus > 1) is not supported: MLX has no "
-            "multi-device data parallelism on one machine. Train on one device (drop the flag)."
-        )
+    world = join_processes(distributed, num_gpus)
+    main_process = get_rank() == 0
     if demo:
         root = Path(output_dir or "dtgcnn_demo")
         data_dir = data_dir or str(root / "data")
@@ -162,19 +175,29 @@ def main(
     if not data_dir:
         raise ConfigError("--data-dir is required (or use --demo to train on generated synthetic meshes).")
     if output_dir is None:
-        from common.runs import timestamp
-
-        output_dir = f"experiments/run_{timestamp()}"
-    setup_logging(
-        Path(output_dir) / "logs", filename="training_{timestamp}.log", level="DEBUG" if verbose else "INFO"
-    )
-    from dtgcnn.trainer import resume_command, train
+        output_dir = f"experiments/run_{shared_timestamp()}"
+    if main_process:
+        setup_logging(
+            Path(output_dir) / "logs",
+            filename="training_{timestamp}.log",
+            level="DEBUG" if verbose else "INFO",
+        )
+    else:  # the other processes write no files; their console shows warnings and errors only
+        setup_logging(None, level="WARNING")
+    from dtgcnn.trainer import distributed_command, resume_command, train
 
     if demo:
-        demo_data(Path(data_dir))
+        if main_process:
+            demo_data(Path(data_dir))
+        if world > 1:  # the others wait until rank 0 has written the demo data (an all-reduce as barrier)
+            from common import mlx_support
+
+            mlx_support.all_reduce_mean({"ready": 1.0})
     result = train(
         cfg, data_dir, output_dir, resume=checkpoint, resume_state=state, max_steps=stop_after_steps
     )
+    if not main_process:
+        return result.exit_code
     out = result.run_dir
     click.echo(f"\noutputs in {out}:")
     for rel in (
@@ -200,8 +223,41 @@ def main(
         )
     if result.test is None and result.checkpoint is not None and (result.interrupted or stop_after_steps):
         why = f"interrupted by {result.interrupted}" if result.interrupted else result.stop_reason
-        click.echo(f"{why}: resume with {resume_command(data_dir)} --resume {result.checkpoint}")
+        command = resume_command(data_dir, distributed_command(world))
+        click.echo(f"{why}: resume with {command} --resume {result.checkpoint}")
     return result.exit_code
+
+
+def join_processes(distributed: bool, num_gpus: int) -> int:
+    """Join the mx.distributed group when mlx.launch started this process; the number of processes.
+
+    `--distributed` / `--num-gpus N` are implied under mlx.launch (N, when given, must match) and refused
+    without it, naming the command to use."""
+    from common import mlx_support
+
+    group = mlx_support.init_distributed()
+    world = 1 if group is None else group.size()
+    if world == 1 and (distributed or num_gpus > 1):
+        n = max(num_gpus, 2)
+        raise DeviceError(
+            "Data-parallel training runs one process per device, started by MLX's launcher: "
+            f"mlx.launch -n {n} -- python -m dtgcnn.train ... (one machine; several: --hosts h1,h2 or "
+            "--hostfile hosts.json). Without mlx.launch, drop --distributed / --num-gpus."
+        )
+    if world > 1 and num_gpus > 1 and num_gpus != world:
+        raise DeviceError(f"--num-gpus {num_gpus} but mlx.launch started {world} processes.")
+    return world
+
+
+def shared_timestamp() -> str:
+    """`common.runs.timestamp()`, the same on every process of a data-parallel run (rank 0's clock)."""
+    import time
+
+    from common import mlx_support
+
+    now = time.time() if get_rank() == 0 else 0.0
+    now = mlx_support.all_reduce_mean({"t": now})["t"] * get_world_size()
+    return time.strftime("%Y%m%d_%H%M%S", time.localtime(now))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 
 import dtgcnn  # noqa: F401  (puts the fast BLAS in place before mlx loads)
+from common import mlx_support
 from common.callbacks import (
     Callback,
     EarlyStopping,
@@ -42,6 +43,7 @@ from common.callbacks import (
 from common.checkpoint import load_checkpoint
 from common.config import config_to_dict, save_config
 from common.devices import describe_device, mlx_device, peak_memory_mb
+from common.distributed import get_rank, get_world_size, is_main_process
 from common.errors import CheckpointError, DataError
 from common.logs import PhaseTimer
 from common.loop import FitResult, Loop, Plan, Task
@@ -108,7 +110,16 @@ class DTGCNNTask(Task):
         self.data_dir = None if data_dir is None else Path(data_dir)
         train = splits["train"]
         self.num_classes = train.num_classes
-        self.sampler = pk_sampler(train.labels, cfg.batch_size, cfg.samples_per_label, cfg.seed)
+        # data parallel under mlx.launch: this process's share of each global batch (one P x K group)
+        self.rank, self.world_size = get_rank(), get_world_size()
+        self.sampler = pk_sampler(
+            train.labels,
+            cfg.batch_size,
+            cfg.samples_per_label,
+            cfg.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
         self.augmentation = (
             MeshAugmentation(cfg.rotation_range, tuple(cfg.scale_range), cfg.noise_std, cfg.flip_probability)
             if cfg.augment
@@ -139,6 +150,8 @@ class DTGCNNTask(Task):
             epoch=epoch,
             start=start,
             depth=self.cfg.prefetch_batches,
+            rank=self.rank,
+            world_size=self.world_size,
         )
 
     def micro_step(self, batch, scale: float) -> dict[str, float]:
@@ -151,7 +164,13 @@ class DTGCNNTask(Task):
     def set_lrs(self, lrs: Sequence[float]) -> None:
         self.optimizer.learning_rate = float(lrs[0])
 
+    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean over the processes (one all_sum of the packed values); unchanged in a single process."""
+        return mlx_support.all_reduce_mean(metrics)
+
     def validate(self) -> dict[str, float]:
+        # Every process evaluates the whole val split: the weights and BatchNorm statistics are the same on
+        # every process (averaged each step), so are the metrics, and so are early stopping's decisions.
         metrics, emb, _, labels = evaluate_split(
             self.model, self.splits["val"], self.cfg, with_embeddings=True
         )
@@ -235,7 +254,7 @@ class TrainingPlots(Callback):
 
     def on_train_epoch_end(self, loop: Loop, metrics: dict[str, float]) -> None:
         epoch = loop.pos.epoch + 1
-        if self.plot_every:
+        if self.plot_every and is_main_process():
             if epoch % self.plot_every == 0 or epoch == self.num_epochs:
                 plotting.training_curves(self.run.path("metrics_history.json"), self.run.plots, epoch)
             validated = getattr(loop.task, "val_embeddings", None)
@@ -265,6 +284,11 @@ class ClearMlxCache(Callback):
 
 
 # -- the run -----------------------------------------------------------------------------------------------
+
+
+def distributed_command(world_size: int, command: str = COMMAND) -> str:
+    """`command`, under `mlx.launch -n <world_size>` when the run has several processes."""
+    return command if world_size <= 1 else f"mlx.launch -n {world_size} -- {command}"
 
 
 def resume_command(data_dir: str | Path, command: str = COMMAND) -> str:
@@ -300,6 +324,8 @@ def train(
             f"Data directory {data_dir} does not exist (make one with python -m dtgcnn.synthetic)."
         )
     started = time.perf_counter()
+    mlx_support.init_distributed()  # joins the group when mlx.launch started this process; else nothing
+    main = is_main_process()  # only rank 0 writes the run folder
     run = RunFolder(Path(output_dir).resolve())
     timer = PhaseTimer(log)
     log.info(dtgcnn.BLAS.describe())
@@ -309,7 +335,9 @@ def train(
         splits = load_splits(cfg, data_dir)
     seed_everything(cfg.seed)
     with timer.phase("build_model"):
-        task = DTGCNNTask(cfg, splits, debug_dir=run.path("debug"), data_dir=data_dir.resolve())
+        task = DTGCNNTask(
+            cfg, splits, debug_dir=run.path("debug") if main else None, data_dir=data_dir.resolve()
+        )
     if resume is not None and resume_state is None:
         with timer.phase("resume"):
             resume_state = read_training_checkpoint(resume)
@@ -327,7 +355,8 @@ def train(
     trackers = build_trackers(run, tensorboard=cfg.tensorboard, resume_step=resume_step, logger=log)
     if resume_state is None:
         trackers.log_params(config_to_dict(cfg))
-    save_config(cfg, run.path("config.yaml"))
+    if main:
+        save_config(cfg, run.path("config.yaml"))
     checkpoints = ModelCheckpoint(
         run.checkpoints,
         filename="best_model.npz",
@@ -356,8 +385,19 @@ def train(
         schedule=build_schedule(sched_cfg, cfg.learning_rate, total),
         resume=resume_state,
         resume_path=resume,
-        command=resume_command(data_dir),
+        command=resume_command(data_dir, distributed_command(task.world_size)),
     )
+    if task.world_size > 1:
+        log.info(
+            "data parallel: %d processes (mx.distributed); global batch %d = %d per process x %d processes "
+            "x %d accumulation steps; the learning rate is the config's (%g), not rescaled",
+            task.world_size,
+            cfg.batch_size * task.world_size * accumulate,
+            cfg.batch_size,
+            task.world_size,
+            accumulate,
+            cfg.learning_rate,
+        )
     log.info(
         "data: %s; %d train / %d val meshes, %d identities, %d batches (P=%d x K=%d) per epoch, "
         "%d micro-batches per optimizer step",
@@ -383,7 +423,7 @@ def train(
         paused = (
             max_steps is not None and result.global_step >= max_steps and result.epochs_done < cfg.num_epochs
         )
-        if not result.interrupted and not paused:
+        if not result.interrupted and not paused and main:
             result.test = final_test(task, checkpoints.best_path, trackers, run, result.global_step)
     finally:
         trackers.close()

@@ -247,6 +247,8 @@ def make_loader(
     device: torch.device | None = None,
     worker_type: str = "thread",
     max_batches: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TorchDataLoader:
     """A DataLoader of PyG Batches whose `batch_sampler` is a `common.sampler.ResumableSampler`.
 
@@ -255,21 +257,35 @@ def make_loader(
     `loader.batch_sampler.set_epoch(epoch, start_batch)` before iterating; a resumed epoch starts at its saved
     batch. `max_batches` caps the batches per epoch (fast_dev_run).
 
+    Data-parallel (`world_size` processes): `batch_size` is per process; global batch i is positions
+    [i*W*B, (i+1)*W*B) and process `rank` takes its contiguous slice [(i*W + r)*B, (i*W + r + 1)*B), so the W
+    processes together see exactly the graphs of a single process with batch size W*B. Validation pads its last
+    global batch by wrapping around (every process gets whole batches); `CentreOfMassTask.validate` leaves the
+    padding out of the metrics.
+
     `num_workers` > 0 loads in the background, `num_workers x prefetch_factor` batches ahead: in one thread
     (`worker_type="thread"`, packable graphs, see ThreadPrefetchLoader) or in that many persistent worker
     processes (`"process"`, or graphs PyG must collate generically).
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
-    if train and len(graphs) < batch_size:
+    if train and len(graphs) < batch_size * world_size:
+        processes = f" x {world_size} processes" if world_size > 1 else ""
         raise DataError(
-            f"the training split has {len(graphs)} graphs, fewer than one batch of {batch_size} "
+            f"the training split has {len(graphs)} graphs, fewer than one batch of {batch_size}{processes} "
             f"(training drops the last partial batch). Use a smaller --batch_size or more data."
         )
     if worker_type not in ("thread", "process"):
         raise DataError(f"worker_type must be 'thread' or 'process', got {worker_type!r}.")
     sampler = ResumableSampler(
-        len(graphs), batch_size, seed=seed, shuffle=train, drop_last=train, max_batches=max_batches
+        len(graphs),
+        batch_size,
+        seed=seed,
+        shuffle=train,
+        drop_last=train,
+        max_batches=max_batches,
+        rank=rank,
+        world_size=world_size,
     )
     workers = max(0, num_workers)
     packable = can_pack(graphs)

@@ -3,6 +3,11 @@
 `train.py` (CLI) and `demo.py` call `run_training`; tests call it in-process. The loop is `common.loop.Loop`
 with egnn_com's `CentreOfMassTask` and the common callbacks; this module only assembles them.
 
+Data-parallel under torchrun (WORLD_SIZE > 1 in the environment): every process joins the process group
+(gloo on CPU, nccl on CUDA with GPU LOCAL_RANK), wraps the model in DistributedDataParallel and reads its
+slice of each global batch (`data.batch_size` per process); rank 0 names the run folder and is the only one
+that writes it (config, checkpoints, history, plots, logs). Without torchrun nothing of this happens.
+
 Startup phases: directory setup, dataset loading, dataset splitting, DataLoader creation, model
 initialisation, model compilation, logging setup (trackers), training configuration.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -29,7 +35,17 @@ from common.callbacks import (
 )
 from common.config import config_to_dict, save_config
 from common.devices import describe_device, torch_device
-from common.errors import ConfigError
+from common.distributed import (
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    get_local_rank,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
+from common.errors import ConfigError, DeviceError
 from common.logs import PhaseTimer, log_file_path, setup_logging
 from common.loop import FitResult, Loop, Plan
 from common.plots import plot_curves
@@ -67,6 +83,54 @@ class TrainingResult(FitResult):
     time_to_first_step: float | None = None  # seconds from run_training's start to the end of the first step
 
 
+def launch_command() -> str:
+    """How this run was started, for the resume command a stopped run prints."""
+    world = get_world_size()
+    if world <= 1:
+        return COMMAND
+    local = os.environ.get("LOCAL_WORLD_SIZE", str(world))
+    nodes = world // max(int(local), 1)
+    where = f" --nnodes {nodes} --rdzv-backend c10d --rdzv-endpoint HOST:PORT" if nodes > 1 else ""
+    return f"torchrun{where} --nproc_per_node {local} -m egnn_com.train"
+
+
+def rank_device(name: str) -> torch.device:
+    """This process's device: under torchrun its own GPU (cuda:LOCAL_RANK) or the CPU."""
+    device = torch_device(name)
+    if get_world_size() <= 1:
+        return device
+    if device.type == "mps":
+        raise DeviceError(
+            "data-parallel training (torchrun) runs on CPU (gloo) or CUDA GPUs (nccl), not on mps; "
+            "use --device cpu or train in one process."
+        )
+    if device.type == "cuda":
+        device = torch.device("cuda", get_local_rank())
+        torch.cuda.set_device(device)
+    return device
+
+
+def _shared_run_folder(cfg) -> RunFolder | None:
+    """The run folder, named on rank 0 and broadcast: every rank gets the same (absolute) output and
+    checkpoint paths in cfg; only rank 0 creates the folder (the others get None)."""
+    if get_world_size() <= 1:
+        return _run_folder(cfg)
+    chosen = None
+    run = None
+    if is_main_process():
+        try:
+            run = _run_folder(cfg)
+            chosen = ("ok", cfg.train.output_dir, cfg.train.checkpoint_dir)
+        except Exception as exc:  # tell the other ranks, or they wait for the broadcast until the timeout
+            broadcast_object(("error", f"rank 0 could not create the run folder: {exc}", None))
+            raise
+    status, output_dir, checkpoint_dir = broadcast_object(chosen)
+    if status != "ok":
+        raise ConfigError(output_dir)
+    cfg.train.output_dir, cfg.train.checkpoint_dir = output_dir, checkpoint_dir
+    return run
+
+
 def _run_folder(cfg) -> RunFolder:
     """The run folder; resolves output_dir/checkpoint_dir in cfg to absolute paths (recorded in config.yaml)."""
     # an absolute or cwd-relative --checkpoint_dir replaces <run>/checkpoints (root / absolute = absolute)
@@ -92,7 +156,27 @@ def run_training(
 
     `resume_state`: a checkpoint tree (`common.resume.read_training_checkpoint`) to continue exactly from,
     read from `resume_path`. `callbacks`: more loop callbacks, after those of `cfg.callbacks`.
+
+    Under torchrun (WORLD_SIZE > 1) this joins the process group (and leaves it at the end when it joined it
+    here); `cfg.data.batch_size` is per process. `callbacks` run on every rank.
     """
+    import torch.distributed as dist
+
+    joined = get_world_size() > 1 and not dist.is_initialized()
+    try:
+        return _run_training(
+            cfg,
+            resume_state=resume_state,
+            resume_path=resume_path,
+            import_seconds=import_seconds,
+            callbacks=callbacks,
+        )
+    finally:
+        if joined:
+            cleanup_distributed()
+
+
+def _run_training(cfg, *, resume_state, resume_path, import_seconds, callbacks) -> TrainingResult:
     fast = cfg.train.fast_dev_run > 0
     started = time.perf_counter()
     if cfg.train.num_threads > 0:
@@ -101,7 +185,9 @@ def run_training(
     seed_everything(cfg.train.seed)
 
     # refused device/precision, a bad plan or callback, a missing/empty data folder: fail before any folder
-    device = torch_device(cfg.train.device)
+    device = rank_device(cfg.train.device)
+    init_distributed(device.type)  # torchrun: join the process group (nothing in one process)
+    world, rank, main = get_world_size(), get_rank(), is_main_process()
     precision = parse_precision(cfg.train.precision, device)
     sched = cfg.optim.schedule
     if sched.name == "plateau" and sched.interval != "epoch":
@@ -119,12 +205,23 @@ def run_training(
     user_callbacks = [*build_callbacks(cfg.callbacks), *callbacks]
     list_graph_files(cfg.data.data_dir)
     with timer.phase("directory_setup"):
-        run = None if fast else _run_folder(cfg)
-        log = setup_logging(run.logs if run else None, level="DEBUG" if cfg.train.debug else "INFO")
+        run = None if fast else _shared_run_folder(cfg)  # None on ranks other than 0
+        level = "DEBUG" if cfg.train.debug else "INFO"
+        log = setup_logging(run.logs if run else None, level=level if main else "WARNING")
         timer.logger = log
         if run:
             save_config(cfg, run.path("config.yaml"))
     log.info("device %s, precision %s", describe_device(device), precision.name)
+    if world > 1:
+        log.info(
+            "data-parallel: %d processes; global batch %d graphs (%d per process x %d processes x %d "
+            "accumulated micro-batches)",
+            world,
+            cfg.data.batch_size * world * cfg.optim.accumulate_grad_batches,
+            cfg.data.batch_size,
+            world,
+            cfg.optim.accumulate_grad_batches,
+        )
 
     with timer.phase("dataset_loading"):
         dataset = load_dataset(cfg.data.data_dir, strict=cfg.data.strict, logger=log, debug=cfg.train.debug)
@@ -142,20 +239,27 @@ def run_training(
             "worker_type": cfg.data.worker_type,
             "device": device,
             "max_batches": cfg.train.fast_dev_run or None,
+            "rank": rank,
+            "world_size": world,
         }
         train_loader = make_loader(train_graphs, train=True, **kw)
         val_loader = make_loader(val_graphs, train=False, **kw)
     with timer.phase("model_initialization"):
         model = precision.cast_model(build_model(cfg.model, dataset.num_features)).to(device)
     with timer.phase("model_compilation"):
-        net = model
+        net, ddp = model, None
+        if world > 1:  # DDP broadcasts rank 0's weights (all ranks seeded alike anyway)
+            ddp = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+            net = ddp
         if cfg.train.use_compile:
             # dynamic=True: every batch has other node/edge counts; without it the second batch recompiles
-            net = torch.compile(model, dynamic=True)  # compiles lazily on the first batch
+            net = torch.compile(net, dynamic=True)  # compiles lazily on the first batch
     with timer.phase("logging_setup"):
         trackers = (
             Trackers([], log)
-            if fast
+            if fast or not main  # only rank 0 logs metrics
             else build_trackers(
                 run,
                 history_file=HISTORY_FILE,
@@ -191,6 +295,7 @@ def run_training(
             cfg,
             model=model,
             net=net,
+            ddp=ddp,
             optimizer=make_optimizer(cfg, model),
             precision=precision,
             device=device,
@@ -203,7 +308,7 @@ def run_training(
         schedule = build_schedule(sched, [cfg.optim.lr], max(units, 1))
         checkpoints = (
             []
-            if fast
+            if fast or not main  # only rank 0 writes checkpoints
             else [
                 ModelCheckpoint(
                     run.checkpoints,
@@ -221,19 +326,19 @@ def run_training(
             task,
             plan,
             callbacks=[
-                EpochSummary(task, log),
-                TrackerLogger(trackers),
+                # rank 0 only: the log lines, trackers and progress bar (metrics are the same on every rank)
+                *([EpochSummary(task, log), TrackerLogger(trackers)] if main else []),
                 # `lr` with the step rows; per-epoch rows at epoch start would be logged again at the step a
                 # run resumes from
                 LearningRateMonitor(logging_interval="step"),
-                ProgressBar(),
-                *user_callbacks,
+                *([ProgressBar()] if main else []),
+                *user_callbacks,  # every rank: an EarlyStopping stops all ranks at the same epoch
                 *checkpoints,
             ],
             schedule=schedule,
             resume=resume_state,
             resume_path=resume_path,  # the checkpoint's folder decides whether top-k carries on
-            command=COMMAND,
+            command=launch_command(),
         )
 
     _log_startup(log, cfg, timer, import_seconds, stats, split, model, train_loader)
@@ -244,6 +349,8 @@ def run_training(
         fit = loop.fit()
     finally:
         trackers.close()
+    if world > 1 and not fit.interrupted:
+        barrier()  # every rank has finished training before rank 0 plots and reports
     history = run.path(HISTORY_FILE) if run else None
     if run and history.exists() and not fit.interrupted:
         plot_training(history, run.plots / PLOT_FILE, title=f"egnn_com {cfg.model.name}")
@@ -255,7 +362,12 @@ def run_training(
         time_to_first_step=task.first_step_done_at - started if task.first_step_done_at else None,
     )
     result.run_dir = run.root if run else None
-    _log_summary(log, run, result)
+    if not fast and not main:  # the same folder rank 0 writes
+        result.run_dir = Path(cfg.train.output_dir)
+        result.checkpoint_dir = Path(cfg.train.checkpoint_dir)
+        result.history = result.run_dir / HISTORY_FILE
+    if main:
+        _log_summary(log, run, result)
     return result
 
 

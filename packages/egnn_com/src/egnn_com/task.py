@@ -47,6 +47,11 @@ class CentreOfMassTask(TorchTask):
     `model` is the plain module (its weights go into checkpoints); `net` is what runs the batches, the same
     module or its `torch.compile` wrapper. The loaders' `batch_sampler`s are `common.sampler.ResumableSampler`s
     (see `egnn_com.data.make_loader`), so the batches of an epoch are a pure function of (seed, epoch).
+
+    Data-parallel (one process per rank under torchrun): `net` is the DistributedDataParallel wrapper (or its
+    compiled form) and `ddp` that wrapper; the loaders' samplers give each rank its slice of every global
+    batch; the loop all-reduces the training metrics (`reduce_metrics`) and `validate` sums its errors over
+    all ranks, so every rank logs the same exact values.
     """
 
     def __init__(
@@ -61,10 +66,15 @@ class CentreOfMassTask(TorchTask):
         val_loader,
         num_features: int,
         net: nn.Module | None = None,
+        ddp: nn.parallel.DistributedDataParallel | None = None,
     ) -> None:
         self.config = cfg
         self.model = unwrap(model)
         self.net = net if net is not None else model
+        # Data-parallel: the loop's no_sync() uses self.ddp (micro-batches that do not end a step skip the
+        # gradient all-reduce). Validation runs the plain module: no collective inside its forward passes.
+        self.ddp = ddp
+        self.eval_net = self.model if ddp is not None else self.net
         self.optimizer = optimizer
         self.precision, self.device = precision, device
         self.stepper = OptimizerStepper(
@@ -157,20 +167,47 @@ class CentreOfMassTask(TorchTask):
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Metrics over every validation graph (exact sums, not a mean of batch means)."""
-        self.net.eval()
+        self.net.eval()  # (the DDP wrapper's eval() reaches the module; micro_step's train() undoes it)
         acc = RegressionMetrics()
-        self.val_sampler.set_epoch(0)  # validation order is fixed
-        for batch in self.val_loader:
+        sampler = self.val_sampler
+        sampler.set_epoch(0)  # validation order is fixed
+        for index, batch in enumerate(self.val_loader):
             batch = self._to_device(batch)
             with self.precision.autocast():
-                pred = self.net(batch)
-            acc.update(pred.float(), batch.y)
+                pred = self.eval_net(batch)
+            target = batch.y
+            keep = _unpadded(sampler, index)
+            if keep < pred.shape[0]:  # the wrapped-around padding of the last global batch
+                pred, target = pred[:keep], target[:keep]
+            acc.update(pred.float(), target)
+        if sampler.world_size > 1:
+            _sum_over_ranks(acc, self.device)
         return acc.compute()
 
     # -- state ----------------------------------------------------------------------------------------------
     def extra_state(self) -> dict:
         # the model's input width, so a checkpoint rebuilds its model without the dataset
         return {"num_features": self.num_features}
+
+
+def _unpadded(sampler, index: int) -> int:
+    """Graphs of this rank's validation batch `index` that are not wrap-around padding (see ResumableSampler)."""
+    b, w = sampler.batch_size, sampler.world_size
+    if w == 1:
+        return b
+    first = (index * w + sampler.rank) * b  # position of the batch's first graph in the epoch order
+    return max(0, min(b, sampler.num_samples - first))
+
+
+def _sum_over_ranks(acc: RegressionMetrics, device: torch.device) -> None:
+    """Replace the per-rank error sums with their totals over all ranks (exact metrics over all graphs)."""
+    import torch.distributed as dist
+
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    packed = torch.tensor([*acc.abs_sum, *acc.sq_sum, float(acc.count)], dtype=torch.float64, device=on)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    values = packed.tolist()
+    acc.abs_sum, acc.sq_sum, acc.count = values[0:3], values[3:6], int(round(values[6]))
 
 
 class EpochSummary(Callback):

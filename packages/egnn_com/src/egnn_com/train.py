@@ -6,6 +6,7 @@
         --hidden_dim 256 --wandb_name large_model_experiment
     python -m egnn_com.train --demo
     python -m egnn_com.train --resume last --output_dir runs/x          # exact resume (or a run folder / file)
+    torchrun --nproc_per_node 2 -m egnn_com.train --output_dir runs/ddp  # data-parallel (DDP), see README
 
 Training runs on the shared loop (`common.loop`); SIGINT / SIGTERM finish the step, save `last-step.ckpt`,
 print the resume command and exit 130 / 143. Torch and PyG are imported inside `main` (timed: library import
@@ -30,6 +31,7 @@ from common.cli import (
     typed_options,
 )
 from common.config import bundled_configs, dump_config, load_config
+from common.distributed import get_world_size, is_main_process
 from common.errors import ConfigError
 from common.resume import find_checkpoint, read_training_checkpoint, saved_config
 from egnn_com.cliopts import option
@@ -93,6 +95,22 @@ def resume_checkpoint(ctx: click.Context, spec: str, config: str | None, overrid
         )
         run_dir = base.train.checkpoint_dir or base.train.output_dir
     return find_checkpoint(spec, run_dir)
+
+
+# Lightning-style multi-device options: the process count comes from torchrun instead
+LAUNCHER_OPTIONS = ("num_gpus", "gpus", "devices", "strategy", "num_nodes")
+
+
+def refuse_launcher_options(given: dict[str, object]) -> None:
+    """--num_gpus / --devices / --strategy / --num_nodes: say how torchrun starts the same run instead."""
+    typed = [f"--{name}" for name in LAUNCHER_OPTIONS if given.get(name) is not None]
+    if typed:
+        raise ConfigError(
+            f"{', '.join(typed)}: egnn_com trains on several devices by starting one process per device with "
+            "torchrun, which sets the process count; e.g. `torchrun --nproc_per_node 4 -m egnn_com.train "
+            "...` on one machine (--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:29500 for several "
+            "machines). --batch_size is per process; see the README's 'Scale out'."
+        )
 
 
 def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, ...], list[str]]:
@@ -176,17 +194,25 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
     "demo", is_flag=True, help="Generate synthetic data, train gcn and egnn briefly, compare, print outputs."
 )
 @option("print_config", is_flag=True, help="Print the resolved config and exit.")
+@option("num_gpus", hidden=True)
+@option("gpus", hidden=True)
+@option("devices", hidden=True)
+@option("strategy", hidden=True)
+@option("num_nodes", hidden=True)
 @click.pass_context
 def main(ctx, extras, config, demo, print_config, resume, ckpt_path, **_typed):
     """Train a centre-of-mass graph regressor (trailing key=value arguments override config keys).
 
     Exits 0 when training finished, 130 / 143 when SIGINT / SIGTERM stopped it (resumable), 2 on bad input.
     """
+    refuse_launcher_options({name: _typed.pop(name) for name in LAUNCHER_OPTIONS})
     overrides, more_tags = split_extras(extras, bool(_typed["wandb_tags"]))
     if resume and ckpt_path and resume != ckpt_path:
         raise ConfigError(f"--resume {resume} and --ckpt_path {ckpt_path} disagree; give one of them.")
     spec = resume or ckpt_path
     if demo:
+        if get_world_size() > 1:
+            raise ConfigError("--demo runs in one process; start it with `python -m egnn_com.train --demo`.")
         from egnn_com.demo import run_demo
 
         results = run_demo(output_dir=_typed["output_dir"], num_workers=_typed["num_workers"])
@@ -198,7 +224,8 @@ def main(ctx, extras, config, demo, print_config, resume, ckpt_path, **_typed):
     cfg = resolve_config(ctx, config, overrides, saved_config(state) if state else None)
     cfg.logging.wandb_tags = list(cfg.logging.wandb_tags) + more_tags
     if print_config:
-        click.echo(dump_config(cfg))
+        if is_main_process():
+            click.echo(dump_config(cfg))
         return 0
     start = time.perf_counter()
     from egnn_com.pipeline import run_training  # imports torch and torch_geometric
@@ -206,7 +233,7 @@ def main(ctx, extras, config, demo, print_config, resume, ckpt_path, **_typed):
     result = run_training(
         cfg, resume_state=state, resume_path=path, import_seconds=time.perf_counter() - start
     )
-    if result.run_dir is not None and not result.interrupted:
+    if result.run_dir is not None and not result.interrupted and is_main_process():
         click.echo(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
     return _exit(ctx, result.exit_code)
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import click
 import torch
-import torch.distributed as dist
 
 from common.cli import run_cli
 from common.config import dump_config
 from common.devices import torch_device
 from common.distributed import (
     barrier,
+    broadcast_object,
     cleanup_distributed,
     get_local_rank,
     get_world_size,
@@ -59,10 +59,7 @@ def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, pri
     init_distributed(dev.type)
     try:
         # Rank 0 names the run folder (a timestamp) and every rank uses that name.
-        chosen = [prepare_run(cfg, checkpoint) if is_main_process() else None]
-        if dist.is_initialized():
-            dist.broadcast_object_list(chosen, src=0)
-        run = chosen[0]
+        run = broadcast_object(prepare_run(cfg, checkpoint) if is_main_process() else None)
         logger = setup_logging(
             run.logs if is_main_process() else None,
             level=("DEBUG" if cfg.general.debug else "INFO") if is_main_process() else "WARNING",
