@@ -11,15 +11,13 @@ tolerance."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from cabruca import config as config_mod
 from cabruca.engine import HISTORY_FILE
 from cabruca.train import train
+from common import testing
 from common.checkpoint import load_checkpoint
 from common.testing import assert_trees_equal, history_series
 
@@ -48,17 +46,7 @@ LATEST = "checkpoints/checkpoint_latest.pth"
 
 
 def torchrun(env, *args, timeout=300):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "cabruca.train",
-        *args,
-    ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    return testing.torchrun("cabruca.train", *args, env=env, timeout=timeout)
 
 
 def base_args(data_dir, output_dir):

@@ -43,3 +43,10 @@ def test_last_under_a_folder_of_timestamped_runs_is_the_newest_run(tmp_path):
     assert find_checkpoint("last", tmp_path) == tmp_path / "exp_20260101_000000/checkpoints/last.ckpt"
     assert newest_run(tmp_path / "other") == tmp_path / "other"
     assert newest_run(tmp_path / "missing") is None
+
+
+def test_the_run_folder_of_a_checkpoint(tmp_path):
+    from common.resume import run_folder_of
+
+    assert run_folder_of(tmp_path / "run/checkpoints/last.ckpt") == tmp_path / "run"
+    assert run_folder_of(tmp_path / "elsewhere/weights.ckpt") == tmp_path / "elsewhere"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from common import testing
 from common.checkpoint import load_checkpoint
 from common.config import load_config
 from common.testing import assert_trees_equal, history_series
@@ -47,25 +47,9 @@ STEPS = 8
 
 def torchrun(run_dir, data, *extra: str) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node 2 -m egnn_com.train ...` (rendezvous on a free port)."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "egnn_com.train",
-        "--data_dir",
-        str(data),
-        "--output_dir",
-        str(run_dir),
-        *BASE,
-        "data.batch_size=2",
-        *extra,
-    ]
+    args = ["--data_dir", str(data), "--output_dir", str(run_dir), *BASE, "data.batch_size=2", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=400, env=env)
+    return testing.torchrun("egnn_com.train", *args, env=env, timeout=400)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,6 +13,7 @@ import torch
 
 from common.checkpoint import load_checkpoint
 from common.runs import RunFolder
+from common.testing import torchrun
 from spectral_mae import config as config_module
 from spectral_mae.trainer import train
 
@@ -42,26 +40,13 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     )
 
     ddp_dir = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "spectral_mae.train_ddp",
-            "--device",
-            "cpu",
-            *overrides,
-            "hparams.batch_size=1",
-            f"general.run_dir={ddp_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
+    proc = torchrun(
+        "spectral_mae.train_ddp",
+        "--device",
+        "cpu",
+        *overrides,
+        "hparams.batch_size=1",
+        f"general.run_dir={ddp_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -87,22 +72,13 @@ def test_a_lost_rank_ends_the_others_with_an_error_naming_it_and_keeps_the_last_
 ):
     run_dir, stamp = tmp_path / "ddp", tmp_path / "killed_at"
     kill = f"callbacks=[{{class_path: common.testing.KillAt, init_args: {{step: 3, rank: 1, stamp: '{stamp}'}}}}]"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(
-        [
-            *launcher,
-            "-m",
-            "spectral_mae.train_ddp",
-            "--device",
-            "cpu",
-            *override_factory(tmp_path, "hparams.batch_size=1", "general.checkpoint_every_n_steps=1"),
-            f"general.run_dir={run_dir}",
-            kill,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    proc = torchrun(
+        "spectral_mae.train_ddp",
+        "--device",
+        "cpu",
+        *override_factory(tmp_path, "hparams.batch_size=1", "general.checkpoint_every_n_steps=1"),
+        f"general.run_dir={run_dir}",
+        kill,
     )
     ended = time.time()
     assert proc.returncode != 0

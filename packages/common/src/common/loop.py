@@ -261,7 +261,6 @@ class Loop:
         self.schedule.load_state_dict(state["schedule"])
         self.callbacks.load_state_dicts(state.get("callbacks", {}))
         self.callbacks.on_load_checkpoint(self, state)
-        at = state["loop"]
         self.pos = Position(int(at["epoch"]), int(at["batch"]), int(at["step"]))
         self._epoch_sums = {k: float(v) for k, v in at["epoch_sums"].items()}
         self._epoch_micro = int(at["epoch_micro"])

@@ -15,6 +15,7 @@ from common.runs import is_temp_file
 
 __all__ = [
     "newest_run",
+    "run_folder_of",
     "CHECKPOINT_SUFFIXES",
     "find_checkpoint",
     "latest_checkpoint",
@@ -83,6 +84,12 @@ def find_checkpoint(
     raise CheckpointError(
         f"--resume {spec_text}: {folder} holds no checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) to resume from."
     )
+
+
+def run_folder_of(checkpoint: str | Path, *, checkpoints: str = "checkpoints") -> Path:
+    """The run folder a checkpoint file belongs to: `<run>` for `<run>/checkpoints/<file>`, else its folder."""
+    folder = Path(checkpoint).parent
+    return folder.parent if folder.name == checkpoints else folder
 
 
 def read_training_checkpoint(path: str | Path) -> dict:

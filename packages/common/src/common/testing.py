@@ -13,6 +13,8 @@ import json
 import math
 import os
 import signal as signal_module
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,15 @@ import numpy as np
 from common.callbacks import Callback
 from common.distributed import get_rank
 
-__all__ = ["CrashAt", "KillAt", "SignalAt", "SimulatedCrash", "assert_trees_equal", "history_series"]
+__all__ = [
+    "CrashAt",
+    "KillAt",
+    "SignalAt",
+    "SimulatedCrash",
+    "assert_trees_equal",
+    "history_series",
+    "torchrun",
+]
 
 
 class SimulatedCrash(RuntimeError):
@@ -63,6 +73,18 @@ class CrashAt(Callback):
     def on_train_batch_end(self, loop, outputs) -> None:
         if loop.pos.step == self.step:
             raise SimulatedCrash(f"simulated crash after step {self.step}")
+
+
+def torchrun(
+    module: str, *args: str, nproc: int = 2, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node N -m module args...` (the real launcher, a free rendezvous
+    port), output captured. One OpenMP thread per process unless `env` says otherwise."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {"OMP_NUM_THREADS": "1", **(env if env is not None else os.environ)}
+    return subprocess.run(
+        [*command, "-m", module, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_trees_equal(a: Any, b: Any, path: str = "state", *, skip: tuple[str, ...] = ()) -> None:

@@ -59,6 +59,21 @@ class MeshSplit:
         self._lock = threading.Lock()  # h5py handles are not meant for concurrent use from two threads
         self._validate()
 
+    @classmethod
+    def for_config(
+        cls, data_dir: str | Path, split: str, cfg, num_classes: int | None, *, cache: bool = False
+    ) -> MeshSplit:
+        """The split read the way a run with config `cfg` (a TrainConfig) reads it."""
+        return cls(
+            data_dir,
+            split,
+            num_vertices=cfg.num_vertices,
+            num_classes=num_classes,
+            use_normals=cfg.use_normals,
+            center=cfg.center_meshes,
+            cache=cache,
+        )
+
     @property
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)

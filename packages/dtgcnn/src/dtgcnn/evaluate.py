@@ -22,14 +22,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, split: str = "test") 
     from dtgcnn.engine import evaluate_split
 
     model, cfg = load_from_checkpoint(checkpoint)
-    data = MeshSplit(
-        data_dir,
-        split,
-        num_vertices=cfg.num_vertices,
-        num_classes=model.spec.num_classes,
-        use_normals=cfg.use_normals,
-        center=cfg.center_meshes,
-    )
+    data = MeshSplit.for_config(data_dir, split, cfg, model.spec.num_classes)
     metrics = evaluate_split(model, data, cfg)
     return {"split": split, "num_samples": len(data), **metrics}
 

@@ -32,7 +32,7 @@ from common.config import bundled_configs, dump_config, load_config
 from common.distributed import get_rank, get_world_size
 from common.errors import ConfigError, DeviceError
 from common.logs import setup_logging
-from common.resume import find_checkpoint, read_training_checkpoint, saved_config
+from common.resume import find_checkpoint, read_training_checkpoint, run_folder_of, saved_config
 from dtgcnn.config import TrainConfig
 from dtgcnn.config import config_source as resolve_source
 
@@ -154,11 +154,9 @@ def main(
         output_dir = str(root / "run")
     checkpoint = state = None
     if resume:
-        from dtgcnn.trainer import run_folder_of
-
         checkpoint = find_checkpoint(resume, output_dir)
         state = read_training_checkpoint(checkpoint)
-        output_dir = output_dir or str(run_folder_of(checkpoint))
+        output_dir = output_dir or str(run_folder_of(Path(checkpoint).resolve()))
         data_dir = data_dir or state.get("data_dir")
     if config:
         source = resolve_source(config)

@@ -66,13 +66,12 @@ COMMAND = "python -m dtgcnn.train"
 
 def load_splits(cfg: TrainConfig, data_dir: Path) -> dict[str, MeshSplit]:
     """train and val (required) and test (when its files exist), validated against each other."""
-    kw = {"num_vertices": cfg.num_vertices, "use_normals": cfg.use_normals, "center": cfg.center_meshes}
-    train = MeshSplit(data_dir, "train", num_classes=cfg.num_classes or None, cache=cfg.cache_data, **kw)
+    train = MeshSplit.for_config(data_dir, "train", cfg, cfg.num_classes or None, cache=cfg.cache_data)
     splits = {"train": train}
     for name in ("val", "test"):
         if name == "test" and not (data_dir / "test_metadata.json").exists():
             continue
-        splits[name] = MeshSplit(data_dir, name, num_classes=train.num_classes, cache=cfg.cache_data, **kw)
+        splits[name] = MeshSplit.for_config(data_dir, name, cfg, train.num_classes, cache=cfg.cache_data)
     return splits
 
 
@@ -295,12 +294,6 @@ def resume_command(data_dir: str | Path, command: str = COMMAND) -> str:
     """The command line a run prints for resuming (the loop appends `--resume <checkpoint>`): it names the
     data folder, and the run folder follows from the checkpoint's path."""
     return f"{command} --data-dir {shlex.quote(str(Path(data_dir).resolve()))}"
-
-
-def run_folder_of(checkpoint: str | Path) -> Path:
-    """The run folder a checkpoint file belongs to (`<run>/checkpoints/<file>`)."""
-    folder = Path(checkpoint).resolve().parent
-    return folder.parent if folder.name == "checkpoints" else folder
 
 
 def train(

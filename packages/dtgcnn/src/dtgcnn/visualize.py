@@ -55,14 +55,7 @@ def visualize(checkpoint, data_dir, split="val", method="both", output_dir=None)
     from dtgcnn.engine import evaluate_split
 
     model, cfg = load_from_checkpoint(checkpoint)
-    data = MeshSplit(
-        data_dir,
-        split,
-        num_vertices=cfg.num_vertices,
-        num_classes=model.spec.num_classes,
-        use_normals=cfg.use_normals,
-        center=cfg.center_meshes,
-    )
+    data = MeshSplit.for_config(data_dir, split, cfg, model.spec.num_classes)
     _, emb, _, labels = evaluate_split(model, data, cfg, with_embeddings=True)
     out = Path(output_dir) if output_dir else Path(checkpoint).parent.parent / "plots"
     out.mkdir(parents=True, exist_ok=True)

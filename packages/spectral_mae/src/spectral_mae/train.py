@@ -30,7 +30,7 @@ from common.devices import torch_device
 from common.distributed import is_main_process
 from common.logs import log_file_path, setup_logging
 from common.loop import FitResult
-from common.resume import find_checkpoint, read_training_checkpoint, saved_config
+from common.resume import find_checkpoint, read_training_checkpoint, run_folder_of, saved_config
 from common.runs import RunFolder
 from spectral_mae import config as config_module
 from spectral_mae.data import read_index
@@ -38,12 +38,6 @@ from spectral_mae.trainer import COMMAND, train
 
 DEMO_CONFIG = "demo"
 OPTION_KEYS = {"output_dir": "general.output_dir", "device": "general.device", "seed": "general.seed"}
-
-
-def run_folder_of(checkpoint: Path) -> Path:
-    """The run folder a checkpoint file belongs to (checkpoints live in <run>/checkpoints/)."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 def find_resume_checkpoint(spec: str, cfg: config_module.SpectralMAEConfig) -> Path:
