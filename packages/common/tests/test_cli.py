@@ -10,7 +10,7 @@ import click
 import pytest
 
 from common.cli import run_cli, typed_options
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 
 @click.command()
@@ -161,3 +161,26 @@ def test_shared_options_accept_both_spellings_and_click_keywords():
     assert command.main(["--data-dir", "d"], standalone_mode=False) == ("d", None, None, None, None)
     with pytest.raises(click.MissingParameter):
         command.main([], standalone_mode=False)
+
+
+def test_console_script_behaves_like_run_cli(capsys, monkeypatch):
+    import click
+
+    from common.cli import console_script
+
+    @click.command()
+    @click.option("--fail", is_flag=True)
+    def command(fail):
+        if fail:
+            raise ConfigError("bad value for x")
+        return 143
+
+    entry = console_script(command)
+    with pytest.raises(SystemExit) as stopped:
+        monkeypatch.setattr(sys, "argv", ["prog", "--fail"])
+        entry()
+    assert stopped.value.code == 2 and "error: bad value for x" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        monkeypatch.setattr(sys, "argv", ["prog"])
+        entry()
+    assert stopped.value.code == 143  # an interrupted run's status reaches the shell

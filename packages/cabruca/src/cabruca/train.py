@@ -38,11 +38,11 @@ from common.callbacks import (
 from common.checkpoint import load_checkpoint
 from common.cli import (
     config_option,
+    console_script,
     data_dir_option,
     device_option,
     output_dir_option,
     resume_option,
-    run_cli,
     seed_option,
     typed_options,
 )
@@ -465,9 +465,7 @@ def main(ctx, config, resume, demo, print_config, overrides, **_):
     return train(cfg, resume=checkpoint, state=state).exit_code
 
 
-def cli() -> None:
-    """Console-script entry point: errors as one paragraph, never a traceback."""
-    run_cli(main)
+cli = console_script(main)  # the installed command
 
 
 if __name__ == "__main__":

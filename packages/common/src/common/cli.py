@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import click
 from click.core import ParameterSource
@@ -56,6 +56,17 @@ def run_cli(command: click.Command, args: Sequence[str] | None = None) -> None:
     # click returns the exit code of an explicit ctx.exit(n) (or --help's 0) as the result.
     if isinstance(result, int) and not isinstance(result, bool) and result != 0:
         sys.exit(result)
+
+
+def console_script(command: click.Command) -> Callable[[], None]:
+    """The entry point a package's `[project.scripts]` names: `command` run through `run_cli`, so the installed
+    command behaves exactly like `python -m <pkg>.<module>` (one-paragraph errors, exit 2, 130 / 143)."""
+
+    def entry() -> None:
+        run_cli(command)
+
+    entry.__doc__ = f"Console script for {command.name}."
+    return entry
 
 
 def typed_options(ctx: click.Context, mapping: dict[str, str]) -> dict[str, object]:

@@ -24,7 +24,7 @@ from common.callbacks import (
     TrackerLogger,
     build_callbacks,
 )
-from common.cli import run_cli, typed_options
+from common.cli import console_script, run_cli, typed_options
 from common.config import config_to_dict, dump_config, load_config, save_config
 from common.logs import setup_logging
 from common.loop import FitResult, Loop, Plan, Task
@@ -216,6 +216,8 @@ def main(ctx: click.Context, config_path, output_dir, epochs, lr, seed, resume, 
         )
     return result.exit_code
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

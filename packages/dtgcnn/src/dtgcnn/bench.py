@@ -21,7 +21,7 @@ import click
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
 from common.benchmarking import median_seconds, numpy_matmul_peak_gflops
-from common.cli import run_cli
+from common.cli import console_script, run_cli
 
 YARDSTICK_SAMPLES_PER_S = 1.5  # the authors' PyTorch DGCNN on the project's 2-core CPU
 
@@ -174,6 +174,8 @@ def main(
         with open(json_output, "w") as fh:
             json.dump(f, fh, indent=2)
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
-from common.cli import data_dir_option, run_cli
+from common.cli import console_script, data_dir_option, run_cli
 from common.runs import atomic_write_text
 
 
@@ -43,6 +43,8 @@ def main(checkpoint, data_dir, split, output):
     click.echo(json.dumps(metrics, indent=2))
     click.echo(f"wrote {out}")
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

@@ -19,6 +19,7 @@ import click
 import dtgcnn  # noqa: F401  (fast BLAS before mlx; keep first)
 from common.cli import (
     config_option,
+    console_script,
     data_dir_option,
     device_option,
     output_dir_option,
@@ -257,6 +258,8 @@ def shared_timestamp() -> str:
     now = mlx_support.all_reduce_mean({"t": now})["t"] * get_world_size()
     return time.strftime("%Y%m%d_%H%M%S", time.localtime(now))
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

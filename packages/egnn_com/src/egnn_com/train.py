@@ -21,6 +21,7 @@ import click
 
 from common.cli import (
     config_option,
+    console_script,
     data_dir_option,
     device_option,
     output_dir_option,
@@ -244,6 +245,8 @@ def _exit(ctx: click.Context, code: int) -> int:
         ctx.exit(code)
     return code
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

@@ -17,6 +17,7 @@ import click
 
 from common.cli import (
     config_option,
+    console_script,
     data_dir_option,
     device_option,
     output_dir_option,
@@ -204,9 +205,7 @@ def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, pri
     return result.exit_code
 
 
-def cli() -> None:
-    """Console-script entry point (`spectral-mae-train`): errors as one paragraph, like `python -m`."""
-    run_cli(main)
+cli = console_script(main)  # the installed command
 
 
 if __name__ == "__main__":
