@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
 import pytest
 
 from common.checkpoint import CheckpointManager, load_checkpoint
+from common.checkpoint.manager import MANIFEST
 from common.errors import CheckpointError, ConfigError
 
 
 def files(folder) -> set[str]:
-    return {p.name for p in folder.iterdir()}
+    """The checkpoint files (the manifest beside them is tested on its own)."""
+    return {p.name for p in folder.iterdir() if p.name != MANIFEST}
 
 
 def top_k_oracle(values: list[float], k: int, mode: str) -> list[tuple[int, float]]:
@@ -187,3 +192,73 @@ def test_a_template_naming_an_unknown_metric_is_a_clear_error(tmp_path):
         manager.save({}, epoch=1, metrics={"val_loss": 0.2})
     with pytest.raises(ConfigError, match="step_file"):
         manager.save_step({}, epoch=1, step=3)
+
+
+def test_manifest_names_the_best_file_and_best_checkpoint_reads_it(tmp_path):
+    from common.resume import best_checkpoint
+
+    manager = CheckpointManager(
+        tmp_path / "checkpoints", best="model-{epoch}.ckpt", monitor="val/loss", top_k=2
+    )
+    for epoch, loss in enumerate([0.5, 0.2, 0.4], start=1):
+        manager.save({"w": np.full(3, epoch)}, epoch=epoch, metrics={"val/loss": loss})
+    manifest = json.loads((tmp_path / "checkpoints" / MANIFEST).read_text())
+    assert manifest["best"] == "model-2.ckpt" and manifest["best_score"] == 0.2
+    assert [k["file"] for k in manifest["kept"]] == ["model-2.ckpt", "model-3.ckpt"]
+    assert manifest["last"] == "last.ckpt"
+    # a run folder, its checkpoint folder or the manifest itself all lead to the same file
+    for where in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / MANIFEST):
+        assert best_checkpoint(where) == tmp_path / "checkpoints" / "model-2.ckpt"
+    with pytest.raises(CheckpointError, match="No checkpoint manifest"):
+        best_checkpoint(tmp_path / "elsewhere")
+
+
+def test_same_state_under_two_names_is_stored_once_and_survives_the_next_last(tmp_path):
+    manager = CheckpointManager(tmp_path, best="best.ckpt", monitor="val/loss")
+    manager.save({"w": np.arange(1000.0)}, epoch=1, metrics={"val/loss": 0.1})
+    assert os.stat(tmp_path / "best.ckpt").st_ino == os.stat(tmp_path / "last.ckpt").st_ino
+    manager.save({"w": np.zeros(1000)}, epoch=2, metrics={"val/loss": 0.9})  # worse: only last changes
+    assert load_checkpoint(tmp_path / "best.ckpt")["w"][5] == 5.0
+    assert load_checkpoint(tmp_path / "last.ckpt")["w"][5] == 0.0
+
+
+def test_weights_only_best_files_leave_out_what_only_resuming_needs(tmp_path):
+    manager = CheckpointManager(tmp_path, best="best.ckpt", monitor="val/loss", best_weights_only=True)
+    state = {
+        "model": {"w": np.ones(4)},
+        "optimizer": {"m": np.ones(10_000)},
+        "config": {"lr": 0.1},
+        "rng": {},
+    }
+    manager.save(state, epoch=1, metrics={"val/loss": 0.1})
+    best, last = load_checkpoint(tmp_path / "best.ckpt"), load_checkpoint(tmp_path / "last.ckpt")
+    assert set(best) == {"model", "config", "weights_only"} and best["weights_only"] is True
+    assert "optimizer" in last
+    assert (tmp_path / "best.ckpt").stat().st_size < (tmp_path / "last.ckpt").stat().st_size / 10
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_refused_before_writing(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path)
+    manager.save({"w": np.arange(10.0)}, epoch=1)
+    before = (tmp_path / "last.ckpt").read_bytes()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=1000))
+    with pytest.raises(CheckpointError, match="Not enough free space.*previous checkpoint is intact"):
+        manager.save({"w": np.zeros(10)}, epoch=2)
+    assert (tmp_path / "last.ckpt").read_bytes() == before
+
+
+def test_the_disk_filling_up_mid_write_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import common.checkpoint.manager as manager_module
+
+    manager = CheckpointManager(tmp_path)
+    manager.save({"w": np.arange(10.0)}, epoch=1)
+    before = (tmp_path / "last.ckpt").read_bytes()
+
+    def disk_full(path, state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manager_module, "save_checkpoint", disk_full)
+    with pytest.raises(CheckpointError, match="disk filled up"):
+        manager.save({"w": np.zeros(10)}, epoch=2)
+    assert (tmp_path / "last.ckpt").read_bytes() == before

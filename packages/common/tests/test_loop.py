@@ -156,7 +156,7 @@ def test_model_checkpoint_keeps_the_top_2_and_the_last(tmp_path):
         tmp_path, filename="best-{epoch}-{val_loss:.1f}.ckpt", monitor="val/loss", save_top_k=2
     )
     result = fit(Scripted([5.0, 3.0, 4.0, 1.0, float("nan"), 2.0]), Plan(max_epochs=6), callbacks=[saver])
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
     assert names == ["best-4-1.0.ckpt", "best-6-2.0.ckpt", "last.ckpt"]
     assert [p.name for p in saver.kept] == ["best-4-1.0.ckpt", "best-6-2.0.ckpt"]
     assert result.best_checkpoint == tmp_path / "best-4-1.0.ckpt"

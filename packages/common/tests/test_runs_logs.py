@@ -12,7 +12,14 @@ import pytest
 
 from common import runs
 from common.logs import PhaseTimer, log_file_path, setup_logging
-from common.runs import RunFolder, atomic_write_bytes, atomic_write_text, timestamp
+from common.runs import (
+    RunFolder,
+    RunFolderError,
+    atomic_write_bytes,
+    atomic_write_text,
+    discard_unused_run_folders,
+    timestamp,
+)
 
 # ------------------------------------------------------------------------------------------------ runs
 
@@ -152,3 +159,56 @@ def test_phase_timer_without_logger():
     with timer.phase("a"):
         pass
     assert "a" in timer.report() and timer.total() >= 0
+
+
+def as_another_process(monkeypatch) -> None:
+    """Forget the run folders this process claimed, as a second command would start without them."""
+    import common.runs
+
+    monkeypatch.setattr(common.runs, "_claimed", set())
+
+
+def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, monkeypatch):
+    first = RunFolder(tmp_path / "run")
+    (first.root / "config.yaml").write_text("lr: 0.1\n")
+    (first.checkpoints / "last.ckpt").write_bytes(b"weights")
+    RunFolder(tmp_path / "run")  # the same process opening its own run again (command, then trainer)
+    as_another_process(monkeypatch)
+    with pytest.raises(RunFolderError, match=r"already holds a run \(2 file\(s\).*--resume.*--overwrite"):
+        RunFolder(tmp_path / "run")
+    assert (first.root / "config.yaml").read_text() == "lr: 0.1\n"
+    RunFolder(tmp_path / "run", resume=True)  # resuming it is what that folder is for
+    assert (first.checkpoints / "last.ckpt").read_bytes() == b"weights"
+    as_another_process(monkeypatch)
+    RunFolder(tmp_path / "run", overwrite=True)
+    assert not (first.root / "config.yaml").exists() and first.checkpoints.is_dir()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.h5").write_bytes(b"precious")
+    with pytest.raises(RunFolderError, match="no run .*will not delete it"):
+        RunFolder(tmp_path / "data", overwrite=True)
+    assert (tmp_path / "data" / "train.h5").read_bytes() == b"precious"
+
+
+def test_output_folder_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(RunFolderError, match="is an existing file"):
+        RunFolder(tmp_path / "out")
+
+
+def test_a_refused_run_leaves_no_folder_behind_but_keeps_trained_and_older_ones(tmp_path, monkeypatch):
+    import common.runs
+
+    monkeypatch.setattr(common.runs, "_created_here", [])  # only this test's folders
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    refused = RunFolder(tmp_path / "refused")
+    (refused.logs / "train.log").write_text("error: bad config\n")
+    trained = RunFolder(tmp_path / "trained")
+    (trained.root / "metrics_history.json").write_text("{}")
+    RunFolder(existing)
+    removed = discard_unused_run_folders()
+    assert removed == [refused.root.resolve()]
+    assert not refused.root.exists() and trained.root.exists() and existing.exists()

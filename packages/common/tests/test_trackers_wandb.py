@@ -81,7 +81,7 @@ def test_mode_follows_api_key_and_wandb_mode(monkeypatch):
 def test_offline_run_records_params_metrics_and_artifacts(tmp_path):
     run = RunFolder(tmp_path / "run")
     trackers = build_trackers(run, wandb={"project": "egnn", "name": "exp-1", "tags": ["a", "b"]})
-    tracker = trackers.trackers[1]
+    tracker = trackers.trackers[1].tracker  # MLflow/W&B log from a worker thread (BackgroundTracker)
     assert isinstance(tracker, WandbTracker)
     trackers.log_params({"model": {"hidden": 64}, "lr": 1e-3})
     for step in range(1, 6):

@@ -187,7 +187,11 @@ class ModelCheckpoint(Callback):
     - `filename` + `monitor` / `mode` / `save_top_k`: the best files by a metric (NaN never counts as best);
       `save_top_k=-1` keeps every one;
     - `every_n_epochs` + `periodic`: one more file every N epochs, never deleted;
-    - `every_n_steps`: mid-epoch state to `step_file` (also written when a signal stops the run).
+    - `every_n_steps`: mid-epoch state to `step_file` (also written when a signal stops the run);
+    - `best_weights_only`: the best files hold the model and config only (a fraction of the size: no optimizer
+      state), while `last` stays complete for resuming.
+    Files that hold the same state share their bytes (hard links); `manifest.json` beside them names the best
+    file and its score (`common.resume.best_checkpoint` reads it), and each write logs its size.
     In a multi-process run only rank 0 writes (every rank holds the same weights).
     Templates take {epoch} (1 for the first epoch, as shown to people), {step} and the metrics ("/" -> "_").
     """
@@ -205,6 +209,7 @@ class ModelCheckpoint(Callback):
         periodic: str | None = None,
         every_n_steps: int = 0,
         step_file: str = "last_step.ckpt",
+        best_weights_only: bool = False,
     ) -> None:
         if save_top_k < -1:
             raise ConfigError(f"save_top_k must be >= -1 (-1: keep all), got {save_top_k}.")
@@ -224,6 +229,7 @@ class ModelCheckpoint(Callback):
             every_n_epochs=every_n_epochs,
             periodic=periodic,
             step_file=step_file,
+            best_weights_only=best_weights_only,
         )
 
     @property

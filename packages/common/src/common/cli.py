@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from common.errors import TrainyardError
+from common.runs import discard_unused_run_folders
 
 EXIT_USAGE = 2  # bad input: the same status click uses for usage errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -40,6 +41,7 @@ def run_cli(command: click.Command, args: Sequence[str] | None = None) -> None:
     try:
         result = command.main(list(args) if args is not None else None, standalone_mode=False)
     except TrainyardError as exc:
+        discard_unused_run_folders()  # a refused run leaves no empty run folder behind
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         _fail(str(exc) or type(exc).__name__, EXIT_USAGE)
@@ -132,6 +134,14 @@ def resume_option(**kw):
         "file. The run's saved config is used; options typed beside it override it."
     )
     return _option("--resume", "resume", text, kw)
+
+
+def overwrite_option(**kw):
+    """--overwrite: let a new run replace the run already in its output folder (refused otherwise)."""
+    kw.setdefault("is_flag", True)
+    kw.setdefault("default", None)
+    text = "Replace the run already in the output folder (without it, a non-empty run folder is refused)."
+    return _option("--overwrite", "overwrite", text, kw)
 
 
 def device_option(choices: str = "auto | cpu | cuda | cuda:N | mps", **kw):

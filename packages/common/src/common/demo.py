@@ -24,7 +24,7 @@ from common.callbacks import (
     TrackerLogger,
     build_callbacks,
 )
-from common.cli import console_script, run_cli, typed_options
+from common.cli import console_script, overwrite_option, run_cli, typed_options
 from common.config import config_to_dict, dump_config, load_config, save_config
 from common.logs import setup_logging
 from common.loop import FitResult, Loop, Plan, Task
@@ -121,8 +121,10 @@ class RegressionTask(Task):
         self.w = np.array(state["w"])
 
 
-def train(cfg: DemoConfig, resume: str | Path | dict | None = None, callbacks=()) -> FitResult:
-    run = RunFolder(cfg.output_dir)
+def train(
+    cfg: DemoConfig, resume: str | Path | dict | None = None, callbacks=(), *, overwrite: bool = False
+) -> FitResult:
+    run = RunFolder(cfg.output_dir, resume=resume is not None, overwrite=overwrite)
     log = setup_logging(run.logs)
     save_config(cfg, run.path("config.yaml"))
     seed_everything(cfg.seed)
@@ -192,10 +194,13 @@ def train(cfg: DemoConfig, resume: str | Path | dict | None = None, callbacks=()
     "--resume",
     help="Continue a run: 'last' (the newest checkpoint of --output-dir), a run folder or a checkpoint.",
 )
+@overwrite_option()
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.argument("overrides", nargs=-1)
 @click.pass_context
-def main(ctx: click.Context, config_path, output_dir, epochs, lr, seed, resume, print_config, overrides):
+def main(
+    ctx: click.Context, config_path, output_dir, epochs, lr, seed, resume, overwrite, print_config, overrides
+):
     """Train common's self-demo (NumPy linear regression) through every Trainyard piece.
 
     Trailing KEY=VALUE arguments override config keys, e.g. `schedule.name=step batch_size=64`.
@@ -209,7 +214,7 @@ def main(ctx: click.Context, config_path, output_dir, epochs, lr, seed, resume, 
     if print_config:
         click.echo(dump_config(cfg))
         return 0
-    result = train(cfg, state)
+    result = train(cfg, state, overwrite=bool(overwrite))
     if not result.interrupted:
         click.echo(
             f"val/loss {result.metrics.get('val/loss', float('nan')):.4f}; outputs in {Path(cfg.output_dir).resolve()}"

@@ -7,9 +7,11 @@ options typed beside it still override that config.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from common.checkpoint import load_checkpoint
+from common.checkpoint.manager import MANIFEST
 from common.errors import CheckpointError
 from common.runs import is_temp_file
 
@@ -90,6 +92,31 @@ def run_folder_of(checkpoint: str | Path, *, checkpoints: str = "checkpoints") -
     """The run folder a checkpoint file belongs to: `<run>` for `<run>/checkpoints/<file>`, else its folder."""
     folder = Path(checkpoint).parent
     return folder.parent if folder.name == checkpoints else folder
+
+
+def best_checkpoint(location: str | Path, *, checkpoints: str = "checkpoints") -> Path:
+    """The best checkpoint of a run, from the manifest its ModelCheckpoint keeps (no file-name parsing).
+
+    `location` is a run folder, its checkpoint folder, or the manifest itself. Without a monitored best (no
+    validation yet, or no monitor), the `last` file is returned."""
+    location = Path(location)
+    candidates = (
+        [location] if location.name == MANIFEST else [location / MANIFEST, location / checkpoints / MANIFEST]
+    )
+    manifest_path = next((p for p in candidates if p.is_file()), None)
+    if manifest_path is None:
+        raise CheckpointError(
+            f"No checkpoint manifest in {location} (looked for {', '.join(str(c) for c in candidates)}); "
+            "is it a run folder of a completed epoch?"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"Cannot read the checkpoint manifest {manifest_path}: {exc}") from None
+    name = manifest.get("best") or manifest.get("last")
+    if not name or not (manifest_path.parent / name).is_file():
+        raise CheckpointError(f"{manifest_path} names no existing best or last checkpoint ({name!r}).")
+    return manifest_path.parent / name
 
 
 def read_training_checkpoint(path: str | Path) -> dict:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from common.distributed import is_main_process
+from common.errors import TrainyardError
 
 
 def _read_umask() -> int:
@@ -31,8 +35,32 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d_%H%M%S")
 
 
+class RunFolderError(TrainyardError):
+    """The output location cannot hold this run: a file, a read-only folder, or another run's folder."""
+
+
+# Files whose presence makes a folder a run folder (what --overwrite may replace); anything else in a
+# non-empty folder means it is not ours to delete.
+RUN_MARKERS = ("config.yaml", "checkpoints")
+
+# What a run that has trained leaves: checkpoints (every package's suffix) or a metrics history.
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".npz", ".safetensors")
+
+# Run folders this process created, so a run refused before it trained can leave nothing behind.
+_created_here: list[Path] = []
+# Run folders this process has claimed: opening one again (a command claims it before its logging writes
+# there, the trainer opens it after) is the same run, not a second one.
+_claimed: set[Path] = set()
+
+
 class RunFolder:
-    """One training run's output folder, with its standard sub-folders created up front."""
+    """One training run's output folder, with its standard sub-folders created up front.
+
+    A new run never writes into a folder that already holds files: that is another run's history, config and
+    checkpoints, which a second writer would truncate or replace. It is refused unless the run resumes that
+    folder (`resume=True`) or the user asked to replace it (`overwrite=True`, only for a folder that looks
+    like a run). Only rank 0 checks: the other ranks of a multi-process run see rank 0's fresh folder.
+    """
 
     def __init__(
         self,
@@ -41,13 +69,55 @@ class RunFolder:
         checkpoints: str = "checkpoints",
         logs: str = "logs",
         plots: str = "plots",
+        resume: bool = False,
+        overwrite: bool = False,
     ) -> None:
         self.root = Path(root)
         self.checkpoints = self.root / checkpoints
         self.logs = self.root / logs
         self.plots = self.root / plots
-        for folder in (self.root, self.checkpoints, self.logs, self.plots):
-            folder.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise RunFolderError(f"The output folder {self.root} is an existing file; choose a folder path.")
+        if not resume and is_main_process():
+            self._claim(overwrite)
+        existed = self.root.exists()
+        try:
+            for folder in (self.root, self.checkpoints, self.logs, self.plots):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(
+                f"Cannot create the run folder {self.root}: {exc.strerror or exc}. Choose a writable "
+                "location with --output-dir."
+            ) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise RunFolderError(f"The run folder {self.root} is read-only; choose a writable --output-dir.")
+        if not existed:
+            _created_here.append(self.root.resolve())
+        _claimed.add(self.root.resolve())
+
+    def _claim(self, overwrite: bool) -> None:
+        if self.root.resolve() in _claimed:
+            return
+        files = _files_under(self.root)
+        if not files:
+            return
+        shown = ", ".join(str(f.relative_to(self.root)) for f in files[:3]) + (
+            " ..." if len(files) > 3 else ""
+        )
+        looks_like_run = any((self.root / marker).exists() for marker in RUN_MARKERS)
+        if overwrite and looks_like_run:
+            shutil.rmtree(self.root)
+            return
+        if overwrite:
+            raise RunFolderError(
+                f"{self.root} holds {len(files)} file(s) ({shown}) but no run (no config.yaml or "
+                "checkpoints/), so --overwrite will not delete it; choose an empty or new output folder."
+            )
+        raise RunFolderError(
+            f"{self.root} already holds a run ({len(files)} file(s): {shown}); a new run would overwrite its "
+            "history and checkpoints. Resume it with --resume, choose another output folder, or pass "
+            "--overwrite to replace it."
+        )
 
     @classmethod
     def timestamped(cls, parent: str | os.PathLike, prefix: str, **kw) -> RunFolder:
@@ -73,6 +143,29 @@ class RunFolder:
 
 # In every temp file name, so the leftovers of a writer killed mid-write are recognisable (and removable).
 TEMP_MARK = ".trainyard-"
+
+
+def _files_under(root: Path) -> list[Path]:
+    """Every file below `root` except temp files of interrupted writes (empty folders do not count)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if not p.is_dir() and not is_temp_file(p))
+
+
+def discard_unused_run_folders() -> list[Path]:
+    """Remove the run folders this process created that hold no checkpoint and no metrics yet.
+
+    Called when a run is refused (bad config, data, device) after its folder was made, so a refusal leaves
+    nothing behind; a folder that existed before this process, or one a run has trained into, is kept."""
+    removed = []
+    for root in reversed(_created_here):
+        files = _files_under(root)
+        trained = any(f.suffix in CHECKPOINT_SUFFIXES or "history" in f.name for f in files)
+        if root.is_dir() and not trained:
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    _created_here.clear()
+    return removed
 
 
 def is_temp_file(path: Path) -> bool:

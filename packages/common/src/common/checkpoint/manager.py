@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import math
 import os
 import shutil
 import string
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.checkpoint.format import _CHUNK, save_checkpoint
 from common.errors import CheckpointError, ConfigError
-from common.runs import atomic_writer, is_temp_file
+from common.runs import TEMP_MARK, atomic_write_text, atomic_writer, fsync_dir, is_temp_file
+
+log = logging.getLogger("trainyard.checkpoints")
+
+MANIFEST = "manifest.json"
+
+# What only resuming needs; a weights-only (best) checkpoint leaves these out and keeps the model, the
+# run's config and its counters, which is all that evaluation, prediction or fine-tuning read.
+TRAINING_ONLY_KEYS = (
+    "optimizer",
+    "loop",
+    "schedule",
+    "callbacks",
+    "rng",
+    "manager",
+    "stepper",
+    "sampler",
+    "scaler",
+)
+
+# Free space kept beyond a checkpoint's estimated size (file-format overhead, other writers).
+SPACE_MARGIN_BYTES = 16 * 2**20
 
 
 def _template_fields(template: str) -> list[str]:
@@ -31,6 +58,41 @@ def _template_glob(template: str) -> str:
 def _atomic_copy(src: Path, dst: Path) -> None:
     with atomic_writer(dst) as fh, src.open("rb") as source:
         shutil.copyfileobj(source, fh, _CHUNK)
+
+
+def _atomic_link(src: Path, dst: Path) -> None:
+    """`dst` becomes a second name of `src`'s bytes: the same weights are never stored twice. The link is made
+    under a temp name and renamed, so `dst` is replaced atomically; a later atomic rewrite of `src` gives
+    `src` a new file and leaves `dst` as it was. Falls back to a copy where hard links are not supported."""
+    tmp = dst.parent / f".{dst.name}{TEMP_MARK}{os.getpid()}-{time.monotonic_ns()}.tmp"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        _atomic_copy(src, dst)
+        return
+    os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+
+
+def weights_only(state: dict) -> dict:
+    """The checkpoint state without what only resuming needs (optimizer, loop, RNG, callbacks ...)."""
+    kept = {k: v for k, v in state.items() if k not in TRAINING_ONLY_KEYS}
+    kept["weights_only"] = True
+    return kept
+
+
+def _array_bytes(node: Any) -> int:
+    if isinstance(node, np.ndarray):
+        return node.nbytes
+    if isinstance(node, dict):
+        return sum(_array_bytes(v) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return sum(_array_bytes(v) for v in node)
+    return getattr(node, "nbytes", 0) if hasattr(node, "shape") else 0
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
 
 
 class CheckpointManager:
@@ -58,6 +120,7 @@ class CheckpointManager:
         every_n_epochs: int | None = None,
         periodic: str | None = None,
         step_file: str | None = None,
+        best_weights_only: bool = False,
     ) -> None:
         if mode not in ("min", "max"):
             raise ConfigError(f"Checkpoint mode must be 'min' or 'max', got {mode!r}.")
@@ -86,6 +149,7 @@ class CheckpointManager:
             periodic,
             step_file,
         )
+        self.best_weights_only = best_weights_only
         self._kept: list[tuple[float, int, str]] = []  # (value, epoch, file name), best first
         self._last_name: str | None = None
         self._step_name: str | None = None
@@ -118,6 +182,7 @@ class CheckpointManager:
         # the counters win over a logged metric of the same name (the loop logs "epoch" too)
         fields.update(epoch=epoch, step=state.get("global_step", 0) if isinstance(state, dict) else 0)
         targets: list[Path] = []
+        best_targets: list[Path] = []
         dropped: list[str] = []
         value = self._monitored(metrics)
         if self.best is not None and value is not None and self._qualifies(value):
@@ -126,7 +191,7 @@ class CheckpointManager:
             kept.sort(key=lambda e: e[0], reverse=self.mode == "max")
             dropped = [e[2] for e in kept[self.top_k :]]
             self._kept = kept[: self.top_k]
-            targets.append(self.directory / name)
+            (best_targets if self.best_weights_only else targets).append(self.directory / name)
         previous_last = self._last_name
         if self.last is not None:
             self._last_name = self._format(self.last, fields)
@@ -136,7 +201,10 @@ class CheckpointManager:
         if previous_last and previous_last != self._last_name:
             dropped.append(previous_last)
         written = self._write(state, targets)
+        if best_targets:
+            written += self._write(weights_only(state), best_targets)
         self._delete_unused(dropped)
+        self._write_manifest()
         return written
 
     def save_step(self, state: dict, *, epoch: int, step: int) -> Path:
@@ -148,6 +216,7 @@ class CheckpointManager:
         (path,) = self._write(state, [self.directory / self._step_name])
         if previous and previous != self._step_name:
             self._delete_unused([previous])
+        self._write_manifest()
         return path
 
     def latest(self) -> Path | None:
@@ -215,10 +284,47 @@ class CheckpointManager:
         if isinstance(state, dict) and "manager" in state:
             state = {**state, "manager": self.state_dict()}
         unique = list(dict.fromkeys(targets))
-        save_checkpoint(unique[0], state)
-        for target in unique[1:]:  # serialise once, copy the bytes for the other names
-            _atomic_copy(unique[0], target)
+        self._check_free_space(state)
+        try:
+            save_checkpoint(unique[0], state)
+            for target in unique[1:]:  # serialise once; the other names share the bytes
+                _atomic_link(unique[0], target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CheckpointError(
+                    f"The disk filled up while writing {unique[0]}; nothing was replaced (the previous "
+                    "checkpoint is intact). Free some space or choose another output folder, then resume."
+                ) from None
+            raise
+        size = unique[0].stat().st_size
+        log.info("checkpoint %s: %s", ", ".join(p.name for p in unique), _megabytes(size))
         return unique
+
+    def _check_free_space(self, state: dict) -> None:
+        """Refuse a write the disk cannot hold, before starting it, so the previous file stays whole."""
+        # Replacing a file frees its space only after the new one is complete, so the whole size is needed.
+        needed = _array_bytes(state) + SPACE_MARGIN_BYTES
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise CheckpointError(
+                f"Not enough free space in {self.directory} for the next checkpoint: it needs about "
+                f"{_megabytes(needed)}, {_megabytes(free)} are free. The previous checkpoint is intact; free "
+                "some space or choose another output folder, then resume."
+            )
+
+    def _write_manifest(self) -> None:
+        """manifest.json: which file is best (and by what), without parsing file names."""
+        manifest = {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best": self._kept[0][2] if self._kept else None,
+            "best_score": self._kept[0][0] if self._kept else None,
+            "best_weights_only": self.best_weights_only,
+            "last": self._last_name,
+            "step": self._step_name,
+            "kept": [{"file": name, "score": value, "epoch": epoch} for value, epoch, name in self._kept],
+        }
+        atomic_write_text(self.directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
     def _delete_unused(self, names: list[str]) -> None:
         in_use = {name for _, _, name in self._kept} | {self._last_name, self._step_name}

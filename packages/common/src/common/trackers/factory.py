@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.distributed import is_main_process
 from common.runs import RunFolder, atomic_write_text
+from common.trackers.background import BackgroundTracker
 from common.trackers.base import DEFAULT_LOGGER, Tracker, Trackers, one_line
 from common.trackers.json_history import JsonHistory
 
@@ -38,18 +39,20 @@ def build_trackers(
     if not is_main_process():
         return Trackers([], logger)
     trackers: list[Tracker] = [JsonHistory(run.path(history_file), resume_step=resume_step)]
-    optional: list[tuple[str, str, Callable[[], Tracker]]] = []  # (label, pip extra, builder)
+    # (label, pip extra, builder, whether it talks to a server: those log from a worker thread)
+    optional: list[tuple[str, str, Callable[[], Tracker], bool]] = []
     if tensorboard:
         folder = run.path("tensorboard" if tensorboard is True else str(tensorboard))
         purge_step = None if resume_step is None else resume_step + 1
-        optional.append(("TensorBoard", "tensorboard", partial(_tensorboard, folder, purge_step)))
+        optional.append(("TensorBoard", "tensorboard", partial(_tensorboard, folder, purge_step), False))
     if mlflow:
-        optional.append(("MLflow", "mlflow", partial(_mlflow, run, _kwargs(mlflow), resume_step)))
+        optional.append(("MLflow", "mlflow", partial(_mlflow, run, _kwargs(mlflow), resume_step), True))
     if wandb:
-        optional.append(("W&B", "wandb", partial(_wandb, run, _kwargs(wandb), resume_step)))
-    for label, extra, build in optional:
+        optional.append(("W&B", "wandb", partial(_wandb, run, _kwargs(wandb), resume_step), True))
+    for label, extra, build, networked in optional:
         try:
-            trackers.append(build())
+            tracker = build()
+            trackers.append(BackgroundTracker(tracker, label=label, logger=logger) if networked else tracker)
         except ImportError as exc:
             hint = f"pip install 'trainyard-common[{extra}]'"
             logger.warning("%s tracking is off for this run: %s (install it: %s)", label, exc, hint)
