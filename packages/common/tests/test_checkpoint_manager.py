@@ -262,3 +262,12 @@ def test_the_disk_filling_up_mid_write_is_a_clear_error_and_keeps_the_old_file(t
     with pytest.raises(CheckpointError, match="disk filled up"):
         manager.save({"w": np.zeros(10)}, epoch=2)
     assert (tmp_path / "last.ckpt").read_bytes() == before
+
+
+def test_resume_last_skips_weights_only_best_files_written_after_last(tmp_path):
+    from common.resume import latest_checkpoint
+
+    manager = CheckpointManager(tmp_path, best="best.ckpt", monitor="val/loss", best_weights_only=True)
+    manager.save({"model": {"w": np.ones(2)}, "optimizer": {}}, epoch=1, metrics={"val/loss": 0.1})
+    os.utime(tmp_path / "best.ckpt", ns=(2 * 10**18, 2 * 10**18))  # newer than last, as the save order gives
+    assert latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"

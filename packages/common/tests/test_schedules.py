@@ -285,3 +285,17 @@ def test_scalar_base_lr_and_lr_property():
 def test_schedules_module_does_not_import_torch():
     code = "import sys, common.schedules; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_resuming_with_a_longer_plan_continues_on_the_new_schedule():
+    # A finished 10-step cosine run resumed with 20 steps: the LR at step 10 is the new plan's, not 0.
+    finished = build_schedule(ScheduleConfig(name="cosine", min_lr=0.0), 1.0, total_steps=10)
+    for _ in range(10):
+        finished.step()
+    assert finished.lr == pytest.approx(0.0)
+    longer = build_schedule(ScheduleConfig(name="cosine", min_lr=0.0), 1.0, total_steps=20)
+    longer.load_state_dict(finished.state_dict())
+    assert longer.last_step == 10 and longer.lr == pytest.approx(0.5)
+    same = build_schedule(ScheduleConfig(name="cosine", min_lr=0.0), 1.0, total_steps=10)
+    same.load_state_dict(finished.state_dict())
+    assert same.lrs == finished.lrs  # the same plan gives back exactly the saved LRs

@@ -46,11 +46,11 @@ def _fp32():
         ("32", "32", None, torch.float32),
         (32, "32", None, torch.float32),
         ("32-true", "32", None, torch.float32),
-        ("16", "16", None, torch.float16),
-        (16, "16", None, torch.float16),
-        ("16-true", "16", None, torch.float16),
-        ("bf16", "bf16", None, torch.bfloat16),
-        ("bf16-true", "bf16", None, torch.bfloat16),
+        ("float32", "32", None, torch.float32),
+        ("16-true", "16-true", None, torch.float16),
+        ("bf16-true", "bf16-true", None, torch.bfloat16),
+        # as in Lightning, a bare "bf16" means mixed precision: float32 weights, bfloat16 compute
+        ("bf16", "bf16-mixed", torch.bfloat16, torch.float32),
         ("bf16-mixed", "bf16-mixed", torch.bfloat16, torch.float32),
     ],
 )
@@ -65,9 +65,14 @@ def test_parse_precision_on_cpu(name, canonical, autocast, param):
     )
 
 
-def test_cpu_refuses_16_mixed_and_unknown_names():
+@pytest.mark.parametrize("name", ["16-mixed", "16", 16, "fp16"])
+def test_cpu_refuses_float16_mixed_precision_in_every_spelling(name):
+    # "16" used to cast the weights themselves to float16, which gave NaN within two steps
     with pytest.raises(DeviceError, match="bf16-mixed"):
-        parse_precision("16-mixed", "cpu")
+        parse_precision(name, "cpu")
+
+
+def test_unknown_precision_names_are_refused_with_the_choices():
     with pytest.raises(ConfigError, match="bf16-mixed"):
         parse_precision("fp8", "cpu")
 
@@ -114,7 +119,7 @@ def test_bf16_mixed_trains_a_tiny_model_on_cpu():
 
 
 def test_pure_half_precision_casts_the_model():
-    model = parse_precision("bf16", "cpu").cast_model(_model())
+    model = parse_precision("bf16-true", "cpu").cast_model(_model())
     assert {prm.dtype for prm in model.parameters()} == {torch.bfloat16}
 
 

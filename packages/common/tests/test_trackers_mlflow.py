@@ -90,7 +90,10 @@ def test_env_tracking_uri_wins_and_a_resumed_run_continues_its_mlflow_run(tmp_pa
         run, mlflow={"experiment": "egnn", "tracking_uri": f"sqlite:///{tmp_path}/other.db"}
     )
     assert first.trackers[1].tracking_uri == uri
-    assert [type(getattr(t, "tracker", t)).__name__ for t in first.trackers] == ["JsonHistory", "MlflowTracker"]
+    assert [type(getattr(t, "tracker", t)).__name__ for t in first.trackers] == [
+        "JsonHistory",
+        "MlflowTracker",
+    ]
     first.log_params({"lr": 0.1, "resume": None})
     for step in range(1, 5):
         first.log_metrics({"loss": float(step)}, step=step)
@@ -101,7 +104,10 @@ def test_env_tracking_uri_wins_and_a_resumed_run_continues_its_mlflow_run(tmp_pa
     resumed = build_trackers(run, mlflow={"experiment": "egnn"}, resume_step=4)
     assert resumed.trackers[1].run_id == run_id
     resumed.log_params({"lr": 0.1, "resume": "last.ckpt", "epochs": 3})  # a changed param must not break it
-    assert [type(getattr(t, "tracker", t)).__name__ for t in resumed.trackers] == ["JsonHistory", "MlflowTracker"]
+    assert [type(getattr(t, "tracker", t)).__name__ for t in resumed.trackers] == [
+        "JsonHistory",
+        "MlflowTracker",
+    ]
     for step in range(5, 8):
         resumed.log_metrics({"loss": float(step)}, step=step)
     resumed.close()

@@ -326,7 +326,7 @@ def test_cli_bad_input_is_one_paragraph(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
 def test_accumulation_and_precision(tiny_data, tiny_config, tmp_path, precision):
     """3 micro-batches per epoch with accumulate=3 make one optimizer step (global_step counts optimizer
     steps); bf16 compute keeps float32 weights."""

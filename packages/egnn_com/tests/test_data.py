@@ -16,9 +16,9 @@ from egnn_com.data import (
     load_dataset,
     make_loader,
     read_raw,
-    split_indices,
     validate_graph,
 )
+from egnn_com.splits import split_by_graph
 from egnn_com.synthetic import ATOM_MASSES, COVALENT_RADII, generate_dataset, make_graph
 
 
@@ -134,13 +134,13 @@ def test_no_valid_file_is_an_error(tmp_path):
 
 
 def test_split_is_seeded_and_disjoint():
-    tr, va = split_indices(50, 0.2, seed=1)
+    tr, va = split_by_graph(50, 0.2, seed=1)
     assert len(va) == 10 and len(tr) == 40 and not set(tr) & set(va)
-    tr2, va2 = split_indices(50, 0.2, seed=1)
+    tr2, va2 = split_by_graph(50, 0.2, seed=1)
     np.testing.assert_array_equal(va, va2)
-    assert not np.array_equal(split_indices(50, 0.2, seed=2)[1], va)
+    assert not np.array_equal(split_by_graph(50, 0.2, seed=2)[1], va)
     with pytest.raises(DataError):
-        split_indices(1, 0.2, seed=0)
+        split_by_graph(1, 0.2, seed=0)
 
 
 def test_sampler_order_is_function_of_seed_and_epoch_and_skips_batches(tiny_data):

@@ -107,7 +107,9 @@ def test_build_model_variants_and_errors():
     assert isinstance(build_model(_cfg("gcn"), 5), GCNCentreOfMass)
     assert isinstance(build_model(_cfg("egnn"), 5), EGNNCentreOfMass)
     gcn = build_model(_cfg("gcn", num_layers=4), 5)
-    assert len(gcn.convs) == 4 and gcn.convs[0].in_channels == 8  # 5 features + xyz
+    assert len(gcn.convs) == 4 and gcn.convs[0].in_channels == 9  # 5 features + log mass + xyz
+    assert build_model(_cfg("gcn", use_mass=False), 5).convs[0].in_channels == 8  # 5 features + xyz
+    assert build_model(_cfg("egnn", use_mass=False), 5).embed.in_features == 5
     with pytest.raises(ConfigError, match="num_layers"):
         build_model(_cfg("gcn", num_layers=1), 5)
     with pytest.raises(ConfigError, match="'gcn' or 'egnn'"):

@@ -68,7 +68,7 @@ def test_egnn_loss_falls_and_checkpoints_keep_their_names(tmp_path, tiny_data):
     best_epoch = min(range(len(val)), key=val.__getitem__) + 1
     improvements = sum(v < min(val[:i]) for i, v in enumerate(val) if i)
     assert improvements >= 1  # a newer best replaced an older one: only the top 1 is kept
-    assert best == [f"best-model-{best_epoch:02d}-{val[best_epoch - 1]:.3f}.ckpt"] and "last.ckpt" in files
+    assert best == [f"best-model-{best_epoch:02d}-{val[best_epoch - 1]:.4e}.ckpt"] and "last.ckpt" in files
     assert out.best_checkpoint.name == best[0] and out.checkpoint == out.checkpoint_dir / "last.ckpt"
     state = load_checkpoint(out.checkpoint_dir / "last.ckpt")
     assert {"model", "optimizer", "schedule", "stepper", "rng", "config", "manager", "loop"} <= set(state)
@@ -177,7 +177,9 @@ def test_documented_command_lines_both_spellings(tmp_path, tiny_data, capsys, mo
     names = [p.name for p in (tmp_path / "experiments" / "run_1").iterdir()]
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not (run_dir / "checkpoints").exists() and (run_dir / "metrics_history.json").exists()
-    assert "last.ckpt" in names and any(re.fullmatch(r"best-model-01-\d+\.\d{3}\.ckpt", n) for n in names)
+    assert "last.ckpt" in names and any(
+        re.fullmatch(r"best-model-01-\d\.\d{4}e[-+]\d\d\.ckpt", n) for n in names
+    )
 
 
 def test_print_config_and_bad_input(tmp_path, capsys, monkeypatch):

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.benchmarking import median_seconds, torch_matmul_peak_gflops
 from common.callbacks import Callback
-from common.cli import run_cli
+from common.cli import console_script, run_cli
 from common.devices import describe_device, peak_memory_mb, torch_device
 from common.loop import Loop, Plan
 from common.sampler import ResumableSampler
@@ -251,6 +251,8 @@ def main(
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

@@ -39,6 +39,8 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     data_dir: str = "data/cabruca"  # folder holding <train_split>/ and <val_split>/
+    labels: str = "masks"  # masks: masks/ + COCO annotations.json | boxes: box labels (cabruca.box_labels)
+    box_annotations: str = ""  # labels=boxes: annotation file/folder in each split ("" = found by name)
     train_split: str = "train"  # sub-folder of training images
     val_split: str = "val"  # sub-folder of validation images
     batch_size: int = 4  # tiles per micro-batch
@@ -161,11 +163,18 @@ class CabrucaConfig:
 
 def load(source=None, *, cli=None, overrides=()) -> CabrucaConfig:
     """Resolve the config (schema < YAML < CLI < key=value) and check cross-field consistency."""
-    from common.config import load_config
+    from common.config import load_config, require_at_least
     from common.errors import ConfigError
 
     cfg = load_config(CabrucaConfig, source, package="cabruca", cli=cli, overrides=overrides)
     d = cfg.data
+    require_at_least(d, 1, "batch_size", "tile_size", prefix="data.")
+    require_at_least(d, 0, "tile_overlap", "num_workers", prefix="data.")
+    require_at_least(cfg.training, 1, "num_epochs", "gradient_accumulation_steps", prefix="training.")
+    if d.tile_overlap >= d.tile_size:
+        raise ConfigError(
+            f"data.tile_overlap ({d.tile_overlap}) must be smaller than data.tile_size ({d.tile_size})."
+        )
     if len(d.semantic_classes) != cfg.model.num_semantic_classes:
         raise ConfigError(
             f"data.semantic_classes names {len(d.semantic_classes)} classes but model.num_semantic_classes is "
@@ -190,6 +199,8 @@ def load(source=None, *, cli=None, overrides=()) -> CabrucaConfig:
         raise ConfigError(
             f"data.tile_size must be at least 32 and larger than data.tile_overlap (got {d.tile_size}, {d.tile_overlap})."
         )
+    if d.labels not in {"masks", "boxes"}:
+        raise ConfigError(f"data.labels {d.labels!r} is not one of masks, boxes.")
     if cfg.scheduler.type not in {
         "none",
         "constant",

@@ -8,6 +8,9 @@ Layout of one split (e.g. `<data_dir>/train/`):
                              annotations[{image_id, category_id 1..K, segmentation (RLE or polygons),
                              keypoints [x, y, v] = tree centre (optional: mask centroid otherwise)}]
 
+With `data.labels: boxes` a split holds images/ and box labels instead (DeepForest CSV, Pascal VOC XML or
+COCO boxes; see `cabruca.box_labels`), trained through box centres and weak elliptic crowns.
+
 Instance masks are painted in annotation order (a later annotation owns overlapping pixels), giving one
 instance id map per image: the visible (modal) crowns that the model's centre/offset heads can represent.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +33,9 @@ from common.sampler import ResumableSampler
 from common.seeding import sample_rng
 
 from .augment import augment
+from .box_labels import find_annotations, read_box_labels, weak_crowns
 from .config import DataConfig
+from .imagery import image_size, read_rgb
 from .targets import make_targets
 
 
@@ -37,12 +43,13 @@ from .targets import make_targets
 class ImageRecord:
     name: str
     image_path: Path
-    mask_path: Path
+    mask_path: Path | None  # None for box-labelled images
     height: int
     width: int
     categories: list[int] = field(default_factory=list)  # instance class index 0..K-1 per annotation
     segmentations: list = field(default_factory=list)  # COCO segmentation per annotation
     keypoints: list = field(default_factory=list)  # (x, y) or None per annotation
+    boxes: list | None = None  # box-labelled image: (xmin, ymin, xmax, ymax) per annotation
 
 
 def _fail(split_dir: Path, what: str) -> DataError:
@@ -52,6 +59,8 @@ def _fail(split_dir: Path, what: str) -> DataError:
 def load_split(split_dir: str | Path, cfg: DataConfig, *, check_masks: bool = True) -> list[ImageRecord]:
     """Read and validate one split before any training starts. DataError names the file and sample."""
     split_dir = Path(split_dir)
+    if cfg.labels == "boxes":
+        return load_box_split(split_dir, cfg)
     ann_path = split_dir / "annotations.json"
     if not split_dir.is_dir():
         raise DataError(
@@ -83,11 +92,9 @@ def load_split(split_dir: str | Path, cfg: DataConfig, *, check_masks: bool = Tr
             raise _fail(split_dir, f"image {image_path} listed in annotations.json is missing")
         if not mask_path.is_file():
             raise _fail(split_dir, f"semantic mask {mask_path} for image {name} is missing")
-        with Image.open(image_path) as im:
-            if im.size != (w, h):
-                raise _fail(
-                    split_dir, f"image {name} is {im.size[0]}x{im.size[1]} but annotations.json says {w}x{h}"
-                )
+        ih, iw = image_size(image_path)
+        if (iw, ih) != (w, h):
+            raise _fail(split_dir, f"image {name} is {iw}x{ih} but annotations.json says {w}x{h}")
         if check_masks:
             mask = np.asarray(Image.open(mask_path))
             if mask.shape != (h, w):
@@ -129,6 +136,27 @@ def load_split(split_dir: str | Path, cfg: DataConfig, *, check_masks: bool = Tr
     return list(records.values())
 
 
+def load_box_split(split_dir: Path, cfg: DataConfig) -> list[ImageRecord]:
+    """A box-labelled split (DeepForest CSV, VOC XML or COCO boxes), validated record by record."""
+    if not split_dir.is_dir():
+        raise DataError(f"dataset split folder {split_dir} does not exist (expected images/ and box labels).")
+    images = read_box_labels(find_annotations(split_dir, cfg.box_annotations), cfg.instance_classes)
+    return [
+        ImageRecord(
+            b.image_path.stem,
+            b.image_path,
+            None,
+            b.height,
+            b.width,
+            b.labels,
+            [],
+            [None] * len(b.labels),
+            b.boxes,
+        )
+        for b in images
+    ]
+
+
 def _decode_segmentation(seg, h: int, w: int) -> np.ndarray:
     """COCO polygons or (compressed/uncompressed) RLE -> bool (H, W)."""
     if isinstance(seg, list):
@@ -150,11 +178,27 @@ def _decode_segmentation(seg, h: int, w: int) -> np.ndarray:
     return m.astype(bool)
 
 
-def load_image(rec: ImageRecord):
-    """-> rgb float32 (H, W, 3) in [0, 1], semantic uint8 (H, W), instance ids int32 (H, W),
+def _readable(read, path):
+    """`read(path)`, with an unreadable file (truncated, corrupt, not an image) reported as a DataError naming it."""
+    try:
+        return read(path)
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's and rasterio's ways of saying "corrupt"
+        raise DataError(
+            f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}); replace or remove it."
+        ) from None
+
+
+def load_image(rec: ImageRecord, instance_semantic_ids: Sequence[int] = (1, 2, 3)):
+    """`instance_semantic_ids`: the semantic class each instance class paints (box-labelled images).
+    -> rgb float32 (H, W, 3) in [0, 1], semantic uint8 (H, W), instance ids int32 (H, W),
     labels int64 (N,), centres float32 (N, 2) [x, y] (keypoint, or mask centroid when absent)."""
-    rgb = np.asarray(Image.open(rec.image_path).convert("RGB"), np.float32) / 255.0
-    semantic = np.asarray(Image.open(rec.mask_path), np.uint8)
+    rgb = _readable(read_rgb, rec.image_path)
+    if rec.boxes is not None:
+        semantic, ids, centres = weak_crowns(
+            rec.boxes, rec.categories, rec.height, rec.width, list(instance_semantic_ids)
+        )
+        return rgb, semantic, ids, np.asarray(rec.categories, np.int64), centres
+    semantic = _readable(lambda path: np.asarray(Image.open(path), np.uint8), rec.mask_path)
     ids = np.zeros((rec.height, rec.width), np.int32)
     for k, seg in enumerate(rec.segmentations, start=1):
         ids[_decode_segmentation(seg, rec.height, rec.width)] = k
@@ -235,7 +279,7 @@ class CabrucaTiles(torch.utils.data.Dataset):
 
     def _image(self, r: int):
         if r not in self._cache:
-            self._cache[r] = load_image(self.records[r])
+            self._cache[r] = load_image(self.records[r], self.cfg.instance_semantic_ids)
         return self._cache[r]
 
     def tile(self, index: int, epoch: int = 0):

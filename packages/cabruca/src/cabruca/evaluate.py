@@ -1,8 +1,13 @@
 """`python -m cabruca.evaluate CHECKPOINT --data-dir DIR`: every metric as JSON, plus overlay PNGs.
 
-Writes `<out-dir>/metrics.json` (losses, mask mAP, mIoU, canopy IoU, shade distribution, tree counts, speed,
-memory) and `<out-dir>/overlays/<tile>.png`: the tile, its predicted semantic classes blended in, each
-predicted crown outlined and its centre marked, next to the ground truth drawn the same way.
+Writes `<out-dir>/metrics.json` and `<out-dir>/overlays/<tile>.png` (the tile, its predicted semantic classes
+blended in, each predicted crown outlined and its centre marked, next to the ground truth drawn the same way).
+metrics.json holds two views:
+- "metrics": per training tile, as validation sees them: losses, mask mAP, mIoU, canopy IoU, shade
+  distribution, tree counts, speed, memory;
+- "images": per whole image, as `cabruca.predict` sees them (stitched tiles, `cabruca.image_eval`): tree
+  counts per image and their mean absolute error, box AP and mask AP at --score-threshold, and a threshold
+  sweep, printed as a table, that shows at which thresholds the detections are.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from PIL import Image
 
 from common.cli import run_cli
 from common.devices import peak_memory_mb, torch_device
+from common.errors import ConfigError
 from common.sampler import ResumableSampler
 
 from .data import CabrucaTiles, load_split, make_loader
 from .engine import load_from_checkpoint, update_evaluator
+from .image_eval import SWEEP, evaluate_images, sweep_table
 from .losses import MultiTaskLoss
 from .metrics import Evaluator
 from .postprocess import Instance, instances_from_ids
@@ -60,12 +67,34 @@ def evaluate_checkpoint(
     device: str = "auto",
     max_overlays: int = 8,
     batch_size: int | None = None,
+    score_threshold: float | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    sweep: tuple[float, ...] = SWEEP,
 ) -> Path:
+    """Both views (see the module docstring). `score_threshold` (the centre peak a tree needs), `tile_size`
+    and `overlap` default to the checkpoint's postprocess.centre_threshold, data.tile_size and, for whole
+    images, tile_size // 4 (tiles keep data.tile_overlap)."""
     dev = torch_device(device)
     model, cfg = load_from_checkpoint(checkpoint, dev)
+    if score_threshold is not None:
+        cfg.postprocess.centre_threshold = score_threshold
+    if tile_size is not None:
+        cfg.data.tile_size = tile_size
+    image_overlap = cfg.data.tile_size // 4 if overlap is None else overlap
+    if overlap is not None:
+        cfg.data.tile_overlap = overlap
+    if cfg.data.tile_size < 32 or not 0 <= image_overlap < cfg.data.tile_size:
+        raise ConfigError(
+            f"--tile-size must be at least 32 and --overlap in [0, tile size); got {cfg.data.tile_size}, "
+            f"{image_overlap}."
+        )
+    if not 0 <= cfg.postprocess.centre_threshold < 1:
+        raise ConfigError(f"--score-threshold must be in [0, 1), got {cfg.postprocess.centre_threshold:g}.")
     out_dir = Path(out_dir or Path(checkpoint).resolve().parent.parent / "evaluation")
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    tiles = CabrucaTiles(load_split(Path(data_dir) / split, cfg.data), cfg.data, seed=cfg.seed, train=False)
+    records = load_split(Path(data_dir) / split, cfg.data)
+    tiles = CabrucaTiles(records, cfg.data, seed=cfg.seed, train=False)
     sampler = ResumableSampler(len(tiles), batch_size or cfg.data.batch_size, shuffle=False, drop_last=False)
     loss_fn = MultiTaskLoss(cfg.loss)
     ev = Evaluator(cfg.data.semantic_classes, cfg.data.instance_classes, cfg.data.instance_semantic_ids)
@@ -100,13 +129,20 @@ def evaluate_checkpoint(
             **{f"memory/{k}": v for k, v in peak_memory_mb(dev).items()},
         }
     )
-    path = out_dir / "metrics.json"
-    path.write_text(
-        json.dumps(
-            {"checkpoint": str(checkpoint), "data_dir": str(data_dir), "split": split, "metrics": metrics},
-            indent=2,
-        )
+    images = evaluate_images(
+        model,
+        records,
+        cfg,
+        tile_size=cfg.data.tile_size,
+        overlap=image_overlap,
+        score_threshold=cfg.postprocess.centre_threshold,
+        sweep=sweep,
+        device=dev,
+        batch_size=batch_size or cfg.data.batch_size,
     )
+    path = out_dir / "metrics.json"
+    report = {"checkpoint": str(checkpoint), "data_dir": str(data_dir), "split": split, "metrics": metrics}
+    path.write_text(json.dumps({**report, "images": images}, indent=2))
     return path
 
 
@@ -122,8 +158,40 @@ def evaluate_checkpoint(
 @click.option(
     "--batch-size", type=int, default=None, help="Tiles per forward pass (default: the checkpoint's)."
 )
-def main(checkpoint, data_dir, split, output_dir, device, max_overlays, batch_size):
-    """Evaluate a cabruca checkpoint: all metrics as JSON and prediction overlays."""
+@click.option(
+    "--score-threshold",
+    type=float,
+    default=None,
+    help="Tree-centre peak a tree needs, 0..1 (default: the checkpoint's postprocess.centre_threshold).",
+)
+@click.option("--tile-size", type=int, default=None, help="Tile side in pixels (default: the checkpoint's).")
+@click.option(
+    "--overlap", type=int, default=None, help="Pixels shared by neighbouring tiles (default: tile size / 4)."
+)
+@click.option(
+    "--sweep",
+    default=",".join(f"{t:g}" for t in SWEEP),
+    show_default=True,
+    help="Comma-separated score thresholds reported side by side.",
+)
+def main(
+    checkpoint,
+    data_dir,
+    split,
+    output_dir,
+    device,
+    max_overlays,
+    batch_size,
+    score_threshold,
+    tile_size,
+    overlap,
+    sweep,
+):
+    """Evaluate a cabruca checkpoint: all metrics as JSON, per image and per tile, and prediction overlays."""
+    try:
+        thresholds = tuple(float(t) for t in sweep.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--sweep {sweep!r} must be comma-separated numbers, e.g. 0.05,0.1,0.3.") from None
     path = evaluate_checkpoint(
         checkpoint,
         data_dir,
@@ -132,12 +200,25 @@ def main(checkpoint, data_dir, split, output_dir, device, max_overlays, batch_si
         device=device,
         max_overlays=max_overlays,
         batch_size=batch_size,
+        score_threshold=score_threshold,
+        tile_size=tile_size,
+        overlap=overlap,
+        sweep=thresholds,
     )
-    m = json.loads(path.read_text())["metrics"]
+    report = json.loads(path.read_text())
+    m, im = report["metrics"], report["images"]
     click.echo(
-        f"mAP {m['mAP']:.3f}  mAP_50 {m['mAP_50']:.3f}  mAP_75 {m['mAP_75']:.3f}  mIoU {m['mIoU']:.3f}  "
-        f"canopy IoU {m['canopy_IoU']:.3f}  count acc {m['tree_count_accuracy']:.3f}"
+        f"per tile:  mAP {m['mAP']:.3f}  mAP_50 {m['mAP_50']:.3f}  mAP_75 {m['mAP_75']:.3f}  "
+        f"mIoU {m['mIoU']:.3f}  canopy IoU {m['canopy_IoU']:.3f}  count acc {m['tree_count_accuracy']:.3f}"
     )
+    mask = f"  mask AP {im['mask_mAP']:.3f}  mask AP_50 {im['mask_mAP_50']:.3f}" if "mask_mAP" in im else ""
+    click.echo(
+        f"per image: trees {im['trees_pred']} predicted / {im['trees_gt']} true, count MAE "
+        f"{im['count_MAE']:.2f}  box AP {im['box_mAP']:.3f}  box AP_50 {im['box_mAP_50']:.3f}{mask}"
+    )
+    click.echo(sweep_table(im))
+    if "note" in im:
+        click.echo(im["note"])
     click.echo(f"metrics: {path}\noverlays: {path.parent / 'overlays'}")
 
 

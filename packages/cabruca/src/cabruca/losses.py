@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .box_labels import IGNORE
 from .config import LossConfig
 
 
@@ -27,9 +28,8 @@ class MultiTaskLoss(nn.Module):
             if c.semantic_class_weights
             else None
         )
-        semantic = F.cross_entropy(
-            out["semantic"], batch["semantic"], weight=weight
-        )  # (B, S, H, W) vs (B, H, W)
+        # (B, S, H, W) vs (B, H, W); box-labelled tiles leave the box corners out (box_labels.IGNORE)
+        semantic = F.cross_entropy(out["semantic"], batch["semantic"], weight=weight, ignore_index=IGNORE)
         centre = F.mse_loss(out["heatmap"], batch["heatmap"])  # (B, K, H, W)
         w = batch["offset_weight"]  # (B, H, W): offsets only count on tree pixels
         offset = (

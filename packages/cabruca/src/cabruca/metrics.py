@@ -14,47 +14,41 @@ from pycocotools.cocoeval import COCOeval
 from .postprocess import Instance
 
 
-def _rle(mask: torch.Tensor) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.cpu().numpy().astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def coco_mask_map(
-    gts: list[list[Instance]], preds: list[list[Instance]], num_classes: int
+def coco_ap(
+    sizes: list[tuple[int, int]],
+    gts: list[list[dict]],
+    preds: list[list[dict]],
+    num_classes: int,
+    iou_type: str = "segm",
 ) -> dict[str, float]:
-    """Mask mAP by the COCO definition (101-point interpolation, maxDets 100, area 'all').
+    """COCO AP by pycocotools' COCOeval (101-point interpolation, maxDets 100, area 'all').
 
-    gts / preds: per tile, a list of instances. Returns mAP (IoU 0.5:0.95), mAP_50, mAP_75; 0.0 when a tile
-    set holds no ground truth (pycocotools reports -1 there)."""
+    sizes: (height, width) per image; gts / preds: per image, dicts with "label" (class index 0..K-1),
+    "box" (xmin, ymin, xmax, ymax in pixels), "mask" (a COCO RLE; needed for iou_type "segm") and, for
+    predictions, "score". iou_type "segm" (mask AP) or "bbox" (box AP). Returns mAP (IoU 0.5:0.95), mAP_50,
+    mAP_75; 0.0 where pycocotools reports -1 (no ground truth) and when nothing was predicted."""
     images, anns, dets = [], [], []
-    for img_id, (gt, pred) in enumerate(zip(gts, preds, strict=True), start=1):
-        h, w = (gt[0].mask.shape if gt else pred[0].mask.shape) if (gt or pred) else (1, 1)
+    for img_id, ((h, w), gt, pred) in enumerate(zip(sizes, gts, preds, strict=True), start=1):
         images.append({"id": img_id, "width": int(w), "height": int(h)})
-        for inst in gt:
-            rle = _rle(inst.mask)
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": img_id,
-                    "category_id": inst.label + 1,
-                    "segmentation": rle,
-                    "area": float(mask_utils.area(rle)),
-                    "bbox": list(mask_utils.toBbox(rle)),
-                    "iscrowd": 0,
-                }
-            )
-        for inst in pred:
-            dets.append(
-                {
-                    "image_id": img_id,
-                    "category_id": inst.label + 1,
-                    "segmentation": _rle(inst.mask),
-                    "score": float(inst.score),
-                }
-            )
-    if not anns:
-        return {"mAP": 0.0, "mAP_50": 0.0, "mAP_75": 0.0}
+        for g in gt:
+            x0, y0, x1, y1 = (float(v) for v in g["box"])
+            ann = {"id": len(anns) + 1, "image_id": img_id, "category_id": g["label"] + 1, "iscrowd": 0}
+            ann["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+            ann["area"] = float(mask_utils.area(g["mask"])) if iou_type == "segm" else (x1 - x0) * (y1 - y0)
+            if iou_type == "segm":
+                ann["segmentation"] = g["mask"]
+            anns.append(ann)
+        for p in pred:
+            det = {"image_id": img_id, "category_id": p["label"] + 1, "score": float(p["score"])}
+            if iou_type == "segm":
+                det["segmentation"] = p["mask"]
+            else:
+                x0, y0, x1, y1 = (float(v) for v in p["box"])
+                det["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+            dets.append(det)
+    zero = {"mAP": 0.0, "mAP_50": 0.0, "mAP_75": 0.0}
+    if not anns or not dets:
+        return zero
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
         coco_gt = COCO()
         coco_gt.dataset = {
@@ -63,15 +57,44 @@ def coco_mask_map(
             "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
         }
         coco_gt.createIndex()
-        if not dets:
-            return {"mAP": 0.0, "mAP_50": 0.0, "mAP_75": 0.0}
-        coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval(coco_gt, coco_dt, iouType="segm")
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), iouType=iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     s = [max(float(v), 0.0) for v in ev.stats[:3]]
     return {"mAP": s[0], "mAP_50": s[1], "mAP_75": s[2]}
+
+
+def mask_rle(mask: np.ndarray) -> dict:
+    """bool (H, W) -> COCO RLE with a str "counts" (JSON-safe)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def mask_box(rle: dict) -> tuple[float, float, float, float]:
+    """The (xmin, ymin, xmax, ymax) pixel extent of an RLE mask."""
+    x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+    return x, y, x + w, y + h
+
+
+def coco_mask_map(
+    gts: list[list[Instance]], preds: list[list[Instance]], num_classes: int
+) -> dict[str, float]:
+    """Mask mAP of tiles: per tile, lists of instances (see `coco_ap`)."""
+
+    def entries(instances: list[Instance]) -> list[dict]:
+        out = []
+        for inst in instances:
+            rle = mask_rle(inst.mask.cpu().numpy())
+            out.append({"label": inst.label, "mask": rle, "box": mask_box(rle), "score": inst.score})
+        return out
+
+    sizes = [
+        tuple((gt[0].mask.shape if gt else pred[0].mask.shape) if (gt or pred) else (1, 1))
+        for gt, pred in zip(gts, preds, strict=True)
+    ]
+    return coco_ap(sizes, [entries(g) for g in gts], [entries(p) for p in preds], num_classes, "segm")
 
 
 def count_accuracy(pred_count: float, gt_count: float) -> float:
@@ -99,9 +122,9 @@ class Evaluator:
     def update(self, pred_sem, gt_sem, pred_instances, gt_instances, density_count: float | None = None):
         """One tile: label maps (H, W), instance lists, and the density head's count."""
         n = len(self.semantic_classes)
-        self.confusion += torch.bincount(
-            (gt_sem.flatten() * n + pred_sem.flatten()).cpu(), minlength=n * n
-        ).view(n, n)
+        gt, pred = gt_sem.flatten().cpu(), pred_sem.flatten().cpu()
+        known = gt < n  # box-labelled tiles: the box corners (box_labels.IGNORE) have no true class
+        self.confusion += torch.bincount(gt[known] * n + pred[known], minlength=n * n).view(n, n)
         # Masks move to the CPU (pycocotools encodes them there) so evaluation memory stays off the device.
         self.gts.append([Instance(i.mask.cpu(), i.label, i.score, i.centre) for i in gt_instances])
         self.preds.append([Instance(i.mask.cpu(), i.label, i.score, i.centre) for i in pred_instances])

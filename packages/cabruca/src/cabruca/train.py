@@ -144,6 +144,20 @@ def resume_plan(state: dict, cfg: CabrucaConfig) -> tuple[str, str]:
     return "continue", "same experiment, tile size and optimizer as the checkpoint's run"
 
 
+LATEST_CHECKPOINT = "checkpoint_latest.pth"
+
+
+def resume_checkpoint(spec: str, output_dir: str | None) -> Path:
+    """The file `--resume last | RUN | CKPT` continues from. For a run, its newest complete state,
+    checkpoint_latest.pth: the weights-only checkpoint_best.pth is written after it by the same save, so
+    the newest file on disk can be one that cannot continue the run."""
+    found = find_checkpoint(spec, output_dir)
+    latest = found.parent / LATEST_CHECKPOINT
+    if Path(spec).is_file() or not latest.is_file():
+        return found
+    return latest
+
+
 def read_resume_checkpoint(path: str | Path) -> dict:
     """A checkpoint to continue (loop state, config, RNG) or, failing that, one whose weights can start a new
     run (a weights-only file, or one written before the shared training loop)."""
@@ -206,7 +220,7 @@ def choose_run_folder(cfg: CabrucaConfig, mode: str | None, resume) -> RunFolder
     run = None
     if is_main_process():
         if mode == "continue":
-            run = RunFolder(Path(resume).resolve().parent.parent)  # <run>/checkpoints/<file>
+            run = RunFolder(Path(resume).resolve().parent.parent, resume=True)  # <run>/checkpoints/<file>
         else:
             run = RunFolder.timestamped(cfg.output_dir, cfg.experiment_name)
     return broadcast_object(run)  # unpickling a RunFolder creates nothing
@@ -321,18 +335,21 @@ def loop_callbacks(cfg: CabrucaConfig, run: RunFolder, task: CabrucaTask, tracke
         callbacks.append(BatchProfiler(t.profile_batches, run.path("profiler"), log))
     callbacks += build_callbacks(cfg.callbacks)
     # checkpoint_latest.pth is both the epoch-end "last" file and the mid-epoch step file, so it is always the
-    # newest state and `--resume .../checkpoint_latest.pth` (or `--resume last`) continues exactly.
+    # newest complete state and `--resume .../checkpoint_latest.pth` (or `--resume last`) continues exactly;
+    # checkpoint_best.pth holds the weights only.
     callbacks.append(
         ModelCheckpoint(
             run.checkpoints,
             filename="checkpoint_best.pth",
             monitor=t.monitor_metric,
             mode=mode,
-            save_last="checkpoint_latest.pth",
+            save_last=LATEST_CHECKPOINT,
             every_n_epochs=t.checkpoint_every_n_epochs or None,
             periodic="checkpoint_epoch_{epoch}.pth",
             every_n_steps=t.save_every_n_steps,
-            step_file="checkpoint_latest.pth",
+            step_file=LATEST_CHECKPOINT,
+            # the best file serves prediction and warm starts: model and config only, no optimizer state
+            best_weights_only=True,
         )
     )
     return callbacks
@@ -453,10 +470,10 @@ def main(ctx, config, resume, demo, print_config, overrides, **_):
         output_dir = cli.get("output_dir")
         if output_dir is None:  # --resume last: the output folder the config (with its overrides) names
             output_dir = config_mod.load(source, cli=cli, overrides=overrides).output_dir
-        checkpoint = find_checkpoint(resume, output_dir)  # 'last': the newest run under output_dir
+        checkpoint = resume_checkpoint(resume, output_dir)  # 'last': the newest run under output_dir
         state = read_resume_checkpoint(checkpoint)
         if config is None and isinstance(state.get("config"), dict):
-            source = saved_config(state)
+            source = saved_config(state, CabrucaConfig)
     cfg = config_mod.load(source, cli=cli, overrides=overrides)
     if print_config:
         if is_main_process():

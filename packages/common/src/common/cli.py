@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from common.errors import TrainyardError
+from common.precision import PRECISION_CHOICES
 from common.runs import discard_unused_run_folders
 
 EXIT_USAGE = 2  # bad input: the same status click uses for usage errors
@@ -149,7 +150,7 @@ def device_option(choices: str = "auto | cpu | cuda | cuda:N | mps", **kw):
     return _option("--device", "device", f"Device: {choices}.", kw)
 
 
-def precision_option(choices: str = "32 | 16 | bf16 | 16-mixed | bf16-mixed", **kw):
+def precision_option(choices: str = PRECISION_CHOICES, **kw):
     """--precision: numeric precision, validated where it is used (`common.torch_support.parse_precision`
     for torch, which also takes aliases such as 32-true or fp16), so a refusal can say what the device lacks."""
     return _option("--precision", "precision", f"Numeric precision: {choices}.", kw)

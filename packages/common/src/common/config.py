@@ -95,6 +95,15 @@ def load_config(
     return _build(schema, layers, base=None, key="")
 
 
+def require_at_least(cfg: Any, minimum: float, *names: str, prefix: str = "") -> None:
+    """ConfigError naming the first of `names` whose value in `cfg` is below `minimum` (a batch size of 0 or
+    -2 epochs is nonsense that would otherwise fail much later, or not at all)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ConfigError(f"{prefix}{name} must be >= {minimum}, got {value}.")
+
+
 def config_to_dict(cfg: Any) -> dict:
     """A plain nested dict of the config (YAML- and JSON-safe: enums -> values, paths -> str, tuples -> lists)."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):

@@ -56,6 +56,7 @@ class DemoConfig:
     patience: int = 5  # early-stopping patience in epochs (val/loss)
     save_every_steps: int = 8  # mid-epoch checkpoint period, for crash recovery
     log_every_n_steps: int = 1  # train/<metric>_step rows every N optimizer steps
+    mlflow_uri: str = ""  # also log to this MLflow tracking server (e.g. http://127.0.0.1:5000)
     callbacks: list[Any] = field(
         default_factory=list
     )  # extra callbacks: class paths or {class_path, init_args}
@@ -145,7 +146,8 @@ def train(
     elif resume is not None:
         resume = read_training_checkpoint(resume)
         step = int(resume["global_step"])
-    trackers = build_trackers(run, resume_step=step, logger=log)
+    mlflow = {"tracking_uri": cfg.mlflow_uri, "experiment": "common_demo"} if cfg.mlflow_uri else None
+    trackers = build_trackers(run, resume_step=step, mlflow=mlflow, logger=log)
     trackers.log_params(config_to_dict(cfg))
     checkpoints = ModelCheckpoint(
         run.checkpoints,
@@ -209,7 +211,7 @@ def main(
     state = None
     if resume:
         state = read_training_checkpoint(find_checkpoint(resume, output_dir or DemoConfig.output_dir))
-    source = config_path or (saved_config(state) if state else None)
+    source = config_path or (saved_config(state, DemoConfig) if state else None)
     cfg = load_config(DemoConfig, source, cli=cli, overrides=overrides)
     if print_config:
         click.echo(dump_config(cfg))

@@ -7,12 +7,13 @@ options typed beside it still override that config.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from common.checkpoint import load_checkpoint
 from common.checkpoint.manager import MANIFEST
-from common.errors import CheckpointError
+from common.errors import CheckpointError, ConfigError
 from common.runs import is_temp_file
 
 __all__ = [
@@ -33,11 +34,30 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
+    weights_only = _weights_only_files(folder)
     files = [
-        p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not is_temp_file(p)
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.suffix in CHECKPOINT_SUFFIXES
+        and not is_temp_file(p)
+        and p.name not in weights_only
     ]
     # Files written by one save share their state; among equal times the name decides, for a stable answer.
     return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name)) if files else None
+
+
+def _weights_only_files(folder: Path) -> set[str]:
+    """The best files the manifest marks as weights-only: written last in a save, but unable to resume."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not manifest.get("best_weights_only"):
+        return set()
+    return {
+        entry["file"] for entry in manifest.get("kept", []) if isinstance(entry, dict) and "file" in entry
+    }
 
 
 def newest_run(folder: str | Path, *, checkpoints: str = "checkpoints") -> Path | None:
@@ -94,6 +114,25 @@ def run_folder_of(checkpoint: str | Path, *, checkpoints: str = "checkpoints") -
     return folder.parent if folder.name == checkpoints else folder
 
 
+EVALUATION_FOLDER = "evaluation"
+
+
+def evaluation_output(checkpoint: str | Path, name: str, output: str | Path | None = None) -> Path:
+    """Where an evaluation of `checkpoint` writes `name`: `<run>/evaluation/<name>` unless `output` is given.
+
+    Evaluation writes its own files and never replaces a training result: an existing `output` outside an
+    `evaluation/` folder (test_metrics.json, the history, a config) is refused."""
+    if output is None:
+        return run_folder_of(Path(checkpoint).resolve()) / EVALUATION_FOLDER / name
+    output = Path(output)
+    if output.exists() and output.resolve().parent.name != EVALUATION_FOLDER:
+        raise ConfigError(
+            f"{output} already exists; an evaluation never replaces an existing file (it may be a training "
+            f"result). Choose a new --output, or leave it out to write under the run's {EVALUATION_FOLDER}/."
+        )
+    return output
+
+
 def best_checkpoint(location: str | Path, *, checkpoints: str = "checkpoints") -> Path:
     """The best checkpoint of a run, from the manifest its ModelCheckpoint keeps (no file-name parsing).
 
@@ -131,8 +170,21 @@ def read_training_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def saved_config(state: dict) -> dict:
-    """The run's config as the checkpoint recorded it (a mapping `common.config.load_config` accepts)."""
+def saved_config(state: dict, schema: type | None = None) -> dict:
+    """The run's config as the checkpoint recorded it (a mapping `common.config.load_config` accepts).
+
+    With `schema` (the package's config dataclass), a config whose top-level keys that schema does not know is
+    refused as a checkpoint of another package, rather than reported as unknown config keys."""
     if not isinstance(state.get("config"), dict):
         raise CheckpointError("The checkpoint records no run config to resume with.")
-    return state["config"]
+    config = state["config"]
+    if schema is not None:
+        known = {f.name for f in dataclasses.fields(schema)}
+        foreign = sorted(set(config) - known)
+        if foreign:
+            raise CheckpointError(
+                f"The checkpoint was written by another package or model: its config has keys "
+                f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}) that {schema.__name__} does "
+                "not know. Resume a checkpoint of this package's runs."
+            )
+    return config

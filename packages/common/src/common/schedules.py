@@ -120,6 +120,11 @@ class Schedule:
         self.last_step = int(d["last_step"])
         self.lrs = [float(v) for v in d["lrs"]]
         self._load_extra_state(d)
+        if type(self).step is Schedule.step and not self._extra_state():
+            # A closed-form schedule is re-planned from the config the run is rebuilt with: resuming a finished
+            # run with more epochs continues on the longer schedule instead of at the old one's final LR. With
+            # the same config this gives back the saved LRs exactly.
+            self.lrs = self._lrs_at(self.last_step)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(step={self.last_step}, lrs={self.lrs})"

@@ -30,7 +30,10 @@ __all__ = [
     "SignalAt",
     "SimulatedCrash",
     "assert_trees_equal",
+    "assert_user_error",
+    "file_digests",
     "history_series",
+    "run_command",
     "torchrun",
 ]
 
@@ -124,4 +127,51 @@ def history_series(
         name: [(e["step"], e["value"]) for e in entries]
         for name, entries in metrics.items()
         if not name.startswith(exclude)
+    }
+
+
+# -- the command-line contract: exit codes, one-paragraph errors, earlier outputs untouched -----------------
+
+
+def run_command(
+    module: str, *args: str, cwd: str | Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m <module> args...` in a fresh interpreter, as a user types it (text output captured)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINYARD_TRACEBACK", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A refused command: exit status 2, one paragraph `error: ...` on stderr naming `fragments`, no traceback.
+
+    Returns the error paragraph. Log lines before it (a run that got as far as logging) are allowed."""
+    stderr = result.stderr
+    assert result.returncode == 2, f"exit {result.returncode}, expected 2\nstderr:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    start = stderr.rfind("error: ")
+    assert start >= 0, f"no 'error: ' paragraph on stderr:\n{stderr[-3000:]}"
+    paragraph = stderr[start:].strip()
+    assert "\n\n" not in paragraph, f"the error is not one paragraph:\n{paragraph}"
+    for fragment in fragments:
+        assert fragment.lower() in paragraph.lower(), f"{fragment!r} not in the error:\n{paragraph}"
+    return paragraph
+
+
+def file_digests(folder: str | Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder`, to show that a command left them byte-identical."""
+    import hashlib
+
+    folder = Path(folder)
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }

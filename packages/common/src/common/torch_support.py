@@ -18,6 +18,7 @@ import torch
 from common.distributed import all_reduce_mean
 from common.errors import CheckpointError, ConfigError, DeviceError, NonFiniteError
 from common.loop import Task
+from common.precision import canonical_precision
 
 __all__ = [
     "OptimizerStepper",
@@ -34,25 +35,11 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------------------- precision
 
-# accepted spellings -> canonical name (Lightning's "-true" aliases and ints are welcome)
-_PRECISION_ALIASES = {
-    "32": "32",
-    "32-true": "32",
-    "fp32": "32",
-    "16": "16",
-    "16-true": "16",
-    "fp16": "16",
-    "bf16": "bf16",
-    "bf16-true": "bf16",
-    "16-mixed": "16-mixed",
-    "bf16-mixed": "bf16-mixed",
-}
-
 
 @dataclass
 class Precision:
     """How to run forward/backward: `autocast_dtype` set = mixed precision (weights stay float32);
-    `param_dtype` != float32 = the whole model runs in that dtype ("16"/"bf16": call `cast_model`);
+    `param_dtype` != float32 = the whole model runs in that dtype ("16-true"/"bf16-true": call `cast_model`);
     `scaler` only for float16 mixed precision, whose gradients underflow without loss scaling."""
 
     name: str
@@ -98,21 +85,16 @@ def _check_dtype_on_device(device: torch.device, dtype: torch.dtype, name: str) 
 
 
 def parse_precision(name: str | int, device: torch.device | str) -> Precision:
-    """Precision for "32"/32, "16", "bf16", "16-mixed", "bf16-mixed" (also "32-true", "16-true",
-    "bf16-true") on `device`; DeviceError for what the device cannot do."""
-    key = _PRECISION_ALIASES.get(str(name).strip().lower())
-    if key is None:
-        raise ConfigError(
-            f"Unknown precision {name!r}; use one of: 32, 16, bf16, 16-mixed, bf16-mixed "
-            "(aliases 32-true, 16-true, bf16-true)."
-        )
+    """Precision for any spelling `common.precision` accepts ("32", "16-mixed", "bf16-mixed", "16-true",
+    "bf16-true"; "16" and "bf16" mean mixed) on `device`; DeviceError for what the device cannot do."""
+    key = canonical_precision(name)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"precision {key!r} was asked for on cuda, but CUDA is not available here.")
     if key == "32":
         return Precision(key, None, torch.float32, None, device.type)
-    if key in ("16", "bf16"):  # the model itself in half precision, no autocast, no scaler
-        dtype = torch.float16 if key == "16" else torch.bfloat16
+    if key in ("16-true", "bf16-true"):  # the model itself in half precision, no autocast, no scaler
+        dtype = torch.float16 if key == "16-true" else torch.bfloat16
         _check_dtype_on_device(device, dtype, key)
         return Precision(key, None, dtype, None, device.type)
     if key == "16-mixed" and device.type == "cpu":

@@ -1,8 +1,10 @@
-"""dtgcnn: Dynamic-Topology GCN (MLX) for 3D-mesh identity embeddings. See README.md.
+"""dtgcnn: Dynamic-Topology GCN (MLX) for 3D-mesh identity embeddings and text triplet embeddings. See README.md.
 
 Importing the package first puts a fast CBLAS under MLX on Linux (see `dtgcnn.blas`) and makes glibc
 recycle MLX's large CPU buffers instead of page-faulting fresh ones (see `dtgcnn.allocator`): both must run
-before anything imports `mlx.core`, so keep this module free of mlx imports.
+before anything imports `mlx.core`, so keep this module free of mlx imports. The training guide's names
+(`DTGCNN`, `Trainer`, `TripletDataset`, ...) are loaded on first use (`__getattr__`). `dtgcnn.DTGCNN` is the
+text model (`dtgcnn.text_model.TextDTGCNN`); the mesh model stays `dtgcnn.model.DTGCNN`.
 """
 
 from dtgcnn.allocator import tune_malloc
@@ -12,3 +14,28 @@ __version__ = "0.1.0"
 
 MALLOC = tune_malloc()
 BLAS = use_fast_blas()
+
+# guide name -> (module, attribute), imported when first asked for
+_GUIDE_NAMES = {
+    "DTGCNN": ("dtgcnn.text_model", "TextDTGCNN"),
+    "DTGCNNConfig": ("dtgcnn.config", "DTGCNNConfig"),
+    "TripletDataset": ("dtgcnn.text_data", "TripletDataset"),
+    "create_model": ("dtgcnn.text_trainer", "create_model"),
+    "load_text_model": ("dtgcnn.text_trainer", "load_text_model"),
+    "Trainer": ("dtgcnn.guide", "Trainer"),
+    "AdvancedTrainer": ("dtgcnn.guide", "AdvancedTrainer"),
+    "EarlyStopping": ("dtgcnn.guide", "EarlyStopping"),
+    "ModelCheckpoint": ("dtgcnn.guide", "ModelCheckpoint"),
+    "LearningRateMonitor": ("dtgcnn.guide", "LearningRateMonitor"),
+    "TensorboardLogger": ("dtgcnn.guide", "TensorboardLogger"),
+}
+__all__ = sorted(_GUIDE_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _GUIDE_NAMES:
+        import importlib
+
+        module, attr = _GUIDE_NAMES[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'dtgcnn' has no attribute {name!r}")

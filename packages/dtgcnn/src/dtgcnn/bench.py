@@ -97,6 +97,7 @@ def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
 
 
 @click.command(help=__doc__)
+@click.option("--mode", type=click.Choice(["meshes", "triplets"]), default="meshes", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--num-points", default=1024, show_default=True)
 @click.option("--k", default=20, show_default=True)
@@ -113,8 +114,27 @@ def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
 @click.option("--json-output", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 @click.option("--child", is_flag=True, hidden=True, help="Print one JSON line (used for the reference run).")
 def main(
-    batch_size, num_points, k, steps, warmup, jit, compare_reference, reference_steps, json_output, child
+    mode,
+    batch_size,
+    num_points,
+    k,
+    steps,
+    warmup,
+    jit,
+    compare_reference,
+    reference_steps,
+    json_output,
+    child,
 ):
+    if mode == "triplets":
+        from dtgcnn import text_bench
+
+        peak, rows = text_bench.run(steps=steps, warmup=warmup)
+        click.echo(text_bench.report(peak, rows))
+        if json_output:
+            with open(json_output, "w") as fh:
+                json.dump({"numpy_peak_gflops": peak, "rows": rows}, fh, indent=2)
+        return
     fast = measure(batch_size, num_points, k, steps, warmup, jit)
     if child:
         click.echo(json.dumps(fast))

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from common.config import require_at_least
+from common.errors import ConfigError
+from common.precision import canonical_precision
 from common.schedules import ScheduleConfig
 
 
@@ -57,7 +60,9 @@ class TrainConfig:
     # --- hardware ---
     device: str = "auto"  # auto | cpu | gpu
     jit_compile: bool = True  # mx.compile the loss-and-gradient step
-    precision: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype; weights stay float32
+    # 32 | bf16-mixed | 16-mixed (as Lightning; also float32 / bfloat16 / float16): the compute dtype, with
+    # the weights kept in float32
+    precision: str = "32"
     memory_limit_gb: float = 0.0  # mx.set_memory_limit; 0 = MLX default
     clear_cache_every: int = 0  # epochs between mx.clear_cache(); 0 = never
     # --- logging, checkpoints ---
@@ -74,6 +79,28 @@ class TrainConfig:
     # training-loop callbacks added to the built-in ones (trackers, LR monitor, early stopping, progress,
     # checkpoints, plots): {class_path: package.module.Class, init_args: {...}} of a common.callbacks.Callback
     callbacks: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require_at_least(
+            self,
+            1,
+            "num_vertices",
+            "k",
+            "batch_size",
+            "samples_per_label",
+            "num_epochs",
+            "gradient_accumulation_steps",
+            "embedding_dim",
+        )
+        require_at_least(self, 0, "warmup_epochs", "dropout", "min_lr")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        self.precision = canonical_precision(self.precision)
+        if self.precision.endswith("-true"):
+            raise ConfigError(
+                f"precision {self.precision!r}: dtgcnn keeps its weights in float32 and computes in the "
+                "precision asked for; use bf16-mixed or 16-mixed."
+            )
 
 
 def schedule_config(cfg: TrainConfig, steps_per_epoch: int) -> tuple[ScheduleConfig, int]:
@@ -106,3 +133,114 @@ def config_source(source: str | None, default: str = "default_config") -> str:
     if not path.exists() and path.suffix in (".yaml", ".yml") and path.stem in bundled_configs("dtgcnn"):
         return path.stem
     return source
+
+
+@dataclass
+class DTGCNNConfig:
+    """Triplet-text mode (`--mode triplets`): every field of the training guide, plus the run's own keys.
+
+    The guide's groups in its order; fields the guide does not list are marked (run)."""
+
+    # --- model architecture ---
+    input_dim: int = 0  # encoder width (0 = follow the encoder: 512 hashing, 384 MiniLM)
+    hidden_dim: int = 256  # width of every GCN layer when hidden_dims is empty
+    hidden_dims: list[int] = field(default_factory=list)  # per-GCN-layer widths (sets num_gcn_layers' widths)
+    output_dim: int = 128  # embedding width (L2-normalised)
+    num_gcn_layers: int = 3
+    gcn_activation: Literal["relu", "gelu", "leaky_relu", "elu", "silu", "tanh"] = "relu"
+    use_batch_norm: bool = True
+    dropout_rate: float = 0.1
+    # --- training parameters ---
+    batch_size: int = 512  # triplets per batch (bare triplets) or sentences per batch (labelled)
+    learning_rate: float = 0.0001
+    weight_decay: float = 0.00001
+    num_epochs: int = 50
+    warmup_epochs: int = 5
+    # --- loss ---
+    triplet_margin: float = 0.2
+    mining_strategy: Literal["none", "batch_hard", "semi_hard", "batch_all"] = "batch_hard"
+    loss_reduction: Literal["mean", "sum"] = "mean"
+    # --- optimisation ---
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "step", "exponential", "constant"] = "cosine"
+    gradient_clip_val: float = 1.0  # max global gradient norm; 0 disables clipping
+    gradient_accumulation_steps: int = 1
+    # --- graph construction ---
+    graph_k_neighbors: int = 10  # neighbours of each node in the reference bank
+    graph_similarity_threshold: float = 0.0  # edges below this cosine similarity are dropped
+    dynamic_graph_update_freq: int = 10  # epochs between graph-space refreshes (0 = the encoder's space)
+    # --- hardware ---
+    mixed_precision: bool = False  # bfloat16 compute, float32 master weights
+    num_workers: int = 0  # accepted for the guide's configs: batches are row gathers, no workers needed
+    prefetch_factor: int = 2  # batches prepared ahead in a background thread
+    persistent_workers: bool = False  # accepted for the guide's configs (no worker processes)
+    # --- templates ---
+    early_stopping_patience: int = 10  # validations without a val/loss improvement of min_delta
+    # --- (run) data and encoder ---
+    encoder: str = "hashing"  # hashing | hashing:DIM | minilm | precomputed:PATH
+    encoder_cache_dir: str = ""  # vector cache (empty: $TRAINYARD_CACHE or ~/.cache/trainyard)
+    train_split: float = 0.9  # share of the file for training; the rest validates
+    samples_per_label: int = 4  # labelled sentences: K per label in a P x K batch
+    graph_bank_size: int = 256  # training texts in the reference bank every node's neighbours come from
+    # --- (run) schedule, stopping, hardware ---
+    min_lr: float = 0.000001
+    step_size: int = 30  # epochs between decays (step)
+    gamma: float = 0.1  # decay factor (step, exponential)
+    min_delta: float = 0.0001
+    device: str = "auto"  # auto | cpu | gpu
+    jit_compile: bool = False  # mx.compile the step (batches of bare triplets vary in size: recompiles)
+    memory_limit_gb: float = 0.0
+    clear_cache_every: int = 0
+    # --- (run) logging, checkpoints ---
+    log_interval: int = 50  # optimizer steps between train/<name>_step rows (0 = none)
+    plot_every: int = 10  # epochs between training-curve plots (0 = none)
+    tsne_plot: bool = True  # plots/embeddings_tsne.png of the val embeddings after training
+    checkpoint_every: int = 0  # epochs between checkpoint_epoch_NNNN.npz (0 = off)
+    checkpoint_every_steps: int = 0  # last_step.npz every N optimizer steps (0 = off)
+    tensorboard: bool = False
+    seed: int = 42
+    grad_norm_warn: float = 100.0
+    collapse_warn: float = 0.01
+    callbacks: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The guide builds this config directly in Python, where no schema coercion checks the choices.
+        from typing import get_args, get_type_hints
+
+        from common.errors import ConfigError
+
+        for name, hint in get_type_hints(DTGCNNConfig).items():
+            choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else ()
+            if choices and getattr(self, name) not in choices:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}.")
+        if self.hidden_dims and len(self.hidden_dims) != self.num_gcn_layers:
+            raise ConfigError(
+                f"hidden_dims {list(self.hidden_dims)} gives {len(self.hidden_dims)} GCN layers but "
+                f"num_gcn_layers={self.num_gcn_layers}; give one width per layer."
+            )
+        if self.num_gcn_layers < 1 or self.graph_k_neighbors < 1 or self.output_dim < 1:
+            raise ConfigError("num_gcn_layers, graph_k_neighbors and output_dim must be >= 1.")
+
+    @property
+    def precision(self) -> str:
+        """The compute dtype the shared step uses (weights stay float32)."""
+        return "bfloat16" if self.mixed_precision else "float32"
+
+    @property
+    def widths(self) -> list[int]:
+        """Widths of the GCN layers."""
+        return list(self.hidden_dims) if self.hidden_dims else [self.hidden_dim] * self.num_gcn_layers
+
+    def schedule_config(self, steps_per_epoch: int) -> tuple[ScheduleConfig, int]:
+        """The common schedule for `scheduler`, as the mesh mode builds it."""
+        return schedule_config(
+            TrainConfig(
+                scheduler_type=self.scheduler,
+                num_epochs=self.num_epochs,
+                warmup_epochs=self.warmup_epochs,
+                min_lr=self.min_lr,
+                step_size=self.step_size,
+                gamma=self.gamma,
+            ),
+            steps_per_epoch,
+        )

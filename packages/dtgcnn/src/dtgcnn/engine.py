@@ -15,12 +15,14 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from common import mlx_support
 from common.errors import NonFiniteError
+from common.precision import canonical_precision
 from dtgcnn.config import TrainConfig
 from dtgcnn.data import MeshSplit, eval_batches, make_batch
 from dtgcnn.losses import joint_loss
 from dtgcnn.metrics import batch_metrics, retrieval_metrics
 
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+# compute dtype per canonical precision name (common.precision); the weights stay float32
+DTYPES = {"32": mx.float32, "bf16-mixed": mx.bfloat16, "16-mixed": mx.float16}
 log = logging.getLogger("trainyard.dtgcnn")
 
 
@@ -38,22 +40,30 @@ def loss_terms(model: nn.Module, cfg: TrainConfig, x: mx.array, y: mx.array):
     return loss, {**parts, **batch_metrics(out, y, cfg.triplet_margin)}
 
 
-def make_grad_fn(model: nn.Module, cfg: TrainConfig):
-    """(x, y) -> ((loss, aux), grads): float32 master weights; bf16/fp16 compute casts a copy per step."""
-    dtype = DTYPES[cfg.precision]
-    if dtype == mx.float32:
-        vg = nn.value_and_grad(model, lambda m, x, y: loss_terms(m, cfg, x, y))
-        return lambda x, y: vg(model, x, y)
+def make_grad_fn(model: nn.Module, cfg: TrainConfig, loss_fn=None):
+    """(*inputs) -> ((loss, aux), grads): float32 master weights; bf16/fp16 compute casts a copy per step.
 
-    def low_precision_loss(params, x, y):
+    `loss_fn(model, *inputs) -> (loss, aux)`; default: the mesh mode's joint loss of (x, y)."""
+    if loss_fn is None:
+        loss_fn = lambda m, x, y: loss_terms(m, cfg, x, y)  # noqa: E731
+    dtype = DTYPES[canonical_precision(cfg.precision)]
+    if dtype == mx.float32:
+        vg = nn.value_and_grad(model, loss_fn)
+        return lambda *inputs: vg(model, *inputs)
+
+    def low_precision_loss(params, *inputs):
         model.update(tree_map(lambda p: p.astype(dtype), params))  # the cast is differentiated: fp32 grads
-        return loss_terms(model, cfg, x.astype(dtype), y)
+        cast = [
+            a.astype(dtype) if isinstance(a, mx.array) and mx.issubdtype(a.dtype, mx.floating) else a
+            for a in inputs
+        ]
+        return loss_fn(model, *cast)
 
     vg = mx.value_and_grad(low_precision_loss)
 
-    def grad_fn(x, y):
+    def grad_fn(*inputs):
         master = model.trainable_parameters()
-        result = vg(master, x, y)
+        result = vg(master, *inputs)
         model.update(master)  # put the float32 master weights back
         return result
 
@@ -76,18 +86,23 @@ class Stepper:
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: optim.Optimizer, cfg: TrainConfig, debug_dir: Path | None
+        self,
+        model: nn.Module,
+        optimizer: optim.Optimizer,
+        cfg: TrainConfig,
+        debug_dir: Path | None,
+        loss_fn=None,
     ):
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.debug_dir = debug_dir
-        grad_fn = make_grad_fn(model, cfg)
+        grad_fn = make_grad_fn(model, cfg, loss_fn)
         if cfg.jit_compile:
             state = [model.state, mx.random.state]
             grad_fn = partial(mx.compile, inputs=state, outputs=state)(grad_fn)
         self.grad_fn = grad_fn
         self.pending = None  # sum of scale * gradients of the micro-batches of the step in progress
         self.pending_count = 0
-        self._last_batch: tuple[np.ndarray, np.ndarray] | None = None  # saved if the step goes non-finite
+        self._last_batch: tuple | None = None  # the micro-batch's inputs, saved if the step goes non-finite
         self._nonfinite_loss = False  # data parallel: a micro-batch of this step had a NaN/inf loss
 
     @property
@@ -95,19 +110,18 @@ class Stepper:
         """The optimizer step being gathered, counted from 1 (AdamW's own counter: it survives a resume)."""
         return int(self.optimizer.state.get("step", 0)) + 1
 
-    def micro_step(self, x: np.ndarray, y: np.ndarray, scale: float = 1.0) -> dict[str, float]:
+    def micro_step(self, *inputs: np.ndarray | None, scale: float = 1.0) -> dict[str, float]:
         """Loss and gradients of one micro-batch; adds `scale` x its gradients to the pending sum.
 
         `scale` is 1 / (micro-batches in this optimizer step), so the step's update follows the mean of its
         micro-batch losses. Returns the batch's float metrics (the unscaled loss under "loss"). A NaN/inf
         loss saves the batch to debug_dir and raises NonFiniteError; nothing is updated."""
-        xa, ya = mx.array(x), mx.array(y)
-        (loss, aux), grads = self.grad_fn(xa, ya)
+        (loss, aux), grads = self.grad_fn(*(None if a is None else mx.array(a) for a in inputs))
         if scale != 1.0:
             grads = tree_map(lambda g: g * scale, grads)
         mx.eval(loss, aux, grads)
         metrics = {"loss": loss.item(), **{k: v.item() for k, v in aux.items()}}
-        self._last_batch = (x, y)
+        self._last_batch = inputs
         if not np.isfinite(metrics["loss"]):
             if mlx_support.GROUP is None:
                 self._fail(f"loss is {metrics['loss']} at step {self.next_step}")
@@ -168,10 +182,11 @@ class Stepper:
     def _fail(self, what: str):
         where = ""
         if self.debug_dir is not None and self._last_batch is not None:
-            x, y = self._last_batch
+            names = ["x", "labels"] + [f"input{i}" for i in range(2, len(self._last_batch))]
+            arrays = {n: a for n, a in zip(names, self._last_batch, strict=True) if a is not None}
             self.debug_dir.mkdir(parents=True, exist_ok=True)
             path = self.debug_dir / f"nonfinite_batch_step{self.next_step:07d}.npz"
-            np.savez(path, x=x, labels=y)
+            np.savez(path, **arrays)
             where = f" The offending batch is saved in {path}."
         self.pending, self.pending_count = None, 0
         raise NonFiniteError(

@@ -1,4 +1,6 @@
-"""`python -m dtgcnn.evaluate CHECKPOINT --data-dir DIR --split test [--output metrics.json]`.
+"""`python -m dtgcnn.evaluate CHECKPOINT --data-dir DIR --split test [--output metrics.json]` (meshes), or
+`python -m dtgcnn.evaluate CHECKPOINT --data FILE` for a triplet-mode checkpoint (text retrieval: precision@1,
+R-precision, MAP@R of the model and of the encoder alone, for all, seen and unseen labels).
 
 Writes (and prints) the split's metrics: joint loss, accuracy, triplet accuracy, mean positive/negative
 distance, hard-negative ratio, embedding spread, retrieval recall@1 and verification ROC-AUC.
@@ -13,6 +15,7 @@ import click
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
 from common.cli import console_script, data_dir_option, run_cli
+from common.resume import evaluation_output
 from common.runs import atomic_write_text
 
 
@@ -29,16 +32,30 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, split: str = "test") 
 
 @click.command(help=__doc__)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@data_dir_option(required=True, type=click.Path(exists=True, file_okay=False))
+@data_dir_option(type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--data", type=click.Path(exists=True, dir_okay=False), help="Triplet-mode checkpoints: a text file."
+)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option(
     "--output",
     type=click.Path(dir_okay=False),
-    help="Metrics JSON (default <split>_metrics.json beside the checkpoint).",
+    help="Metrics JSON (default <run>/evaluation/<checkpoint>-<split>_metrics.json; never an existing "
+    "training result).",
 )
-def main(checkpoint, data_dir, split, output):
-    metrics = evaluate(checkpoint, data_dir, split)
-    out = Path(output) if output else Path(checkpoint).parent / f"{split}_metrics.json"
+def main(checkpoint, data_dir, data, split, output):
+    from common.errors import ConfigError
+
+    if data is not None:
+        from dtgcnn.text_evaluate import evaluate_text
+
+        metrics = evaluate_text(checkpoint, data)
+        split = Path(data).stem
+    elif data_dir is None:
+        raise ConfigError("give --data-dir (mesh checkpoints) or --data FILE (triplet-mode checkpoints).")
+    else:
+        metrics = evaluate(checkpoint, data_dir, split)
+    out = evaluation_output(checkpoint, f"{Path(checkpoint).stem}-{split}_metrics.json", output)
     atomic_write_text(out, json.dumps(metrics, indent=2))
     click.echo(json.dumps(metrics, indent=2))
     click.echo(f"wrote {out}")

@@ -1,13 +1,26 @@
-"""Joint loss: classification_weight x cross-entropy + triplet_weight x triplet loss with online mining.
+"""Triplet loss with online mining (both modalities) and the mesh mode's joint loss, all in O(B^2) memory.
 
-Triplets are mined inside the batch (the P x K sampler guarantees positives and negatives) on Euclidean
-distances between the L2-normalised embeddings:
-- batch_hard: per anchor, its farthest positive and nearest negative (Hermans et al. 2017); mean over anchors
-  that have both.
-- batch_all: every valid (anchor, positive, negative); sum of hinge losses divided by the number of triplets
-  with a positive loss (so easy triplets do not dilute the average).
-- semi_hard: per (anchor, positive) pair, the nearest negative farther than the positive; when there is none,
-  the farthest negative (FaceNet, as in TF-Addons); mean over pairs.
+Conventions (the same as pytorch-metric-learning's `TripletMarginLoss` with `LpDistance(p=2, power=1)`,
+which the tests use as the oracle): Euclidean distances d between the embedding rows; a triplet (a, p, n) has
+label(p) == label(a), p != a, label(n) != label(a), and loss relu(d(a,p) - d(a,n) + margin).
+
+Strategies (`mining_strategy`), each with `loss_reduction` "mean" (the strategy's own average, below) or "sum":
+- none: no mining. With explicit `triplets` (bare text triplets) their own loss, averaged over the triplets;
+  with labels alone every valid triplet of the batch, averaged over all of them (PML's loss, no miner,
+  MeanReducer).
+- batch_hard (Hermans et al. 2017): per anchor its farthest positive and nearest negative; mean over the
+  anchors that have both (PML: BatchHardMiner + MeanReducer).
+- semi_hard (FaceNet, as TensorFlow Addons computes it): per (anchor, positive) pair the nearest negative
+  farther than the positive, d(a,n) > d(a,p); when there is none, the anchor's farthest negative; mean over
+  the pairs whose anchor has a negative.
+- batch_all: every valid triplet; the sum divided by the number of triplets with a positive loss, so easy
+  triplets do not dilute the average (PML: no miner, AvgNonZeroReducer).
+
+Memory: nothing of size B x B x B is built. batch_all and the "all triplets" variants need, per (a, p), how
+many negatives of a lie below a threshold t(a,p) and the sum of their distances: each row's negative
+distances and thresholds are sorted together ([B, 2B]) and running sums over the sorted row are read at each
+threshold's place. semi_hard reads the next negative after each threshold from the same sorted row. Masked
+entries use a finite "far" value computed from the batch, never a constant like 1e9 that could reach the loss.
 """
 
 from __future__ import annotations
@@ -15,7 +28,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-STRATEGIES = ("batch_hard", "batch_all", "semi_hard")
+STRATEGIES = ("none", "batch_hard", "semi_hard", "batch_all")
+REDUCTIONS = ("mean", "sum")
 
 
 def pairwise_distances(emb: mx.array) -> mx.array:
@@ -32,31 +46,103 @@ def label_masks(labels: mx.array) -> tuple[mx.array, mx.array]:
     return mx.logical_and(same, mx.logical_not(eye)), mx.logical_not(same)
 
 
-def triplet_loss(emb: mx.array, labels: mx.array, margin: float, strategy: str = "batch_hard") -> mx.array:
+def _far(d: mx.array, margin: float) -> mx.array:
+    """A finite distance beyond every real one (masked entries sort last and lose every min)."""
+    return mx.stop_gradient(mx.max(d)) + abs(margin) + 1.0
+
+
+def _sorted_with_thresholds(d: mx.array, neg: mx.array, thresholds: mx.array, margin: float):
+    """Each row's negative distances and its thresholds sorted together.
+
+    Returns (order [B,2B] column ids into [negatives | thresholds], is_negative [B,2B] in sorted order,
+    place [B,B] where threshold (a, p) landed in row a's sorted order). Non-negatives get the far value and
+    sort after every threshold, so they are never counted."""
+    b = d.shape[0]
+    keys = mx.concatenate([mx.where(neg, d, _far(d, margin)), thresholds], axis=1)  # [B,2B]
+    order = mx.stop_gradient(mx.argsort(mx.stop_gradient(keys), axis=1))  # [B,2B]
+    is_neg = mx.take_along_axis(mx.concatenate([neg, mx.zeros_like(neg)], axis=1), order, axis=1)
+    place = mx.argsort(order, axis=1)[:, b:]  # inverse permutation, threshold columns only [B,B]
+    return order, is_neg, place
+
+
+def negatives_below(d: mx.array, neg: mx.array, thresholds: mx.array, margin: float = 0.0):
+    """(count, distance sum) [B,B]: for each (a, p), the negatives n of a with d(a,n) < thresholds(a,p).
+
+    O(B^2) memory (see the module docstring); the sum is differentiable in d."""
+    order, is_neg, place = _sorted_with_thresholds(d, neg, thresholds, margin)
+    values = mx.take_along_axis(
+        mx.concatenate([mx.where(neg, d, 0.0), mx.zeros_like(d)], axis=1), order, axis=1
+    )
+    is_neg_f = is_neg.astype(d.dtype)
+    count = mx.take_along_axis(mx.cumsum(is_neg_f, axis=1), place, axis=1)  # [B,B]
+    total = mx.take_along_axis(mx.cumsum(values * is_neg_f, axis=1), place, axis=1)
+    return count, total
+
+
+def _reduce(total: mx.array, count: mx.array, reduction: str) -> mx.array:
+    return total if reduction == "sum" else total / mx.maximum(count, 1)
+
+
+def triplet_loss(
+    emb: mx.array,
+    labels: mx.array,
+    margin: float,
+    strategy: str = "batch_hard",
+    reduction: str = "mean",
+    triplets: mx.array | None = None,
+) -> mx.array:
+    """The triplet loss of one batch: emb [B,E], labels [B] int, `triplets` [T,3] row ids (a, p, n) or None.
+
+    See the module docstring for the strategies; `triplets` is used by strategy "none" only (the mining
+    strategies find their triplets from the labels)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown mining strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    if strategy == "none" and triplets is not None:
+        a, p, n = triplets[:, 0], triplets[:, 1], triplets[:, 2]
+        d_ap = mx.sqrt(mx.maximum(mx.sum((emb[a] - emb[p]) ** 2, axis=-1), 1e-12))
+        d_an = mx.sqrt(mx.maximum(mx.sum((emb[a] - emb[n]) ** 2, axis=-1), 1e-12))
+        return _reduce(mx.sum(nn.relu(d_ap - d_an + margin)), mx.array(triplets.shape[0]), reduction)
     d = pairwise_distances(emb)  # [B,B]
     pos, neg = label_masks(labels)
-    big = mx.array(1e9, d.dtype)
+    has_neg = mx.any(neg, axis=1)  # [B]
     if strategy == "batch_hard":
-        hardest_pos = mx.max(mx.where(pos, d, -big), axis=1)  # [B]
-        hardest_neg = mx.min(mx.where(neg, d, big), axis=1)  # [B]
-        valid = mx.logical_and(mx.any(pos, axis=1), mx.any(neg, axis=1))
+        hardest_pos = mx.max(mx.where(pos, d, 0.0), axis=1)  # [B]
+        hardest_neg = mx.min(mx.where(neg, d, _far(d, margin)), axis=1)  # [B]
+        valid = mx.logical_and(mx.any(pos, axis=1), has_neg)
         per_anchor = mx.where(valid, nn.relu(hardest_pos - hardest_neg + margin), 0.0)
-        return mx.sum(per_anchor) / mx.maximum(mx.sum(valid), 1)
+        return _reduce(mx.sum(per_anchor), mx.sum(valid), reduction)
+    if strategy == "semi_hard":
+        chosen = semi_hard_negatives(d, neg, margin)  # [B,B]
+        pairs = mx.logical_and(pos, has_neg[:, None])
+        per_pair = mx.where(pairs, nn.relu(d - chosen + margin), 0.0)
+        return _reduce(mx.sum(per_pair), mx.sum(pairs), reduction)
+    # batch_all and none over all valid triplets: for each (a, p) the negatives with d(a,n) < d(a,p) + margin
+    # are exactly the triplets with a positive loss, and their loss sum is count * (d(a,p) + margin) - sum.
+    count, below = negatives_below(d, neg, d + margin, margin)
+    posf = pos.astype(d.dtype)
+    total = mx.sum(posf * (count * (d + margin) - below))
     if strategy == "batch_all":
-        t = d[:, :, None] - d[:, None, :] + margin  # [B(a),B(p),B(n)]
-        valid = mx.logical_and(pos[:, :, None], neg[:, None, :])
-        losses = mx.where(valid, nn.relu(t), 0.0)
-        active = mx.sum(losses > 1e-16)
-        return mx.sum(losses) / mx.maximum(active, 1)
-    # semi_hard: candidates [a,p,n] are negatives farther than the positive.
-    farther = mx.logical_and(neg[:, None, :], d[:, None, :] > d[:, :, None])  # [B,B,B]
-    nearest_farther = mx.min(mx.where(farther, d[:, None, :], big), axis=2)  # [B,B]
-    farthest_neg = mx.max(mx.where(neg, d, -big), axis=1)  # [B]
-    chosen = mx.where(mx.any(farther, axis=2), nearest_farther, farthest_neg[:, None])  # [B,B]
-    per_pair = mx.where(pos, nn.relu(d - chosen + margin), 0.0)
-    return mx.sum(per_pair) / mx.maximum(mx.sum(pos), 1)
+        return _reduce(total, mx.sum(posf * count), reduction)
+    num_triplets = mx.sum(posf * mx.sum(neg, axis=1, keepdims=True).astype(d.dtype))
+    return _reduce(total, num_triplets, reduction)
+
+
+def semi_hard_negatives(d: mx.array, neg: mx.array, margin: float = 0.0) -> mx.array:
+    """[B,B]: for each (a, p) the distance to a's nearest negative with d(a,n) > d(a,p), or to a's farthest
+    negative when none is farther (TF-Addons' semi-hard choice); found without a B x B x B tensor."""
+    b = d.shape[0]
+    order, is_neg, place = _sorted_with_thresholds(d, neg, d, margin)
+    # next_negative[a, i]: the first sorted place >= i holding a negative (2B when there is none)
+    positions = mx.broadcast_to(mx.arange(2 * b)[None, :], is_neg.shape)
+    next_negative = mx.cummin(mx.where(is_neg, positions, 2 * b), axis=1, reverse=True)
+    after = mx.take_along_axis(next_negative, mx.minimum(place + 1, 2 * b - 1), axis=1)  # [B,B]
+    found = after < 2 * b
+    column = mx.take_along_axis(order, mx.minimum(after, 2 * b - 1), axis=1)  # a negative's column (< B)
+    farthest = mx.argmax(mx.where(neg, d, -1.0), axis=1, keepdims=True)  # [B,1]
+    index = mx.stop_gradient(mx.where(found, column, farthest))
+    return mx.take_along_axis(d, index, axis=1)
 
 
 def joint_loss(
@@ -68,7 +154,7 @@ def joint_loss(
     margin: float,
     strategy: str,
 ) -> tuple[mx.array, dict[str, mx.array]]:
-    """(total loss, {"ce", "triplet"}) for the model outputs of one batch."""
+    """(total loss, {"ce", "triplet"}) for the mesh model's outputs of one batch."""
     ce = mx.mean(nn.losses.cross_entropy(out["logits"].astype(mx.float32), labels))
     trip = triplet_loss(out["embedding"].astype(mx.float32), labels, margin, strategy)
     return classification_weight * ce + triplet_weight * trip, {"ce": ce, "triplet": trip}

@@ -58,3 +58,82 @@ def roc_auc(target: np.ndarray, score: np.ndarray) -> float:
     n_pos = int(target.sum())
     n_neg = len(target) - n_pos
     return float((ranks[target].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+# -- triplet-text mode ------------------------------------------------------------------------------------
+
+
+def triplet_batch_metrics(emb: mx.array, labels: mx.array, margin: float) -> dict[str, mx.array]:
+    """Scalar diagnostics over every valid in-batch triplet (a, p, n), in O(B^2) memory (`negatives_below`).
+
+    triplet_accuracy: share with d(a,p) < d(a,n) (strict); hard_negative_ratio: share with d(a,n) < d(a,p)
+    (the negative is closer than the positive); semi_hard_negative_ratio: share with
+    d(a,p) <= d(a,n) < d(a,p) + margin (right order, inside the margin); mean positive / negative distance
+    over the pairs; embedding_spread: mean per-dimension standard deviation (near 0 = collapse)."""
+    from dtgcnn.losses import negatives_below
+
+    emb = emb.astype(mx.float32)
+    d = pairwise_distances(emb)
+    pos, neg = label_masks(labels)
+    posf = pos.astype(mx.float32)
+    closer, _ = negatives_below(d, neg, d)  # negatives with d(a,n) < d(a,p), per (a, p)
+    inside, _ = negatives_below(d, neg, d + margin)
+    negatives = mx.sum(neg, axis=1, keepdims=True).astype(mx.float32)  # [B,1]
+    total = mx.maximum(mx.sum(posf * negatives), 1)
+    not_after = mx.sum(posf * closer)
+    return {
+        "triplet_accuracy": 1.0 - not_after / total,
+        "hard_negative_ratio": not_after / total,
+        "semi_hard_negative_ratio": mx.sum(posf * (inside - closer)) / total,
+        "mean_positive_distance": mx.sum(mx.where(pos, d, 0.0)) / mx.maximum(mx.sum(pos), 1),
+        "mean_negative_distance": mx.sum(mx.where(neg, d, 0.0)) / mx.maximum(mx.sum(neg), 1),
+        "embedding_spread": mx.mean(mx.std(emb, axis=0)),
+    }
+
+
+def precision_at_r_metrics(
+    embeddings: np.ndarray, labels: np.ndarray, queries: np.ndarray | None = None
+) -> dict[str, float]:
+    """precision@1, R-precision and MAP@R (Musgrave et al. 2020) over cosine retrieval, leave-one-out.
+
+    Every row is a query against all the other rows; R = the number of other rows with its label. Queries
+    whose label has no other row are skipped (they have nothing to retrieve), as pytorch-metric-learning's
+    AccuracyCalculator does. `queries`: a boolean mask choosing the queries (e.g. labels seen in training);
+    the gallery stays every row. Returns NaN metrics and num_queries 0 when no query qualifies."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    n = len(labels)
+    counts = {c: k for c, k in zip(*np.unique(labels, return_counts=True), strict=True)}
+    r_of = np.array([counts[c] - 1 for c in labels])
+    chosen = r_of > 0 if queries is None else (r_of > 0) & np.asarray(queries, dtype=bool)
+    p1, rp, mapr = [], [], []
+    for start in range(0, n, 512):  # [512, N] similarity rows at a time
+        rows = np.arange(start, min(start + 512, n))
+        rows = rows[chosen[rows]]
+        if len(rows) == 0:
+            continue
+        sim = emb[rows] @ emb.T
+        sim[np.arange(len(rows)), rows] = -np.inf  # leave the query out
+        max_r = int(r_of[rows].max())
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :max_r]
+        hits = labels[top] == labels[rows][:, None]  # [q, max_r]
+        for j, i in enumerate(rows):
+            r = r_of[i]
+            h = hits[j, :r]
+            p1.append(float(h[0]))
+            rp.append(h.sum() / r)
+            mapr.append(float(np.sum(np.cumsum(h) / np.arange(1, r + 1) * h) / r))
+    if not p1:
+        return {
+            "precision_at_1": float("nan"),
+            "r_precision": float("nan"),
+            "map_at_r": float("nan"),
+            "num_queries": 0.0,
+        }
+    return {
+        "precision_at_1": float(np.mean(p1)),
+        "r_precision": float(np.mean(rp)),
+        "map_at_r": float(np.mean(mapr)),
+        "num_queries": float(len(p1)),
+    }

@@ -8,10 +8,17 @@ they are consistent with the surface. Everything is a pure function of (seed, su
 second run writes identical files.
 
     python -m dtgcnn.synthetic OUT_DIR --num-subjects 10 --train-per-subject 6 --num-vertices 1723
+
+`--text OUT` writes the text modality's corpus instead (or as well): labelled sentences and their triplets,
+see `generate_text`.
+
+    python -m dtgcnn.synthetic --text OUT --num-labels 8 --per-label 40
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ from scipy.spatial import ConvexHull
 
 from common.cli import run_cli
 from common.errors import DataError
+from common.runs import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 
@@ -136,8 +144,173 @@ def generate(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path
     return out
 
 
-@click.command(help="Write a deterministic synthetic mesh-identity dataset (train/val/test) to OUT_DIR.")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+# ----------------------------------------------------------------------------------------- text corpus
+
+# Function words and neutral verbs/nouns every label's sentences draw from: most words of a sentence carry no
+# label, as in real text, so a model must find the few topic words among them.
+_FILLER_TEXT = (
+    "the a an of and to in on with for at by from about as is was are were be been it this that these those "
+    "we you they he she there here some many few more most very quite just also then now often never always "
+    "report note story today yesterday people time way day year thing part place case week point group "
+    "said made found took gave seemed kept went came saw heard told asked looked felt became"
+)
+FILLER_WORDS = tuple(_FILLER_TEXT.split())
+_ONSETS = ("b", "c", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr", "st", "pl")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+_CODAS = ("", "", "n", "r", "s", "l", "m", "x")
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    num_labels: int = 8
+    per_label: int = 40  # sentences per label
+    topic_words: int = 16  # words of a label's own vocabulary
+    shared_words: int = 4  # of them, shared with the next label (no single word separates two neighbours)
+    words_per_sentence: tuple[int, int] = (8, 14)  # inclusive bounds
+    topic_share: float = 0.3  # expected share of a sentence's words from its label's vocabulary
+    noise_share: float = 0.1  # expected share from other labels' vocabularies (cross-topic noise)
+    seed: int = 0
+
+
+def _pseudo_word(rng: np.random.Generator) -> str:
+    syllables = int(rng.integers(2, 4))
+    return "".join(
+        _ONSETS[rng.integers(len(_ONSETS))]
+        + _VOWELS[rng.integers(len(_VOWELS))]
+        + _CODAS[rng.integers(len(_CODAS))]
+        for _ in range(syllables)
+    )
+
+
+def topic_vocabularies(spec: TextSpec) -> list[list[str]]:
+    """Per label, its topic words: `topic_words - shared_words` of its own plus `shared_words` that the
+    previous label also owns (a ring, so every label shares words with two neighbours)."""
+    rng = np.random.default_rng([spec.seed, 1_000_003])
+    own = spec.topic_words - spec.shared_words
+    pool: list[str] = []
+    taken = set(FILLER_WORDS)
+    while len(pool) < spec.num_labels * own:
+        word = _pseudo_word(rng)
+        if word not in taken:
+            taken.add(word)
+            pool.append(word)
+    owned = [pool[i * own : (i + 1) * own] for i in range(spec.num_labels)]
+    return [owned[j] + owned[j - 1][: spec.shared_words] for j in range(spec.num_labels)]
+
+
+def text_sentences(spec: TextSpec) -> tuple[list[str], list[str]]:
+    """(sentences, labels): `per_label` distinct sentences per label, a pure function of `spec`."""
+    vocab = topic_vocabularies(spec)
+    labels = [f"topic_{j:02d}" for j in range(spec.num_labels)]
+    sentences: list[str] = []
+    out_labels: list[str] = []
+    seen: set[str] = set()
+    for j, label in enumerate(labels):
+        rng = np.random.default_rng([spec.seed, 2, j])
+        made = 0
+        while made < spec.per_label:
+            n = int(rng.integers(spec.words_per_sentence[0], spec.words_per_sentence[1] + 1))
+            words = []
+            for _ in range(n):
+                u = rng.random()
+                if u < spec.topic_share:
+                    words.append(vocab[j][rng.integers(len(vocab[j]))])
+                elif u < spec.topic_share + spec.noise_share and spec.num_labels > 1:
+                    other = (j + 1 + int(rng.integers(spec.num_labels - 1))) % spec.num_labels
+                    words.append(vocab[other][rng.integers(len(vocab[other]))])
+                else:
+                    words.append(FILLER_WORDS[rng.integers(len(FILLER_WORDS))])
+            if not any(w in vocab[j] for w in words):
+                words[int(rng.integers(n))] = vocab[j][rng.integers(len(vocab[j]))]  # at least one clue
+            sentence = " ".join(words).capitalize() + "."
+            if sentence not in seen:
+                seen.add(sentence)
+                sentences.append(sentence)
+                out_labels.append(label)
+                made += 1
+    return sentences, out_labels
+
+
+def text_triplets(sentences: list[str], labels: list[str], seed: int = 0) -> list[dict[str, str]]:
+    """One (anchor, positive, negative) per sentence as anchor: the positive another sentence of its label, the
+    negative a sentence of another label, both drawn with a seeded RNG."""
+    rng = np.random.default_rng([seed, 3])
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    triplets = []
+    for i, label in enumerate(labels):
+        same = [k for k in by_label[label] if k != i]
+        others = [k for k, lab in enumerate(labels) if lab != label]
+        if not same or not others:
+            continue
+        p = same[rng.integers(len(same))]
+        n = others[rng.integers(len(others))]
+        triplets.append({"anchor": sentences[i], "positive": sentences[p], "negative": sentences[n]})
+    return triplets
+
+
+def _csv_text(header: list[str], rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")  # "\n" on every OS: byte-identical files
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def generate_text(
+    out_dir: str | Path,
+    *,
+    num_labels: int = 8,
+    per_label: int = 40,
+    seed: int = 0,
+    spec: TextSpec | None = None,
+) -> Path:
+    """Write a labelled-sentence corpus and its triplets into out_dir; returns out_dir.
+
+    Files: sentences.csv (text,label), triplets.json ({"triplets": [{"anchor", "positive", "negative"}]}) and
+    triplets.csv (anchor,positive,negative), the formats `dtgcnn.TripletDataset` reads. Each label has its own
+    vocabulary of invented topic words, partly shared with a neighbouring label; a sentence mixes a few of them
+    with common English filler words and some words of other labels, so labels are learnable from words but
+    no one word decides. Everything is a pure function of the arguments: a second run writes identical bytes.
+    """
+    spec = spec or TextSpec(num_labels=num_labels, per_label=per_label, seed=seed)
+    if spec.num_labels < 2 or spec.per_label < 2:
+        raise DataError("synthetic text needs at least 2 labels and 2 sentences per label (for positives)")
+    if not 0 <= spec.shared_words < spec.topic_words:
+        raise DataError("synthetic text: shared_words must be in [0, topic_words)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sentences, labels = text_sentences(spec)
+    triplets = text_triplets(sentences, labels, spec.seed)
+    atomic_write_text(
+        out / "sentences.csv", _csv_text(["text", "label"], zip(sentences, labels, strict=True))
+    )
+    atomic_write_text(out / "triplets.json", json.dumps({"triplets": triplets}, indent=1) + "\n")
+    atomic_write_text(
+        out / "triplets.csv",
+        _csv_text(
+            ["anchor", "positive", "negative"],
+            ([t["anchor"], t["positive"], t["negative"]] for t in triplets),
+        ),
+    )
+    return out
+
+
+@click.command(
+    help="Write a deterministic synthetic mesh-identity dataset (train/val/test) to OUT_DIR, and/or with "
+    "--text OUT a labelled-sentence corpus with its triplets (sentences.csv, triplets.json, triplets.csv)."
+)
+@click.argument("out_dir", type=click.Path(file_okay=False), required=False)
+@click.option(
+    "--text",
+    "text_out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write the synthetic text corpus into this folder.",
+)
+@click.option("--num-labels", default=8, show_default=True, help="Text: labels (topics).")
+@click.option("--per-label", default=40, show_default=True, help="Text: sentences per label.")
 @click.option("--num-subjects", default=10, show_default=True, help="Identities (= classes).")
 @click.option("--train-per-subject", default=6, show_default=True)
 @click.option("--val-per-subject", default=2, show_default=True)
@@ -160,7 +333,19 @@ def main(
     noise_std,
     max_rotation,
     seed,
+    text_out,
+    num_labels,
+    per_label,
 ):
+    if out_dir is None and text_out is None:
+        raise click.UsageError("give OUT_DIR (synthetic meshes) and/or --text OUT (synthetic sentences)")
+    if text_out is not None:
+        folder = generate_text(text_out, num_labels=num_labels, per_label=per_label, seed=seed)
+        click.echo(
+            f"wrote {num_labels * per_label} sentences ({num_labels} labels) and their triplets to {folder}"
+        )
+    if out_dir is None:
+        return
     spec = SyntheticSpec(
         num_subjects,
         (train_per_subject, val_per_subject, test_per_subject),

@@ -23,6 +23,7 @@ from common.cli import (
     data_dir_option,
     device_option,
     output_dir_option,
+    overwrite_option,
     precision_option,
     resume_option,
     run_cli,
@@ -34,6 +35,7 @@ from common.distributed import get_rank, get_world_size
 from common.errors import ConfigError, DeviceError
 from common.logs import setup_logging
 from common.resume import find_checkpoint, read_training_checkpoint, run_folder_of, saved_config
+from common.runs import RunFolder
 from dtgcnn.config import TrainConfig
 from dtgcnn.config import config_source as resolve_source
 
@@ -62,11 +64,14 @@ def demo_data(data_dir: Path) -> Path:
     return data_dir
 
 
-HELP = """Train DT-GCNN on a mesh dataset (or --demo on generated synthetic meshes).
+HELP = """Train DT-GCNN on a mesh dataset (or --demo on generated synthetic meshes), or with --mode triplets
+on text triplets / labelled sentences.
 
 \b
 Examples:
   python -m dtgcnn.train --demo
+  python -m dtgcnn.train --mode triplets --data data/triplets.json --encoder hashing
+  python -m dtgcnn.train --mode triplets --demo
   python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --config default_config --verbose
   python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/run1 --resume last
   mlx.launch -n 2 -- python -m dtgcnn.train --data-dir ./data --output-dir ./experiments/dp2
@@ -96,6 +101,18 @@ saving checkpoints/last_step.npz (the log names the command that resumes it), 2 
     "its saved config unless this is given.",
 )
 @resume_option()
+@overwrite_option()
+@click.option(
+    "--mode",
+    type=click.Choice(["meshes", "triplets"]),
+    default="meshes",
+    show_default=True,
+    help="meshes: 3D-mesh identities (--data-dir); triplets: text triplets or labelled sentences (--data).",
+)
+@click.option(
+    "--data", type=click.Path(dir_okay=False), help="triplets mode: a .json/.csv triplet or text,label file."
+)
+@click.option("--encoder", help="triplets mode: hashing | hashing:DIM | minilm | precomputed:PATH.")
 @click.option("--batch-size", type=int)
 @click.option("--learning-rate", type=float)
 @click.option("--num-epochs", type=int)
@@ -105,7 +122,7 @@ saving checkpoints/last_step.npz (the log names the command that resumes it), 2 
 @device_option("auto | cpu | gpu")
 @seed_option()
 @precision_option(
-    type=click.Choice(["float32", "bfloat16", "float16"]), help="Compute dtype (weights stay float32)."
+    help="32 | bf16-mixed | 16-mixed (also float32, bfloat16, float16): the compute dtype; weights stay float32."
 )
 @click.option("--jit-compile/--no-jit-compile", default=None, help="mx.compile the training step.")
 @click.option(
@@ -138,6 +155,9 @@ def main(
     output_dir,
     config,
     resume,
+    mode,
+    data,
+    encoder,
     demo,
     stop_after_steps,
     distributed,
@@ -147,6 +167,22 @@ def main(
     overrides,
     **_options,
 ):
+    if mode == "triplets":
+        from dtgcnn.text_cli import train_triplets_command
+
+        return train_triplets_command(
+            ctx,
+            data,
+            output_dir,
+            config,
+            resume,
+            encoder,
+            demo,
+            stop_after_steps,
+            print_config,
+            verbose,
+            overrides,
+        )
     world = join_processes(distributed, num_gpus)
     main_process = get_rank() == 0
     if demo:
@@ -162,7 +198,7 @@ def main(
     if config:
         source = resolve_source(config)
     elif state is not None:
-        source = saved_config(state)
+        source = saved_config(state, TrainConfig)
     else:
         source = "demo_config" if demo else "default_config"
     cfg = load_config(
@@ -176,6 +212,10 @@ def main(
     if output_dir is None:
         output_dir = f"experiments/run_{shared_timestamp()}"
     if main_process:
+        # Claimed before the log file goes in: a new run never writes into another run's folder.
+        # A demo replaces the previous demo's run (its folder is fixed); any other run needs --overwrite.
+        overwrite = bool(ctx.params["overwrite"]) or (demo and checkpoint is None)
+        RunFolder(Path(output_dir).resolve(), resume=checkpoint is not None, overwrite=overwrite)
         setup_logging(
             Path(output_dir) / "logs",
             filename="training_{timestamp}.log",

@@ -155,7 +155,7 @@ class DTGCNNTask(Task):
 
     def micro_step(self, batch, scale: float) -> dict[str, float]:
         _, x, y = batch
-        return self.stepper.micro_step(x, y, scale)
+        return self.stepper.micro_step(x, y, scale=scale)
 
     def optimizer_step(self) -> float:
         return self.stepper.optimizer_step()
@@ -319,7 +319,7 @@ def train(
     started = time.perf_counter()
     mlx_support.init_distributed()  # joins the group when mlx.launch started this process; else nothing
     main = is_main_process()  # only rank 0 writes the run folder
-    run = RunFolder(Path(output_dir).resolve())
+    run = RunFolder(Path(output_dir).resolve(), resume=resume is not None or resume_state is not None)
     timer = PhaseTimer(log)
     log.info(dtgcnn.BLAS.describe())
     log.info("CPU: %s; %s", dtgcnn.MALLOC, streams.describe())

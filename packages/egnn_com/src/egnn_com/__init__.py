@@ -1,6 +1,6 @@
 """egnn_com: centre-of-mass graph regression with a GCN baseline and an E(n)-equivariant EGNN (PyG).
 
-Entry points: `python -m egnn_com.train`, `.evaluate`, `.predict`, `.synthetic`, `.bench`. See README.md.
+Entry points: `python -m egnn_com.train`, `.evaluate`, `.predict`, `.prepare`, `.synthetic`, `.bench`. See README.md.
 """
 
 import warnings

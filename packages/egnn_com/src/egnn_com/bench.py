@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from common.benchmarking import torch_matmul_peak_gflops, torch_sync
-from common.cli import run_cli
+from common.cli import console_script, run_cli
 from egnn_com.cliopts import option
 
 EPOCH_GRAPHS = {
@@ -300,6 +300,8 @@ def main(
         )
         click.echo(f"wrote {json_out}")
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

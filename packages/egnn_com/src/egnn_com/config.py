@@ -29,6 +29,9 @@ class DataConfig:
     # num_workers persistent DataLoader worker processes (always used for graphs that cannot be packed)
     worker_type: Literal["thread", "process"] = "thread"
     strict: bool = False  # True: any invalid file is an error; False: skip and report it
+    # graph: seeded shuffle of graphs; molecule: whole molecules (ids from molecules.csv, see egnn_com.splits)
+    # on one side, so conformers of one molecule never sit in both training and validation
+    split_by: Literal["graph", "molecule"] = "graph"
 
 
 @dataclass
@@ -38,6 +41,9 @@ class ModelConfig:
     num_layers: int = 4  # message-passing layers (gcn: input + num_layers-2 hidden + output GCNConv)
     dropout: float = 0.1  # dropout in the gcn MLP head (egnn is deterministic: no dropout)
     pooling: Literal["mean", "add", "max"] = "mean"  # gcn global pooling (PyG global_*_pool)
+    # atomic masses as a node feature (both models) and as the weights of the egnn's centre-of-mass readout;
+    # checkpoints from before this option load with it off (see egnn_com.inference)
+    use_mass: bool = True
 
 
 @dataclass
@@ -61,6 +67,11 @@ class TrainConfig:
     output_dir: str | None = None  # run folder (default: runs/egnn_com_<timestamp>)
     checkpoint_dir: str | None = None  # checkpoint folder (default: <output_dir>/checkpoints)
     save_every_n_steps: int = 50  # mid-epoch checkpoint last-step.ckpt every N optimizer steps (0 = off)
+    # name of the best checkpoint (top 1 by val/loss): {epoch} (epochs completed), {step}, {val_loss} and any
+    # other metric with "/" as "_"; checkpoints/manifest.json names the best file whatever the template
+    checkpoint_filename: str = "best-model-{epoch:02d}-{val_loss:.4e}.ckpt"
+    best_weights_only: bool = False  # best checkpoint without optimizer state (last.ckpt stays complete)
+    overwrite: bool = False  # a new run may replace the run already in output_dir (refused otherwise)
     fast_dev_run: int = 0  # N > 0: N train + N val batches, one epoch, no checkpoints or trackers
     use_compile: bool = False  # wrap the model in torch.compile
     cuda_warmup: bool = True  # run a few warm-up steps on CUDA before training (skipped in fast_dev_run)
@@ -91,4 +102,8 @@ class EgnnComConfig:
 
 def config_from_dict(saved: dict, *, cli: dict | None = None, overrides=()) -> EgnnComConfig:
     """Rebuild the config stored in a checkpoint (validated and coerced like any YAML), then apply `cli`/overrides."""
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if isinstance(model, dict) and "use_mass" not in model:
+        # written before model.use_mass existed: those models were built without the mass feature
+        saved = {**saved, "model": {**model, "use_mass": False}}
     return load_config(EgnnComConfig, saved, package="egnn_com", cli=cli, overrides=overrides)

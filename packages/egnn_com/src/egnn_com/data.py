@@ -1,9 +1,11 @@
-"""Graph files -> validated PyG `Data` objects, the seeded split, and the training and validation DataLoaders.
+"""Graph files -> validated PyG `Data` objects, and the training and validation DataLoaders.
 
 A dataset folder holds one file per graph: a torch tensor dict (`.pt`, read with `torch.load(weights_only=True)`
 so no pickled code runs) or an `.npz` archive (read with `allow_pickle=False`). Keys:
     x [N, F] float node features, pos [N, 3] float positions, edge_index [2, E] int64 (0 <= i < N),
     mass [N] float > 0, y [3] or [1, 3] float target centre of mass (optional for prediction).
+Other keys (`egnn_com.prepare` also writes the atomic numbers `z`) are ignored. Molecule files and PyG data
+become such graphs through `egnn_com.prepare` / `from_pyg`; the split is `egnn_com.splits`.
 """
 
 from __future__ import annotations
@@ -204,15 +206,13 @@ def dataset_stats(graphs: list[Data]) -> dict[str, float]:
     }
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/validation split of range(n): (train_idx, val_idx), each sorted."""
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
-    n_val = max(1, round(n * val_fraction))
-    if n - n_val < 1:
-        raise DataError(f"only {n} valid graph(s): too few to split into training and validation sets.")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+def from_pyg(data, *, cutoff: float | None = None, target: str | None = None) -> list[Data]:
+    """PyTorch Geometric molecules (a `Data`, a list, an `InMemoryDataset` such as QM9) as validated graphs of
+    this package (x, pos, edge_index, mass, y = centre of mass); see `egnn_com.pyg_input`. To train on them,
+    write them as a graph folder with `egnn_com.prepare.prepare_pyg(data, out_dir)`."""
+    from egnn_com.pyg_input import from_pyg as convert  # imports ASE only when used
+
+    return convert(data, cutoff=cutoff, target=target)
 
 
 def _worker_init(_: int) -> None:

@@ -2,6 +2,7 @@
 
 python -m egnn_com.evaluate --checkpoint runs/x/checkpoints/last.ckpt              # its validation split
 python -m egnn_com.evaluate --checkpoint best.ckpt --data_dir data/test --output test_metrics.json
+python -m egnn_com.evaluate --checkpoint runs/x                                    # the run's best checkpoint
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import run_cli
+from common.cli import console_script, run_cli
 from common.devices import torch_device
 from common.errors import ConfigError
 from common.runs import atomic_write_text
 from egnn_com.cliopts import option
-from egnn_com.data import load_dataset, split_indices
-from egnn_com.inference import check_features, load_from_checkpoint, predict
+from egnn_com.data import load_dataset
+from egnn_com.inference import check_features, load_from_checkpoint, predict, resolve_checkpoint
 from egnn_com.metrics import RegressionMetrics
+from egnn_com.splits import split_dataset
 
 
 def evaluate(
@@ -37,12 +39,15 @@ def evaluate(
     if split not in ("val", "train", "all"):
         raise ConfigError(f"--split must be val, train or all, got {split!r}.")
     dev = torch_device(device)
+    checkpoint = resolve_checkpoint(checkpoint)
     model, cfg = load_from_checkpoint(checkpoint, map_location=dev)
     dataset = load_dataset(data_dir or cfg.data.data_dir, strict=cfg.data.strict)
     check_features(model, dataset.num_features, str(data_dir or cfg.data.data_dir))
     graphs = dataset.graphs
     if split != "all":
-        train_idx, val_idx = split_indices(len(graphs), cfg.data.val_fraction, cfg.train.seed)
+        train_idx, val_idx = split_dataset(
+            dataset.files, cfg.data.split_by, cfg.data.val_fraction, cfg.train.seed
+        )
         graphs = [graphs[i] for i in (val_idx if split == "val" else train_idx)]
     pred = predict(model, graphs, dev, batch_size)
     acc = RegressionMetrics()
@@ -59,7 +64,12 @@ def evaluate(
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@option("checkpoint", "--ckpt_path", required=True, help="egnn_com checkpoint (.ckpt).")
+@option(
+    "checkpoint",
+    "--ckpt_path",
+    required=True,
+    help="egnn_com checkpoint (.ckpt), or a run folder / checkpoint folder: its best checkpoint.",
+)
 @option("data_dir", help="Graph folder (default: the training data).")
 @option(
     "split",
@@ -77,6 +87,8 @@ def main(checkpoint, data_dir, split, output, batch_size, device):
         atomic_write_text(Path(output), text + "\n")
     click.echo(text)
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

@@ -19,14 +19,27 @@ from egnn_com.model import build_model
 _INPUT_WEIGHTS = {"gcn": ("convs.0.lin.weight", 3), "egnn": ("embed.weight", 0)}  # name, coordinates appended
 
 
+def resolve_checkpoint(location: str | Path) -> Path:
+    """A checkpoint file as given; a run folder or checkpoint folder -> its best checkpoint, read from the
+    `manifest.json` that training keeps beside the checkpoints (no file-name parsing)."""
+    path = Path(location)
+    if path.is_dir():
+        from common.resume import best_checkpoint
+
+        return best_checkpoint(path)
+    return path
+
+
 def load_from_checkpoint(
     path: str | Path, map_location: str | torch.device | None = None
 ) -> tuple[torch.nn.Module, EgnnComConfig]:
-    """(model in eval mode, its training config) from any egnn_com checkpoint (last, step or best file).
+    """(model in eval mode, its training config) from any egnn_com checkpoint (last, step or best file, also
+    a weights-only best file), or from a run folder (its best checkpoint, see `resolve_checkpoint`).
 
     `map_location`: the device to put the model on ("cpu", "cuda:0", "auto", a torch.device); default cpu.
     The model's `in_features` is the node-feature width it expects.
     """
+    path = resolve_checkpoint(path)
     state = load_checkpoint(path)
     if not isinstance(state.get("config"), dict) or "model" not in state:
         raise CheckpointError(f"{path} is not an egnn_com checkpoint (it has no model or config entry).")
@@ -49,7 +62,7 @@ def _num_features(state: dict, cfg: EgnnComConfig, path) -> int:
     weight = state["model"].get(name)
     if weight is None or getattr(weight, "ndim", 0) != 2:
         raise CheckpointError(f"{path}: cannot tell the model's node-feature width (no {name!r} weight).")
-    return int(weight.shape[1]) - appended
+    return int(weight.shape[1]) - appended - int(cfg.model.use_mass)
 
 
 def check_features(model: torch.nn.Module, num_features: int, where: str) -> None:
@@ -66,6 +79,6 @@ def check_features(model: torch.nn.Module, num_features: int, where: str) -> Non
 def predict(model: torch.nn.Module, graphs: list, device: torch.device, batch_size: int = 64) -> torch.Tensor:
     """Predicted centres [len(graphs), 3] (float32, on CPU), in the order of `graphs`."""
     # only what the models read: files with and without a target `y` can then share a batch
-    inputs = [Data(x=g.x, pos=g.pos, edge_index=g.edge_index) for g in graphs]
+    inputs = [Data(x=g.x, pos=g.pos, edge_index=g.edge_index, mass=g.mass) for g in graphs]
     out = [model(batch.to(device)).float().cpu() for batch in DataLoader(inputs, batch_size=batch_size)]
     return torch.cat(out) if out else torch.empty(0, 3)

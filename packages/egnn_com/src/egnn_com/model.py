@@ -1,11 +1,16 @@
 """The two centre-of-mass regressors: a GCN baseline and an E(n)-equivariant EGNN.
 
-Both take a PyG batch (x [N, F], pos [N, 3], edge_index [2, E], batch [N]) and return [B, 3].
+Both take a PyG batch (x [N, F], pos [N, 3], edge_index [2, E], mass [N], batch [N]) and return [B, 3].
+With `use_mass` (the default) both read log(mass) as one more node feature, so isotopes (deuterium for
+hydrogen) are told apart though their element one-hot is the same.
 
 - `gcn` feeds raw coordinates to GCNConv as node features, so rotating or translating the input does NOT move
   the prediction accordingly: it must learn the symmetry from data (the comparison the package is about).
 - `egnn` sees coordinates only through squared distances and relative vectors, and predicts a convex,
   learned weighting of its (equivariantly updated) coordinates, so f(R x + t) = R f(x) + t by construction.
+  With `use_mass` the weights are mass-weighted: w_i = m_i exp(s_i) / sum_j m_j exp(s_j), a softmax of
+  s_i + log m_i. At s = const and unmoved coordinates that is exactly the centre of mass, so the network only
+  learns a correction, and changing an isotope moves the prediction as it moves the true centre.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from torch_geometric.utils import scatter, softmax
 from common.errors import ConfigError
 
 POOLING = {"mean": global_mean_pool, "add": global_add_pool, "max": global_max_pool}
+
+
+def mass_feature(batch) -> Tensor:
+    """log(mass) [N, 1]: spans H (0.008) to I (4.8) in a range a Linear layer takes without rescaling."""
+    return torch.log(batch.mass).unsqueeze(-1).to(batch.x.dtype)
 
 
 def _graph_index(batch) -> tuple[Tensor, int]:
@@ -37,10 +47,13 @@ class GCNCentreOfMass(nn.Module):
         num_layers: int = 4,
         dropout: float = 0.1,
         pooling: str = "mean",
+        use_mass: bool = True,
     ):
         super().__init__()
-        self.in_features = in_features  # node features per node (without the appended coordinates)
-        dims = [in_features + 3] + [hidden_dim] * num_layers  # +3: raw xyz appended to the node features
+        self.in_features = in_features  # node features per node (without the appended mass and coordinates)
+        self.use_mass = use_mass
+        # +3: raw xyz appended to the node features; +1: log(mass)
+        dims = [in_features + int(use_mass) + 3] + [hidden_dim] * num_layers
         self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.pool = POOLING[pooling]
         self.head = nn.Sequential(
@@ -55,7 +68,8 @@ class GCNCentreOfMass(nn.Module):
 
     def forward(self, batch) -> Tensor:
         graph, num_graphs = _graph_index(batch)
-        h = torch.cat([batch.x, batch.pos], dim=-1)  # [N, F + 3]: coordinates as plain features
+        features = [batch.x, mass_feature(batch)] if self.use_mass else [batch.x]
+        h = torch.cat([*features, batch.pos], dim=-1)  # [N, F (+1) + 3]: coordinates as plain features
         for i, conv in enumerate(self.convs):
             h = conv(h, batch.edge_index)  # [N, hidden]
             if i < len(self.convs) - 1:
@@ -112,12 +126,13 @@ class EGNNLayer(MessagePassing):
 
 
 class EGNNCentreOfMass(nn.Module):
-    """Embed atom features, run EGNN layers, predict softmax(weights) . coordinates per graph."""
+    """Embed atom features (and log mass), run EGNN layers, predict softmax(weights) . coordinates per graph."""
 
-    def __init__(self, in_features: int, hidden_dim: int = 128, num_layers: int = 4):
+    def __init__(self, in_features: int, hidden_dim: int = 128, num_layers: int = 4, use_mass: bool = True):
         super().__init__()
-        self.in_features = in_features  # node features per node
-        self.embed = nn.Linear(in_features, hidden_dim)
+        self.in_features = in_features  # node features per node (without the appended mass)
+        self.use_mass = use_mass
+        self.embed = nn.Linear(in_features + int(use_mass), hidden_dim)
         self.layers = nn.ModuleList(EGNNLayer(hidden_dim) for _ in range(num_layers))
         self.weight_head = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1)
@@ -125,12 +140,16 @@ class EGNNCentreOfMass(nn.Module):
 
     def forward(self, batch) -> Tensor:
         graph, num_graphs = _graph_index(batch)
-        h, pos = self.embed(batch.x), batch.pos  # [N, hidden], [N, 3]
+        x = torch.cat([batch.x, mass_feature(batch)], dim=-1) if self.use_mass else batch.x  # [N, F (+1)]
+        h, pos = self.embed(x), batch.pos  # [N, hidden], [N, 3]
         for layer in self.layers:
             h, pos = layer(h, pos, batch.edge_index)
         # Weights are invariant and sum to 1 within each graph, so the output is an affine (convex)
         # combination of equivariant points: rotation and translation pass through exactly.
-        w = softmax(self.weight_head(h).squeeze(-1).float(), graph, num_nodes=h.shape[0])  # [N]
+        logits = self.weight_head(h).squeeze(-1).float()  # [N] s_i
+        if self.use_mass:
+            logits = logits + torch.log(batch.mass.float())  # softmax -> m_i exp(s_i) / sum_j m_j exp(s_j)
+        w = softmax(logits, graph, num_nodes=h.shape[0])  # [N]
         return scatter(
             w.unsqueeze(-1).to(pos.dtype) * pos, graph, dim=0, dim_size=num_graphs, reduce="sum"
         )  # [B, 3]
@@ -147,12 +166,18 @@ def build_model(cfg, in_features: int) -> nn.Module:
             raise ConfigError(
                 f"model.num_layers must be >= 2 for gcn (input and output GCNConv), got {cfg.num_layers}."
             )
-        return GCNCentreOfMass(in_features, cfg.hidden_dim, cfg.num_layers, cfg.dropout, cfg.pooling)
+        return GCNCentreOfMass(
+            in_features, cfg.hidden_dim, cfg.num_layers, cfg.dropout, cfg.pooling, _use_mass(cfg)
+        )
     if cfg.name == "egnn":
         if cfg.num_layers < 1:
             raise ConfigError(f"model.num_layers must be >= 1 for egnn, got {cfg.num_layers}.")
-        return EGNNCentreOfMass(in_features, cfg.hidden_dim, cfg.num_layers)
+        return EGNNCentreOfMass(in_features, cfg.hidden_dim, cfg.num_layers, _use_mass(cfg))
     raise ConfigError(f"model.name must be 'gcn' or 'egnn', got {cfg.name!r}.")
+
+
+def _use_mass(cfg) -> bool:
+    return bool(getattr(cfg, "use_mass", True))  # configs built by hand (tests, notebooks) may omit it
 
 
 def describe_model(model: nn.Module) -> str:

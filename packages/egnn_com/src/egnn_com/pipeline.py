@@ -60,13 +60,15 @@ from egnn_com.data import (
     list_graph_files,
     load_dataset,
     make_loader,
-    split_indices,
 )
 from egnn_com.model import build_model, describe_model
+from egnn_com.splits import split_dataset
 from egnn_com.task import CentreOfMassTask, EpochSummary, cuda_warmup, make_optimizer
 
 COMMAND = "python -m egnn_com.train"  # how a run is started; the loop prints it in the resume hint
-BEST_TEMPLATE = "best-model-{epoch:02d}-{val_loss:.3f}.ckpt"  # top 1 by val/loss; {epoch} counts from 1
+# the seed's best-checkpoint name; the default (train.checkpoint_filename) keeps its shape with 5 significant
+# digits, since on real molecules every good model's val/loss rounds to 0.000
+SEED_TEMPLATE = "best-model-{epoch:02d}-{val_loss:.3f}.ckpt"
 LAST_FILE = "last.ckpt"
 STEP_FILE = "last-step.ckpt"  # every train.save_every_n_steps optimizer steps, and when a signal stops a run
 HISTORY_FILE = "metrics_history.json"
@@ -81,6 +83,30 @@ class TrainingResult(FitResult):
     history: Path | None = None
     phases: dict[str, float] = field(default_factory=dict)  # startup phase -> seconds
     time_to_first_step: float | None = None  # seconds from run_training's start to the end of the first step
+
+
+# what a checkpoint name template can use: the counters and the epoch metrics ("/" written as "_")
+_TEMPLATE_FIELDS = {"epoch": 1, "step": 1, "train_grad_norm": 1.0} | {
+    f"{split}_{name}": 1.0
+    for split in ("train", "val")
+    for name in ("loss", "mae", "mse", "mae_x", "mae_y", "mae_z", "mse_x", "mse_y", "mse_z")
+}
+
+
+def check_checkpoint_template(template: str) -> None:
+    """ConfigError before training when train.checkpoint_filename cannot be filled or is not a file name."""
+    try:
+        name = template.format(**_TEMPLATE_FIELDS)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"train.checkpoint_filename {template!r} cannot be filled ({type(exc).__name__}: {exc}); it can use "
+            f"{{{'}, {'.join(sorted(_TEMPLATE_FIELDS))}}}, e.g. {SEED_TEMPLATE!r}."
+        ) from None
+    if "/" in name or name in ("", ".", "..") or name in (LAST_FILE, STEP_FILE):
+        raise ConfigError(
+            f"train.checkpoint_filename {template!r} gives {name!r}: it must be a file name in the checkpoint "
+            f"folder, other than {LAST_FILE} and {STEP_FILE}."
+        )
 
 
 def launch_command() -> str:
@@ -110,16 +136,16 @@ def rank_device(name: str) -> torch.device:
     return device
 
 
-def _shared_run_folder(cfg) -> RunFolder | None:
+def _shared_run_folder(cfg, resume: bool) -> RunFolder | None:
     """The run folder, named on rank 0 and broadcast: every rank gets the same (absolute) output and
     checkpoint paths in cfg; only rank 0 creates the folder (the others get None)."""
     if get_world_size() <= 1:
-        return _run_folder(cfg)
+        return _run_folder(cfg, resume)
     chosen = None
     run = None
     if is_main_process():
         try:
-            run = _run_folder(cfg)
+            run = _run_folder(cfg, resume)
             chosen = ("ok", cfg.train.output_dir, cfg.train.checkpoint_dir)
         except Exception as exc:  # tell the other ranks, or they wait for the broadcast until the timeout
             broadcast_object(("error", f"rank 0 could not create the run folder: {exc}", None))
@@ -131,12 +157,12 @@ def _shared_run_folder(cfg) -> RunFolder | None:
     return run
 
 
-def _run_folder(cfg) -> RunFolder:
+def _run_folder(cfg, resume: bool) -> RunFolder:
     """The run folder; resolves output_dir/checkpoint_dir in cfg to absolute paths (recorded in config.yaml)."""
     # an absolute or cwd-relative --checkpoint_dir replaces <run>/checkpoints (root / absolute = absolute)
     kw = {"checkpoints": str(Path(cfg.train.checkpoint_dir).resolve())} if cfg.train.checkpoint_dir else {}
     if cfg.train.output_dir:
-        run = RunFolder(cfg.train.output_dir, **kw)
+        run = RunFolder(cfg.train.output_dir, resume=resume, overwrite=cfg.train.overwrite, **kw)
     else:
         run = RunFolder.timestamped("runs", "egnn_com", **kw)
     cfg.train.output_dir = str(run.root.resolve())
@@ -203,9 +229,10 @@ def _run_training(cfg, *, resume_state, resume_path, import_seconds, callbacks) 
         schedule_monitor="val/loss",
     )
     user_callbacks = [*build_callbacks(cfg.callbacks), *callbacks]
+    check_checkpoint_template(cfg.train.checkpoint_filename)
     list_graph_files(cfg.data.data_dir)
     with timer.phase("directory_setup"):
-        run = None if fast else _shared_run_folder(cfg)  # None on ranks other than 0
+        run = None if fast else _shared_run_folder(cfg, resume_state is not None)  # None on ranks != 0
         level = "DEBUG" if cfg.train.debug else "INFO"
         log = setup_logging(run.logs if run else None, level=level if main else "WARNING")
         timer.logger = log
@@ -227,7 +254,9 @@ def _run_training(cfg, *, resume_state, resume_path, import_seconds, callbacks) 
         dataset = load_dataset(cfg.data.data_dir, strict=cfg.data.strict, logger=log, debug=cfg.train.debug)
         stats = dataset_stats(dataset.graphs)
     with timer.phase("dataset_splitting"):
-        train_idx, val_idx = split_indices(len(dataset), cfg.data.val_fraction, cfg.train.seed)
+        train_idx, val_idx = split_dataset(
+            dataset.files, cfg.data.split_by, cfg.data.val_fraction, cfg.train.seed
+        )
         train_graphs = [dataset.graphs[i] for i in train_idx]
         val_graphs = [dataset.graphs[i] for i in val_idx]
     with timer.phase("dataloader_creation"):
@@ -312,13 +341,14 @@ def _run_training(cfg, *, resume_state, resume_path, import_seconds, callbacks) 
             else [
                 ModelCheckpoint(
                     run.checkpoints,
-                    filename=BEST_TEMPLATE,
+                    filename=cfg.train.checkpoint_filename,
                     monitor="val/loss",
                     mode="min",
                     save_top_k=1,
                     save_last=LAST_FILE,
                     every_n_steps=cfg.train.save_every_n_steps,
                     step_file=STEP_FILE,
+                    best_weights_only=cfg.train.best_weights_only,
                 )
             ]
         )

@@ -1,6 +1,7 @@
 """`python -m egnn_com.predict`: a checkpoint and graph files (or folders) -> predicted centres as CSV.
 
     python -m egnn_com.predict --checkpoint runs/x/checkpoints/last.ckpt data/new/ --output centres.csv
+    python -m egnn_com.predict --checkpoint runs/x data/new/            # the run's best checkpoint
 
 Files need x, pos, edge_index and mass; a file that also holds the target y gets true values and errors.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import run_cli
+from common.cli import console_script, run_cli
 from common.devices import torch_device
 from common.runs import atomic_write_text
 from egnn_com.cliopts import option
@@ -55,7 +56,12 @@ def predict_files(
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True)
-@option("checkpoint", "--ckpt_path", required=True, help="egnn_com checkpoint (.ckpt).")
+@option(
+    "checkpoint",
+    "--ckpt_path",
+    required=True,
+    help="egnn_com checkpoint (.ckpt), or a run folder / checkpoint folder: its best checkpoint.",
+)
 @option("output", help="CSV file to write (default: print to stdout).")
 @option("batch_size", type=int, default=64, show_default=True)
 @option("device", default="auto", show_default=True)
@@ -72,6 +78,8 @@ def main(paths, checkpoint, output, batch_size, device):
     else:
         click.echo(buffer.getvalue(), nl=False)
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

@@ -25,6 +25,7 @@ from common.cli import (
     data_dir_option,
     device_option,
     output_dir_option,
+    overwrite_option,
     precision_option,
     resume_option,
     run_cli,
@@ -45,6 +46,7 @@ OPTION_KEYS = {
     "num_workers": "data.num_workers",
     "worker_type": "data.worker_type",
     "val_fraction": "data.val_fraction",
+    "split_by": "data.split_by",
     "model": "model.name",
     "hidden_dim": "model.hidden_dim",
     "num_layers": "model.num_layers",
@@ -62,7 +64,9 @@ OPTION_KEYS = {
     "output_dir": "train.output_dir",
     "checkpoint_dir": "train.checkpoint_dir",
     "save_every_n_steps": "train.save_every_n_steps",
+    "checkpoint_filename": "train.checkpoint_filename",
     "fast_dev_run": "train.fast_dev_run",
+    "overwrite": "train.overwrite",
     "use_compile": "train.use_compile",
     "debug": "train.debug",
     "use_wandb": "logging.use_wandb",
@@ -158,6 +162,12 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
 @option("num_threads", type=int, help="torch CPU threads (0 = one per core).  [default: 0]")
 @seed_option(help="Seed for split, data order and weights.  [default: 42]")
 @option("val_fraction", type=float, help="Validation share of the graphs.  [default: 0.2]")
+@option(
+    "split_by",
+    type=click.Choice(["graph", "molecule"]),
+    help="graph: shuffle graphs; molecule: keep all conformers of a molecule on one side (molecules.csv "
+    "from egnn_com.prepare).  [default: graph]",
+)
 @option("num_workers", type=int, help="Background data loading when > 0 (0 = main process).  [default: 4]")
 @option(
     "worker_type",
@@ -171,6 +181,12 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
     type=int,
     help="Mid-epoch last-step.ckpt every N optimizer steps (0 = off).  [default: 50]",
 )
+@option(
+    "checkpoint_filename",
+    help="Best-checkpoint name template ({epoch}, {step}, {val_loss}, ...; checkpoints/manifest.json names "
+    "the best file).  [default: best-model-{epoch:02d}-{val_loss:.4e}.ckpt]",
+)
+@overwrite_option()
 @option(
     "fast_dev_run",
     type=int,
@@ -222,7 +238,7 @@ def main(ctx, extras, config, demo, print_config, resume, ckpt_path, **_typed):
     if spec:
         path = resume_checkpoint(ctx, spec, config, overrides)
         state = read_training_checkpoint(path)
-    cfg = resolve_config(ctx, config, overrides, saved_config(state) if state else None)
+    cfg = resolve_config(ctx, config, overrides, saved_config(state, EgnnComConfig) if state else None)
     cfg.logging.wandb_tags = list(cfg.logging.wandb_tags) + more_tags
     if print_config:
         if is_main_process():

@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.benchmarking import torch_matmul_peak_gflops, torch_sync
-from common.cli import run_cli
+from common.cli import console_script, run_cli
 from common.devices import describe_device, peak_memory_mb, torch_device
 from spectral_mae.factory import adamw
 from spectral_mae.losses import MAESpectralLoss
@@ -233,6 +233,8 @@ def main(
             json.dumps({"matmul_peak_gflops": peak, "results": [asdict(r) for r in results]}, indent=2)
         )
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

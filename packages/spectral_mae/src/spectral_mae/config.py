@@ -100,6 +100,7 @@ class GeneralConfig:
     experiment_name: str = "spectral_mae"  # MLflow experiment and run-folder prefix
     output_dir: str = "working_env"  # runs are written to <output_dir>/<experiment_name>_<timestamp>/
     run_dir: str | None = None  # exact run folder instead of a timestamped one
+    overwrite: bool = False  # a new run may replace the run already in run_dir (refused otherwise)
     seed: int = 42  # seeds data order, augmentation, masks and init
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     device_ids: list[int] = field(default_factory=lambda: [0])  # GPUs for train_ddp (one process each)

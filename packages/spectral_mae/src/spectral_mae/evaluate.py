@@ -16,7 +16,7 @@ import click
 import torch
 from torch.utils.data import DataLoader
 
-from common.cli import data_dir_option, device_option, output_dir_option, run_cli
+from common.cli import console_script, data_dir_option, device_option, output_dir_option, run_cli
 from common.devices import torch_device
 from common.runs import atomic_write_text
 from common.sampler import ResumableSampler
@@ -183,6 +183,8 @@ def main(checkpoint, overrides, data_dir, split, output_dir, batch_size, device)
     click.echo(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     click.echo(f"metrics and figures written to {out}")
 
+
+cli = console_script(main)  # the installed command
 
 if __name__ == "__main__":
     run_cli(main)

@@ -198,6 +198,17 @@ class MaskedAutoencoderSpectral(nn.Module):
             x = block(x)
         return self.norm(x), mask, ids_restore
 
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Every token encoded, none hidden: imgs (B, C, H, W) -> (B, L, D) in token order (group, row, col).
+
+        The embeddings `spectral_mae.embed` writes. Increasing noise makes random_masking keep every token in
+        its own order, so this is exactly the trained encoder's path.
+        """
+        b, length = imgs.shape[0], self.num_patches
+        in_order = torch.arange(length, device=imgs.device, dtype=torch.float32).expand(b, length)
+        latent, _, _ = self.forward_encoder(imgs, 0.0, in_order)
+        return latent
+
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent (B, K, D) -> prediction (B, L, t*p*p) for every token."""
         x = self.decoder_embed(latent)  # (B, K, Dd)

@@ -21,6 +21,7 @@ from common.cli import (
     data_dir_option,
     device_option,
     output_dir_option,
+    overwrite_option,
     resume_option,
     run_cli,
     seed_option,
@@ -34,11 +35,14 @@ from common.loop import FitResult
 from common.resume import find_checkpoint, read_training_checkpoint, run_folder_of, saved_config
 from common.runs import RunFolder
 from spectral_mae import config as config_module
-from spectral_mae.data import read_index
-from spectral_mae.trainer import COMMAND, train
 
 DEMO_CONFIG = "demo"
-OPTION_KEYS = {"output_dir": "general.output_dir", "device": "general.device", "seed": "general.seed"}
+OPTION_KEYS = {
+    "output_dir": "general.output_dir",
+    "device": "general.device",
+    "seed": "general.seed",
+    "overwrite": "general.overwrite",
+}
 
 
 def find_resume_checkpoint(spec: str, cfg: config_module.SpectralMAEConfig) -> Path:
@@ -72,16 +76,18 @@ def load_run_config(ctx, config, data_dir, resume, demo, overrides):
             checkpoint = find_checkpoint(resume)
         state = read_training_checkpoint(checkpoint)
         if source is None:
-            source = config_module.upgrade_saved_config(dict(saved_config(state)))
+            source = config_module.upgrade_saved_config(
+                dict(saved_config(state, config_module.SpectralMAEConfig))
+            )
     cfg = config_module.load(source or default, cli=cli, overrides=overrides)
     return cfg, checkpoint, state
 
 
 def prepare_run(cfg, checkpoint: Path | None) -> RunFolder:
     if checkpoint is not None:
-        return RunFolder(run_folder_of(checkpoint))
+        return RunFolder(run_folder_of(checkpoint), resume=True)
     if cfg.general.run_dir:
-        return RunFolder(cfg.general.run_dir)
+        return RunFolder(cfg.general.run_dir, overwrite=cfg.general.overwrite)
     return RunFolder.timestamped(cfg.general.output_dir, cfg.general.experiment_name)
 
 
@@ -95,7 +101,10 @@ def make_demo_data(csv_file: str, logger: logging.Logger) -> None:
     write_dataset(Path(csv_file).parent, SyntheticSpec(num_images=16, size=60, bands=30, val_fraction=0.25))
 
 
-def report(result: FitResult, cfg, logger: logging.Logger, command: str = COMMAND) -> None:
+def report(result: FitResult, cfg, logger: logging.Logger, command: str | None = None) -> None:
+    from spectral_mae.trainer import COMMAND
+
+    command = command or COMMAND
     root = result.run_dir
     lines = [
         f"run folder: {root}",
@@ -147,6 +156,7 @@ def options(fn):
             ),
             device_option(default=None),
             seed_option(default=None, help="Random seed (general.seed)."),
+            overwrite_option(help="Replace the run already in general.run_dir (general.overwrite)."),
             click.option(
                 "--cfg",
                 "print_cfg",
@@ -166,7 +176,7 @@ def options(fn):
 @click.command()
 @options
 @click.pass_context
-def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, print_cfg, demo):
+def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, print_cfg, demo):
     """Train the spectral masked autoencoder.
 
     OVERRIDES: `group=name` picks a bundled config group (model=mae_large, scheduler=constant,
@@ -181,11 +191,16 @@ def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, pri
         click.echo(dump_config(cfg), nl=False)
         return 0
     if not demo:
+        from spectral_mae.data import read_index
+
         read_index(cfg.dataset.csv_file)  # a missing index fails before a run folder is created
     run = prepare_run(cfg, checkpoint)
     logger = setup_logging(run.logs, level="DEBUG" if cfg.general.debug else "INFO")
     if demo:
         make_demo_data(cfg.dataset.csv_file, logger)
+    # imported here, after the options are read: torch + timm take seconds, --help should not wait
+    from spectral_mae.trainer import train
+
     result = train(
         cfg,
         run,

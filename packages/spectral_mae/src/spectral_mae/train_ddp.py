@@ -31,7 +31,6 @@ from common.distributed import (
 )
 from common.logs import setup_logging
 from spectral_mae.train import load_run_config, make_demo_data, options, prepare_run, report
-from spectral_mae.trainer import train
 
 
 def rank_device(requested: str, device_ids: list[int]) -> torch.device:
@@ -46,7 +45,7 @@ def rank_device(requested: str, device_ids: list[int]) -> torch.device:
 @click.command()
 @options
 @click.pass_context
-def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, print_cfg, demo):
+def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, print_cfg, demo):
     """Train the spectral masked autoencoder with DistributedDataParallel (launch with torchrun)."""
     cfg, checkpoint, state = load_run_config(ctx, config, data_dir, resume, demo, overrides)
     if print_cfg:
@@ -68,6 +67,8 @@ def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, pri
             make_demo_data(cfg.dataset.csv_file, logger)
         barrier()  # the demo data exists before any rank reads it
         command = f"torchrun --nproc_per_node={get_world_size()} -m spectral_mae.train_ddp"
+        from spectral_mae.trainer import train  # after the options: --help stays fast
+
         result = train(
             cfg, run, device=dev, logger=logger, resume=state, resume_path=checkpoint, command=command
         )
