@@ -54,7 +54,9 @@ def test_a_new_run_into_an_existing_run_folder_is_refused_and_it_stays_byte_iden
     (run / "metrics_history.json").write_text('{"metrics": {}}')
     (run / "checkpoints" / "last.npz").write_bytes(b"weights")
     before = file_digests(run)
-    assert_user_error(train("--data-dir", tiny_data, "--output-dir", run), "already holds a run", "--overwrite")
+    assert_user_error(
+        train("--data-dir", tiny_data, "--output-dir", run), "already holds a run", "--overwrite"
+    )
     assert file_digests(run) == before
 
 

@@ -47,7 +47,9 @@ def train_triplets_command(
         output_dir = output_dir or str(run_folder_of(Path(checkpoint).resolve()))
         data = data or state.get("data_path")
     source = config or (
-        saved_config(state, DTGCNNConfig) if state is not None else ("triplet_demo" if demo else "triplet_config")
+        saved_config(state, DTGCNNConfig)
+        if state is not None
+        else ("triplet_demo" if demo else "triplet_config")
     )
     cli = typed_options(ctx, OPTION_KEYS)
     cfg = load_config(DTGCNNConfig, source, package="dtgcnn", cli=cli, overrides=overrides)
