@@ -212,3 +212,16 @@ def test_a_refused_run_leaves_no_folder_behind_but_keeps_trained_and_older_ones(
     removed = discard_unused_run_folders()
     assert removed == [refused.root.resolve()]
     assert not refused.root.exists() and trained.root.exists() and existing.exists()
+
+
+def test_a_folder_that_cannot_be_created_is_one_clear_error(tmp_path, monkeypatch):
+    # (a read-only folder cannot be made here: the tests run as root, which writes anywhere)
+    import errno
+    from pathlib import Path
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(RunFolderError, match="Cannot create the run folder .*Read-only file system"):
+        RunFolder(tmp_path / "run")

@@ -115,7 +115,8 @@ class TrainingConfig:
     num_epochs: int = 100  # epochs to train
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     gradient_clip: float | None = 1.0  # max global grad norm (None: no clipping)
-    mixed_precision: bool = False  # float16 autocast + GradScaler (CUDA only)
+    mixed_precision: bool = False  # float16 autocast + GradScaler (CUDA only); same as precision=16-mixed
+    precision: str = ""  # 32 | bf16-mixed | 16-mixed | 16-true | bf16-true ("": from mixed_precision)
     compile: bool = False  # wrap the model in torch.compile
     norm_eval: bool = False  # keep BatchNorm layers in eval mode while training (running statistics)
     sync_batchnorm: bool = True  # under torchrun on CUDA: SyncBatchNorm (statistics over the global batch)

@@ -108,7 +108,7 @@ class CabrucaTask(TorchTask):
         self.eval_forward = self.forward if self.ddp is None else self.model
         self.loss_fn = MultiTaskLoss(cfg.loss)
         self.optimizer, self.group_names = build_optimizer(self.model, cfg)
-        self.precision = parse_precision("16-mixed" if t.mixed_precision else "32", device)
+        self.precision = parse_precision(t.precision or ("16-mixed" if t.mixed_precision else "32"), device)
         self.stepper = OptimizerStepper(
             self.optimizer, precision=self.precision, clip_grad_norm=t.gradient_clip
         )

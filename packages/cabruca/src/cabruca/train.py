@@ -42,6 +42,7 @@ from common.cli import (
     data_dir_option,
     device_option,
     output_dir_option,
+    precision_option,
     resume_option,
     seed_option,
     typed_options,
@@ -111,6 +112,7 @@ OPTION_KEYS = {
     "grad_accum": "training.gradient_accumulation_steps",
     "experiment_name": "experiment_name",
     "mixed_precision": "training.mixed_precision",
+    "precision": "training.precision",
     "compile": "training.compile",
     "device": "device",
     "data_dir": "data.data_dir",
@@ -447,6 +449,7 @@ def _option(dashed: str, **kw):
 @_option("--grad-accum", type=int, help="training.gradient_accumulation_steps.")
 @_option("--experiment-name", type=str, help="Run folder prefix: <output-dir>/<name>_<timestamp>.")
 @_option("--mixed-precision", is_flag=True, help="float16 autocast + GradScaler (CUDA only).")
+@precision_option(help="32 | bf16-mixed | 16-mixed | 16-true | bf16-true (training.precision).")
 @_option("--compile", is_flag=True, help="torch.compile the model.")
 @data_dir_option(type=str, help="data.data_dir (holds train/ and val/).")
 @output_dir_option(type=str, help="Parent folder of run folders (default outputs).")

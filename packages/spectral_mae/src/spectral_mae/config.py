@@ -106,6 +106,7 @@ class GeneralConfig:
     device_ids: list[int] = field(default_factory=lambda: [0])  # GPUs for train_ddp (one process each)
     num_workers: int = 0  # DataLoader worker processes
     use_amp: bool = False  # mixed precision: bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    precision: str = ""  # 32 | bf16-mixed | 16-mixed | 16-true | bf16-true ("": from use_amp)
     compile: bool = False  # torch.compile the training forward (the first step compiles: ~75 s for mae_base on 2 CPU cores)
     debug: bool = False  # DEBUG logging, startup phase timings, anomaly detection
     log_every_n_steps: int = 10  # train metrics to the trackers every N optimizer steps

@@ -22,6 +22,7 @@ from common.cli import (
     device_option,
     output_dir_option,
     overwrite_option,
+    precision_option,
     resume_option,
     run_cli,
     seed_option,
@@ -42,6 +43,7 @@ OPTION_KEYS = {
     "device": "general.device",
     "seed": "general.seed",
     "overwrite": "general.overwrite",
+    "precision": "general.precision",
 }
 
 
@@ -157,6 +159,9 @@ def options(fn):
             device_option(default=None),
             seed_option(default=None, help="Random seed (general.seed)."),
             overwrite_option(help="Replace the run already in general.run_dir (general.overwrite)."),
+            precision_option(
+                default=None, help="32 | bf16-mixed | 16-mixed | 16-true | bf16-true (general.precision)."
+            ),
             click.option(
                 "--cfg",
                 "print_cfg",
@@ -176,7 +181,9 @@ def options(fn):
 @click.command()
 @options
 @click.pass_context
-def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, print_cfg, demo):
+def main(
+    ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, precision, print_cfg, demo
+):
     """Train the spectral masked autoencoder.
 
     OVERRIDES: `group=name` picks a bundled config group (model=mae_large, scheduler=constant,

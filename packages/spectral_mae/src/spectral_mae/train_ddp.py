@@ -45,7 +45,9 @@ def rank_device(requested: str, device_ids: list[int]) -> torch.device:
 @click.command()
 @options
 @click.pass_context
-def main(ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, print_cfg, demo):
+def main(
+    ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, precision, print_cfg, demo
+):
     """Train the spectral masked autoencoder with DistributedDataParallel (launch with torchrun)."""
     cfg, checkpoint, state = load_run_config(ctx, config, data_dir, resume, demo, overrides)
     if print_cfg:

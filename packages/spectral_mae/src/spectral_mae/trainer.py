@@ -112,9 +112,8 @@ class SpectralMAETask(TorchTask):
             # and checkpoints use the plain one (no recompilation for eval mode; state_dict keys unchanged).
             self.train_forward = torch.compile(forward) if g.compile else forward
             self.loss_fn = build_loss_from_config(cfg)
-            self.precision = parse_precision(
-                ("16-mixed" if device.type == "cuda" else "bf16-mixed") if g.use_amp else "32", device
-            )
+            amp = ("16-mixed" if device.type == "cuda" else "bf16-mixed") if g.use_amp else "32"
+            self.precision = parse_precision(g.precision or amp, device)
             # AdamW without weight decay on norms, biases and 1-D embeddings (MAE's recipe, via timm).
             groups = param_groups_weight_decay(self.model, cfg.optimizer.weight_decay)
             self.optimizer = adamw(
