@@ -3,6 +3,16 @@
 MLX's Linux CPU wheel ships a reference BLAS, about 30x slower than MKL; `import dtgcnn` loads MKL under
 it, which only works before anything imports `mlx.core` (see dtgcnn/blas.py). common's MLX adapter tests
 import mlx too and sort before dtgcnn's, so load the fast BLAS here, first.
+
+A run that logs to MLflow without naming a store uses the shared `mlflow.db` where the command runs; in the
+tests that would be the repository, so they get a scratch store unless a test sets its own.
 """
 
+import os
+import tempfile
+
 import dtgcnn  # noqa: F401
+
+os.environ.setdefault(
+    "MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='trainyard-mlflow-')}/mlflow.db"
+)

@@ -144,9 +144,12 @@ class KillServerAt(Callback):
 
 
 @pytest.mark.slow
-def test_a_killed_mlflow_server_neither_stalls_the_run_nor_loses_history(tmp_path, mlflow_server, caplog):
+def test_a_killed_mlflow_server_neither_stalls_the_run_nor_loses_history(
+    tmp_path, mlflow_server, caplog, monkeypatch
+):
     from common.demo import DemoConfig, train
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # (it would win over the server's URI)
     url, server = mlflow_server
     cfg = DemoConfig(output_dir=str(tmp_path / "alone"), epochs=6, patience=100)
     marker = KillServerAt(20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -35,12 +36,18 @@ def history(client, run_id, key):
 
 
 def test_params_metrics_and_artifacts_in_the_run_folder_store(tmp_path, first_run, caplog):
+    store = first_run.path("mlruns")
     trackers = build_trackers(
-        first_run, mlflow={"experiment": "mae_large", "run_name": "trial", "tags": {"version": "v1.0"}}
+        first_run,
+        mlflow={
+            "experiment": "mae_large",
+            "run_name": "trial",
+            "tags": {"version": "v1.0"},
+            "store_dir": store,
+        },
     )
     tracker = trackers.trackers[1].tracker  # MLflow/W&B log from a worker thread (BackgroundTracker)
     assert isinstance(tracker, MlflowTracker)
-    store = first_run.path("mlruns")
     assert tracker.tracking_uri == f"sqlite:///{store.resolve() / 'mlflow.db'}"
     long_text = "x" * (MAX_PARAM_VALUE + 10)
     with caplog.at_level(logging.WARNING, logger="trainyard.trackers"):
@@ -78,7 +85,7 @@ def test_params_metrics_and_artifacts_in_the_run_folder_store(tmp_path, first_ru
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/training_curves.png"]
     assert [a.path for a in client.list_artifacts(run_id, "ckpt")] == ["ckpt/last.npz"]
     # Artifacts live in the run folder too, next to the database.
-    assert list((store / "artifacts").rglob("training_curves.png"))
+    assert list((store / "mlartifacts").rglob("training_curves.png"))
 
 
 def test_env_tracking_uri_wins_and_a_resumed_run_continues_its_mlflow_run(tmp_path, first_run, monkeypatch):
@@ -115,5 +122,37 @@ def test_env_tracking_uri_wins_and_a_resumed_run_continues_its_mlflow_run(tmp_pa
     client = MlflowClient(tracking_uri=uri)
     assert history(client, run_id, "loss") == [(s, float(s)) for s in range(1, 8)]
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert client.get_run(run_id).data.params == {"lr": "0.1", "resume": "None", "epochs": "3"}
+    params = {k: v for k, v in client.get_run(run_id).data.params.items() if not k.startswith("run.")}
+    assert params == {"lr": "0.1", "resume": "None", "epochs": "3"}  # (run.*: where the run came from)
     assert len(client.search_runs([client.get_experiment_by_name("egnn").experiment_id])) == 1
+
+
+def test_runs_share_one_store_where_the_command_runs_and_record_where_they_came_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ids = []
+    for name in ("egnn", "cabruca"):
+        trackers = build_trackers(RunFolder(tmp_path / name), mlflow={"experiment": "shared"})
+        trackers.log_metrics({"train/loss": 1.0}, step=1)
+        ids.append(trackers.trackers[1].run_id)
+        trackers.close()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # what `mlflow ui` opens in this folder
+    found = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    assert sorted(r.info.run_id for r in found) == sorted(ids)
+    params = found[0].data.params
+    assert "pytest" in params["run.command"] and params["run.packages.trainyard-common"]
+    assert json.loads((tmp_path / "egnn" / "provenance.json").read_text())["packages"]["trainyard-common"]
+
+
+def test_a_file_store_is_accepted(tmp_path):
+    uri = (tmp_path / "mlruns").as_uri()
+    trackers = build_trackers(
+        RunFolder(tmp_path / "run"), mlflow={"experiment": "files", "tracking_uri": uri}
+    )
+    assert [type(getattr(t, "tracker", t)).__name__ for t in trackers.trackers] == [
+        "JsonHistory",
+        "MlflowTracker",
+    ]
+    trackers.log_metrics({"loss": 0.5}, step=1)
+    run_id = trackers.trackers[1].run_id
+    trackers.close()
+    assert MlflowClient(uri).get_metric_history(run_id, "loss")[0].value == 0.5

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from common.distributed import is_main_process
+from common.provenance import run_provenance
 from common.runs import RunFolder, atomic_write_text
 from common.trackers.background import BackgroundTracker
 from common.trackers.base import DEFAULT_LOGGER, Tracker, Trackers, one_line
@@ -39,6 +41,7 @@ def build_trackers(
     if not is_main_process():
         return Trackers([], logger)
     trackers: list[Tracker] = [JsonHistory(run.path(history_file), resume_step=resume_step)]
+    provenance = run_provenance()
     # (label, pip extra, builder, whether it talks to a server: those log from a worker thread)
     optional: list[tuple[str, str, Callable[[], Tracker], bool]] = []
     if tensorboard:
@@ -46,7 +49,9 @@ def build_trackers(
         purge_step = None if resume_step is None else resume_step + 1
         optional.append(("TensorBoard", "tensorboard", partial(_tensorboard, folder, purge_step), False))
     if mlflow:
-        optional.append(("MLflow", "mlflow", partial(_mlflow, run, _kwargs(mlflow), resume_step), True))
+        mlflow_kwargs = _kwargs(mlflow)
+        mlflow_kwargs["tags"] = {**_source_tags(provenance), **(mlflow_kwargs.get("tags") or {})}
+        optional.append(("MLflow", "mlflow", partial(_mlflow, run, mlflow_kwargs, resume_step), True))
     if wandb:
         optional.append(("W&B", "wandb", partial(_wandb, run, _kwargs(wandb), resume_step), True))
     for label, extra, build, networked in optional:
@@ -60,7 +65,22 @@ def build_trackers(
             logger.warning(
                 "%s tracking is off for this run: %s: %s", label, type(exc).__name__, one_line(exc)
             )
-    return Trackers(trackers, logger)
+    fanout = Trackers(trackers, logger)
+    # Where the run came from, in every tracker (and a file for people): code commit, command, versions.
+    fanout.log_params({"run": provenance})
+    atomic_write_text(run.path("provenance.json"), json.dumps(provenance, indent=2) + "\n")
+    return fanout
+
+
+def _source_tags(provenance: dict) -> dict[str, str]:
+    """MLflow's own source tags, which its UI shows beside each run."""
+    git = provenance.get("git") or {}
+    tags = {"mlflow.source.name": str(provenance["command"]), "mlflow.source.type": "LOCAL"}
+    if git:
+        tags["mlflow.source.git.commit"] = str(git["commit"])
+        tags["mlflow.source.git.branch"] = str(git["branch"])
+        tags["trainyard.git.dirty"] = str(git["dirty"]).lower()
+    return tags
 
 
 def _kwargs(option: dict | bool) -> dict:
@@ -76,7 +96,7 @@ def _tensorboard(log_dir: Path, purge_step: int | None) -> Tracker:
 def _mlflow(run: RunFolder, kwargs: dict, resume_step: int | None) -> Tracker:
     from common.trackers.mlflow import MlflowTracker
 
-    kwargs = {"experiment": "trainyard", "store_dir": run.path("mlruns"), **kwargs}
+    kwargs = {"experiment": "trainyard", **kwargs}
     return _continuing(MlflowTracker, kwargs, run.path(MLFLOW_RUN_ID_FILE), resume_step)
 
 

@@ -39,10 +39,11 @@ _CONNECT_TIMEOUT_S = 2.0
 
 
 def local_store(store_dir: str | Path) -> tuple[str, str]:
-    """(tracking URI, artifact location URI) of the SQLite store kept in `store_dir`."""
+    """(tracking URI, artifact location URI) of the SQLite store kept in `store_dir` (`mlflow.db`, and the
+    artifacts in `mlartifacts/`, the names `mlflow ui` and `mlflow server` use there by default)."""
     store_dir = Path(store_dir).resolve()
     store_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store_dir / 'mlflow.db'}", (store_dir / "artifacts").as_uri()
+    return f"sqlite:///{store_dir / 'mlflow.db'}", (store_dir / "mlartifacts").as_uri()
 
 
 class MlflowTracker:
@@ -61,7 +62,12 @@ class MlflowTracker:
         artifact_location = None
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
         if tracking_uri is None:
-            tracking_uri, artifact_location = local_store(store_dir if store_dir is not None else "mlruns")
+            # One store for every run (MLflow's own default: mlflow.db where the command runs), so `mlflow ui`
+            # there shows them side by side; `store_dir` keeps a store of the run's own instead.
+            tracking_uri, artifact_location = local_store(store_dir if store_dir is not None else Path.cwd())
+        if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+            # MLflow 3 keeps its folder store but refuses it unless asked; a user who names one asks.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         _check_reachable(tracking_uri)
 
         from mlflow.tracking import MlflowClient
