@@ -111,11 +111,14 @@ def test_pretrained_checkpoint_loads_local_weights(tmp_path):
     # 2. a plain backbone state_dict (e.g. converted timm weights): only the backbone is taken
     torch.save(src.backbone.state_dict(), tmp_path / "backbone.pt")
     fresh = build_model(cfg.model)
-    missing = load_pretrained(fresh, tmp_path / "backbone.pt")
-    assert missing == [] and torch.equal(next(fresh.backbone.parameters()), next(src.backbone.parameters()))
+    report = load_pretrained(
+        fresh, small(**{"model.pretrained_checkpoint": str(tmp_path / "backbone.pt")}).model
+    )
+    assert report.target == "backbone" and report.missing == [] and report.backbone_match == 1.0
+    assert torch.equal(next(fresh.backbone.parameters()), next(src.backbone.parameters()))
     (tmp_path / "junk.pth").write_bytes(b"not weights")
     with pytest.raises(CheckpointError, match="neither a cabruca checkpoint nor a torch state_dict"):
-        load_pretrained(fresh, tmp_path / "junk.pth")
+        load_pretrained(fresh, small(**{"model.pretrained_checkpoint": str(tmp_path / "junk.pth")}).model)
 
 
 def test_config_cross_checks_name_the_keys():

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from cabruca import train as train_mod
 from cabruca.engine import HISTORY_FILE, CabrucaTask, load_from_checkpoint
 from cabruca.evaluate import evaluate_checkpoint
 from cabruca.train import main, resume_plan, train
@@ -266,8 +265,13 @@ def test_progressive_resume_with_a_new_tile_size_warm_starts(tiny_data, tmp_path
     assert stage2.run_dir != stage1.run_dir and stage2.run_dir.name.startswith("stage2_96_")
     # a fresh step counter: epoch 1 of the new run, 96 px tiles
     assert stage2.global_step == len(task.train_set) // 2
-    # Same experiment and tile size: an exact continuation instead.
-    assert resume_plan(state, make_cfg(tiny_data, tmp_path, experiment_name="stage1_64"))[0] == "continue"
+    # Same experiment and tile size: an exact continuation of the complete latest checkpoint, but a new
+    # run from the weights-only best file (it cannot continue a run).
+    same = make_cfg(tiny_data, tmp_path, experiment_name="stage1_64")
+    latest = load_checkpoint(stage1.run_dir / "checkpoints" / "checkpoint_latest.pth")
+    assert resume_plan(latest, same)[0] == "continue"
+    mode, why = resume_plan(state, same)
+    assert mode == "weights" and "weights only" in why
 
 
 class FailingTracker:
@@ -381,9 +385,9 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 
 
 def test_demo_option_is_wired(monkeypatch, tmp_path):
+    from cabruca import demo
+
     seen = {}
-    monkeypatch.setattr(
-        train_mod, "run_demo", lambda out, device, overrides: seen.update(out=out, device=device)
-    )
+    monkeypatch.setattr(demo, "run_demo", lambda cli, overrides, **kw: seen.update(cli=cli, **kw))
     run_cli(main, ["--demo", "--output-dir", str(tmp_path), "--device", "cpu"])
-    assert seen == {"out": str(tmp_path), "device": "cpu"}
+    assert seen["cli"] == {"output_dir": str(tmp_path), "device": "cpu"}

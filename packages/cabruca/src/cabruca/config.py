@@ -11,6 +11,8 @@ from typing import Any
 
 SEMANTIC_CLASSES = ["background", "cacao", "shade_tree", "other_tree", "bare_soil", "water"]
 INSTANCE_CLASSES = ["cacao_tree", "shade_tree", "dead_or_other_tree"]
+# Score thresholds evaluation reports side by side (python -m cabruca.evaluate --sweep).
+SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 
 
 @dataclass
@@ -18,6 +20,8 @@ class ModelConfig:
     backbone: str = "resnet34"  # any timm model that supports features_only=True
     pretrained: bool = False  # download timm weights (off: the machines here are offline)
     pretrained_checkpoint: str | None = None  # local weights: a cabruca checkpoint or a backbone state_dict
+    pretrained_min_match: float = 0.5  # share of backbone parameter values the checkpoint must fill (0: any)
+    pretrained_strict: bool = True  # refuse a checkpoint below pretrained_min_match (false: load what fits)
     num_semantic_classes: int = 6  # semantic head outputs (must match data.semantic_classes)
     num_instance_classes: int = 3  # centre-heatmap channels (must match data.instance_classes)
     out_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # backbone stages fed to the FPN
@@ -146,7 +150,9 @@ class TrackingConfig:
 
 @dataclass
 class CabrucaConfig:
-    experiment_name: str = "cabruca"  # run folder prefix: <output_dir>/<experiment_name>_<YYYYMMDD_HHMMSS>
+    # run folder: <output_dir>/<experiment_name>_<YYYYMMDD_HHMMSS>, or <output_dir>/<experiment_name> when
+    # typed as --experiment-name (timestamped all the same when that folder already holds another run)
+    experiment_name: str = "cabruca"
     output_dir: str = "outputs"  # parent of run folders
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 42  # data order, augmentation and initialisation
@@ -216,6 +222,11 @@ def load(source=None, *, cli=None, overrides=()) -> CabrucaConfig:
         )
     if cfg.optimizer.type not in {"adamw", "adam", "sgd"}:
         raise ConfigError(f"optimizer.type {cfg.optimizer.type!r} is not one of adamw, adam, sgd.")
+    if not 0.0 <= cfg.model.pretrained_min_match <= 1.0:
+        raise ConfigError(
+            f"model.pretrained_min_match {cfg.model.pretrained_min_match} must be a share between 0 and 1 "
+            "(0.5: the checkpoint must fill half of the backbone's parameter values)."
+        )
     if cfg.training.resume_mode not in {"auto", "continue", "weights"}:
         raise ConfigError(
             f"training.resume_mode {cfg.training.resume_mode!r} is not one of auto, continue, weights."

@@ -33,7 +33,7 @@ from .config import CabrucaConfig
 from .data import CabrucaTiles, load_split, make_loader
 from .losses import MultiTaskLoss
 from .metrics import Evaluator
-from .model import CabrucaNet, build_model
+from .model import CabrucaNet, build_model_with_report
 from .optim import build_optimizer
 from .postprocess import decode_instances, instances_from_ids
 
@@ -48,6 +48,7 @@ class CabrucaTask(TorchTask):
     loop's scale (1 / micro-batches in the optimizer step); `validate` returns the validation losses and
     metrics unprefixed (`loss`, `semantic`, ..., `mAP_50`, `canopy_IoU`, ...); the loop logs them as val/<name>.
     `init_weights` (a checkpoint's "model" tree) warm-starts the model: weights only, fresh optimizer.
+    `pretrained` reports what `model.pretrained_checkpoint` filled (None without one); the run logs it.
     """
 
     def __init__(
@@ -88,7 +89,8 @@ class CabrucaTask(TorchTask):
         # Validation: every tile once, in order, in one process (rank 0 under DDP; see `validate`).
         self.val_sampler = ResumableSampler(len(self.val_set), d.batch_size, shuffle=False, drop_last=False)
 
-        self.model = build_model(cfg.model).to(device)
+        model, self.pretrained = build_model_with_report(cfg.model)  # report: None without a pretrained file
+        self.model = model.to(device)
         if init_weights is not None:  # warm start (progressive training / fine-tuning): weights only
             restore_training_state({"model": init_weights, "optimizer": None}, self.model, None)
         forward: torch.nn.Module = self.model

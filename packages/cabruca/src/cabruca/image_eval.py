@@ -14,13 +14,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .config import CabrucaConfig
+from .config import SWEEP, CabrucaConfig
 from .data import ImageRecord, load_image
 from .imagery import Imagery
 from .metrics import coco_ap, mask_box, mask_rle
 from .tiled_inference import StitchedPrediction, predict_image
-
-SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 
 
 def ground_truth(rec: ImageRecord, cfg: CabrucaConfig) -> list[dict]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from pathlib import Path
 
 import timm
 import torch
@@ -18,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from common.errors import CheckpointError, ConfigError
+from common.errors import ConfigError
 
 from .config import ModelConfig
+from .pretrained import PretrainedReport, load_pretrained
 
 HEADS = ("semantic", "heatmap", "offsets", "crown", "density")
 # ImageNet statistics: timm backbones (and any pretrained weights) expect them.
@@ -117,38 +117,12 @@ class CabrucaNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> CabrucaNet:
+    """A new model, with `cfg.pretrained_checkpoint`'s weights where they fit (see `cabruca.pretrained`)."""
+    return build_model_with_report(cfg)[0]
+
+
+def build_model_with_report(cfg: ModelConfig) -> tuple[CabrucaNet, PretrainedReport | None]:
+    """The model and the report of what its pretrained checkpoint filled (None without one)."""
     model = CabrucaNet(cfg)
-    if cfg.pretrained_checkpoint:
-        load_pretrained(model, cfg.pretrained_checkpoint)
-    return model
-
-
-def load_pretrained(model: CabrucaNet, path: str | Path) -> list[str]:
-    """Local weights: a cabruca checkpoint (its "model" tree) or a plain state_dict (whole model or backbone
-    only, loaded with weights_only=True). Returns the model keys left at their initial values."""
-    from common.checkpoint import load_checkpoint
-    from common.torch_support import from_numpy_state
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model.pretrained_checkpoint {path} does not exist.")
-    try:
-        state = from_numpy_state(load_checkpoint(path)["model"])
-    except (CheckpointError, KeyError):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # not a zip/pickle torch file either
-            raise CheckpointError(
-                f"model.pretrained_checkpoint {path} is neither a cabruca checkpoint nor a torch "
-                f"state_dict ({exc})."
-            ) from None
-        state = state.get("state_dict", state.get("model", state))
-    target = model
-    if not any(k.startswith(("backbone.", "decoder.", "heads.")) for k in state):
-        target = model.backbone  # a bare backbone state_dict (e.g. timm weights)
-    own = target.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise CheckpointError(f"model.pretrained_checkpoint {path} holds no weights matching model.backbone.")
-    target.load_state_dict(usable, strict=False)
-    return [k for k in own if k not in usable]
+    report = load_pretrained(model, cfg) if cfg.pretrained_checkpoint else None
+    return model, report

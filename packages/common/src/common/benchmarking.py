@@ -7,9 +7,17 @@ float32 matmuls: that is what a dense training step can at most approach on this
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,6 +85,203 @@ def torch_matmul_peak_gflops(
 
     best = min(_timed(run) for _ in range(repeats))
     return matmul_gflop(n) / best
+
+
+# -- scaling over processes: one measurement, once alone and once under the real launcher ----------------
+#
+# A bench started with `--nproc N` runs its own measurement twice in fresh processes: alone, and as N processes
+# under the launcher training uses (torchrun for the torch packages, mlx.launch for dtgcnn). Both runs get the
+# same threads per process, the machine's cores split evenly over the N processes, so the N-process run has N
+# times the 1-process run's cores and perfect scaling is N times its throughput.
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which a container or a scheduler may narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_process(nproc: int, cores: int | None = None) -> int:
+    """Each of `nproc` processes' fair share of the cores (at least one thread)."""
+    return max(1, (cores or usable_cores()) // max(nproc, 1))
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that holds a process's OpenMP and MKL pools (torch's and MLX's fast BLAS) to `threads`."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def scaling_efficiency(one_process: float, n_process: float, nproc: int) -> float:
+    """(N-process samples/s) / (N x 1-process samples/s): 1.0 is perfect scaling."""
+    return n_process / (nproc * one_process)
+
+
+def torchrun_command(module: str, args: Sequence[str], nproc: int) -> list[str]:
+    """`torchrun --standalone --nproc_per_node N -m module args...` in this interpreter (torchrun is
+    `torch.distributed.run`); --standalone rendezvous on a free local port, so two benches never collide."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *args,
+    ]
+
+
+def mlx_launch_command(module: str, args: Sequence[str], nproc: int, env: dict[str, str]) -> list[str]:
+    """`mlx.launch -n N --env K=V... -- python -m module args...` (ring backend on localhost), starting at a
+    free port; `env` is passed with --env, which is how mlx.launch hands variables to processes it starts."""
+    beside = Path(sys.executable).with_name(
+        "mlx.launch"
+    )  # the launcher installed with this interpreter's mlx
+    launcher = str(beside) if beside.exists() else shutil.which("mlx.launch") or "mlx.launch"
+    env_args = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
+    return [
+        launcher,
+        "-n",
+        str(nproc),
+        "--starting-port",
+        str(_free_port_block(nproc)),
+        *env_args,
+        "--",
+        sys.executable,
+        "-m",
+        module,
+        *args,
+    ]
+
+
+def run_measurement(
+    command: Sequence[str], json_path: str | Path, env: dict[str, str], timeout: float
+) -> dict:
+    """Run one measurement command (it writes its figures to `json_path`) and return them.
+
+    The file, not the exit status, decides: mlx.launch exits 0 even when one of its processes died, so a
+    missing file is the failure, reported with the end of the command's output."""
+    json_path = Path(json_path)
+    json_path.unlink(missing_ok=True)
+    proc = subprocess.run(
+        list(command), env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0 or not json_path.exists():
+        raise RuntimeError(
+            f"the measurement `{' '.join(command)}` exited {proc.returncode} without writing {json_path}:\n"
+            f"{proc.stderr[-3000:]}{proc.stdout[-1000:]}"
+        )
+    return json.loads(json_path.read_text(encoding="utf-8"))
+
+
+@dataclass
+class ScalingRun:
+    """The figures of one measurement made alone (`one`) and as `nproc` processes (`many`, rank 0's file)."""
+
+    nproc: int
+    cores: int
+    threads: int  # threads per process in both runs
+    launcher: str  # how the N processes were started, as a person would type it
+    one: dict = field(default_factory=dict)
+    many: dict = field(default_factory=dict)
+
+    def header(self) -> str:
+        return (
+            f"scaling: 1 process vs {self.nproc} processes ({self.launcher}), {self.threads} threads per "
+            f"process in both ({self.cores} cores // {self.nproc} processes), the same batch per process"
+        )
+
+    def compare(self, label: str, one_per_s: float, many_per_s: float) -> dict:
+        """One row: global samples/s alone and with N processes, and the scaling efficiency."""
+        return {
+            "label": label,
+            "samples_per_s_1": one_per_s,
+            f"samples_per_s_{self.nproc}": many_per_s,
+            "scaling_efficiency": scaling_efficiency(one_per_s, many_per_s, self.nproc),
+        }
+
+    def table(self, rows: Sequence[dict], unit: str = "samples/s") -> str:
+        n = self.nproc
+        title = f"{'':<28}{'1 process':>14}{f'{n} processes':>16}{'efficiency':>12}"
+        lines = [self.header(), f"{title}   ({unit}, global)"]
+        for r in rows:
+            lines.append(
+                f"{r['label']:<28}{r['samples_per_s_1']:>14.2f}{r[f'samples_per_s_{n}']:>16.2f}"
+                f"{100 * r['scaling_efficiency']:>11.0f}%"
+            )
+        return "\n".join(lines)
+
+    def as_json(self, rows: Sequence[dict]) -> dict:
+        return {
+            "nproc": self.nproc,
+            "cores": self.cores,
+            "threads_per_process": self.threads,
+            "launcher": self.launcher,
+            "rows": list(rows),
+            "one_process": self.one,
+            "n_process": self.many,
+        }
+
+
+def measure_scaling(
+    module: str,
+    args: Sequence[str],
+    nproc: int,
+    *,
+    launcher: str,
+    json_flag: str,
+    threads_flag: str | None = "--threads",
+    env_for_threads: Callable[[int], dict[str, str]] = thread_env,
+    timeout: float = 3600,
+) -> ScalingRun:
+    """Run `python -m module args... --threads T <json_flag> FILE` alone, then as `nproc` processes under
+    `launcher` ("torchrun" or "mlx.launch"), both with T = cores // nproc threads (the option `threads_flag`,
+    if the module has one, and the environment `env_for_threads(T)`), and return both figures.
+
+    The module's measurement must count global samples (every rank's) and write the file from rank 0 only."""
+    from tempfile import TemporaryDirectory
+
+    cores = usable_cores()
+    threads = threads_per_process(nproc, cores)
+    env = env_for_threads(threads)
+    args = [*args, threads_flag, str(threads)] if threads_flag else list(args)
+    with TemporaryDirectory(prefix="scaling-") as tmp:
+        one_file, many_file = Path(tmp, "one.json"), Path(tmp, "many.json")
+        one = run_measurement(
+            [sys.executable, "-m", module, *args, json_flag, str(one_file)], one_file, env, timeout
+        )
+        many_args = [*args, json_flag, str(many_file)]
+        if launcher == "torchrun":
+            command = torchrun_command(module, many_args, nproc)
+            shown = f"torchrun --standalone --nproc_per_node {nproc}"
+        elif launcher == "mlx.launch":
+            command = mlx_launch_command(module, many_args, nproc, env)
+            shown = f"mlx.launch -n {nproc}"
+        else:
+            raise ValueError(f"launcher must be 'torchrun' or 'mlx.launch', not {launcher!r}")
+        many = run_measurement(command, many_file, env, timeout)
+    return ScalingRun(nproc=nproc, cores=cores, threads=threads, launcher=shown, one=one, many=many)
+
+
+def _free_port_block(count: int) -> int:
+    """A port p such that p .. p + count - 1 were free a moment ago (mlx.launch's ring takes one per rank)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+        if first + count < 65536 and all(_port_free(first + i) for i in range(1, count)):
+            return first
+    return 20000 + os.getpid() % 20000
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _timed(fn: Callable[[], Any]) -> float:

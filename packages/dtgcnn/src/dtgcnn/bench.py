@@ -8,6 +8,11 @@ timed again in a subprocess on MLX's bundled reference BLAS (DTGCNN_FAST_BLAS=0)
 Timing helpers (medians after warm-up, the NumPy peak) are `common.benchmarking`'s.
 
 Yardstick sizes: k=20, 1024 points, fusion width 1024 (DGCNN's emb_dims), batch 16.
+
+--nproc N measures scale-out instead: the same train step once in one process and once as N processes under
+`mlx.launch -n N` (mx.distributed, the gradients averaged in the trainer's one all-reduce per step), both with
+cores // N BLAS threads and CPU streams per process and the same batch per process; it reports global
+samples/s for both and the scaling efficiency.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import sys
 import click
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
-from common.benchmarking import median_seconds, numpy_matmul_peak_gflops
+from common.benchmarking import measure_scaling, median_seconds, numpy_matmul_peak_gflops, thread_env
 from common.cli import console_script, run_cli
 
 YARDSTICK_SAMPLES_PER_S = 1.5  # the authors' PyTorch DGCNN on the project's 2-core CPU
@@ -96,6 +101,52 @@ def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
     return out
 
 
+def scaling_env(threads: int) -> dict[str, str]:
+    """A process's share of the cores: its BLAS threads and the CPU streams of its per-sample ops."""
+    from dtgcnn.streams import STREAMS_ENV
+
+    return {**thread_env(threads), STREAMS_ENV: str(threads)}
+
+
+def measure_this_process(batch_size, num_points, k, steps, warmup, jit, json_output) -> None:
+    """The train step as one process of an mlx.launch run (or alone); rank 0 writes the figures.
+
+    Under mlx.launch the trainer's Stepper averages each step's gradients over the processes (one all_sum),
+    so a step trains `batch_size` samples per process."""
+    from common import mlx_support
+    from common.distributed import get_world_size, is_main_process
+
+    mlx_support.init_distributed()
+    world = get_world_size()
+    out = time_train_step(batch_size, num_points, k, steps, warmup, jit)
+    out |= {"world_size": world, "batch_per_process": batch_size, "timed_steps": steps}
+    out["samples_per_s"] = batch_size * world / out["step_s"]  # the processes step together
+    if is_main_process() and json_output:
+        with open(json_output, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
+    """The train step alone and as `nproc` mlx.launch processes; global samples/s and scaling efficiency."""
+    run = measure_scaling(
+        "dtgcnn.bench",
+        ["--launched-part", *measurement_args],
+        nproc,
+        launcher="mlx.launch",
+        json_flag="--json-output",
+        threads_flag=None,
+        env_for_threads=scaling_env,
+    )
+    one, many = run.one, run.many
+    row = run.compare(
+        f"batch {one['batch_per_process']} per process", one["samples_per_s"], many["samples_per_s"]
+    )
+    row |= {"batch_per_process": one["batch_per_process"], "timed_steps": one["timed_steps"]}
+    row[f"samples_per_step_{nproc}"] = many["batch_per_process"] * many["world_size"]
+    click.echo(run.table([row], unit="samples/s"))
+    return run.as_json([row])
+
+
 @click.command(help=__doc__)
 @click.option("--mode", type=click.Choice(["meshes", "triplets"]), default="meshes", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
@@ -113,6 +164,14 @@ def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
 @click.option("--reference-steps", default=2, show_default=True)
 @click.option("--json-output", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 @click.option("--child", is_flag=True, hidden=True, help="Print one JSON line (used for the reference run).")
+@click.option(
+    "--nproc",
+    default=0,
+    show_default=True,
+    help="Measure scale-out instead: the train step in 1 process and in N processes under mlx.launch "
+    "(cores // N threads each), with the scaling efficiency. 0 = the single-process benchmark.",
+)
+@click.option("--launched-part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
 def main(
     mode,
     batch_size,
@@ -125,7 +184,22 @@ def main(
     reference_steps,
     json_output,
     child,
+    nproc,
+    launched_part,
 ):
+    step_args = [f"--batch-size={batch_size}", f"--num-points={num_points}", f"--k={k}"]
+    step_args += [f"--steps={steps}", f"--warmup={warmup}", "--jit" if jit else "--no-jit"]
+    if (nproc > 0 or launched_part) and mode != "meshes":
+        raise click.UsageError("--nproc measures the mesh training step; leave out --mode triplets")
+    if launched_part:
+        measure_this_process(batch_size, num_points, k, steps, warmup, jit, json_output)
+        return
+    if nproc > 0:
+        figures = bench_scaling(nproc, step_args)
+        if json_output:
+            with open(json_output, "w") as fh:
+                json.dump({"scaling": figures}, fh, indent=2)
+        return
     if mode == "triplets":
         from dtgcnn import text_bench
 

@@ -1,6 +1,7 @@
 """egnn_com: centre-of-mass graph regression with a GCN baseline and an E(n)-equivariant EGNN (PyG).
 
-Entry points: `python -m egnn_com.train`, `.evaluate`, `.predict`, `.prepare`, `.synthetic`, `.bench`. See README.md.
+Entry points: `python -m egnn_com.train`, `.evaluate`, `.predict`, `.prepare`, `.synthetic`, `.bench`; from
+Python, `egnn_com.trainer.Trainer(...).fit(CentreOfMassModule(...), train_loader, val_loader)`. See README.md.
 """
 
 import warnings

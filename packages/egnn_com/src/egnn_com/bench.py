@@ -6,6 +6,11 @@ time, counted FLOPs per graph, achieved GFLOP/s and that as a share of this mach
 (timed in the same run), and peak memory; plus the eight startup phases and time to the first step on
 demo-sized data. Timings are medians over epochs (or repeats) after a warm-up.
 
+`--nproc N` measures scale-out instead: the training rows, once in one process and once as N processes under
+`torchrun --standalone --nproc_per_node N` (DistributedDataParallel, each process reading its slice of every
+global batch, as `egnn_com.pipeline` trains), both with cores // N threads per process and the same batch per
+process; it reports global graphs/s for both and the scaling efficiency.
+
 FLOPs come from torch.utils.flop_counter, which counts matrix products only (linear layers, GCN's sparse
 aggregation is not counted): the message-passing gathers and scatters are real work the count leaves out.
 """
@@ -13,6 +18,7 @@ aggregation is not counted): the message-passing gathers and scatters are real w
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -20,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from common.benchmarking import torch_matmul_peak_gflops, torch_sync
+from common.benchmarking import measure_scaling, torch_matmul_peak_gflops, torch_sync
 from common.cli import console_script, run_cli
 from egnn_com.cliopts import option
 
@@ -61,13 +67,18 @@ def bench_training(
     device,
     peak: float,
 ) -> dict:
-    """Train `epochs` + 1 warm-up epochs on the training loop with the real task; medians over the timed epochs."""
+    """Train `epochs` + 1 warm-up epochs on the training loop with the real task; medians over the timed epochs.
+
+    Under torchrun each process trains its slice of every global batch of `batch_size` x processes graphs
+    through DistributedDataParallel, as a training run does; `graphs_per_s` then counts every process's graphs.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from common.callbacks import Callback
     from common.config import load_config
     from common.devices import peak_memory_mb
+    from common.distributed import get_rank, get_world_size
     from common.loop import Loop, Plan
     from common.schedules import build_schedule
     from common.torch_support import parse_precision
@@ -91,6 +102,7 @@ def bench_training(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(cfg.model, graphs[0].num_node_features).to(device)
+    world, rank = get_world_size(), get_rank()
     train_loader = make_loader(
         graphs,
         batch_size=batch_size,
@@ -99,11 +111,23 @@ def bench_training(
         num_workers=num_workers,
         worker_type=worker_type,
         device=device,
+        rank=rank,
+        world_size=world,
     )
-    val_loader = make_loader(graphs[:1], batch_size=batch_size, train=False, seed=0)
+    val_loader = make_loader(
+        graphs[:1], batch_size=batch_size, train=False, seed=0, rank=rank, world_size=world
+    )
+    net, ddp = model, None
+    if world > 1:  # as egnn_com.pipeline wraps it: the loop's optimizer steps all-reduce the gradients
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        net = ddp
     task = CentreOfMassTask(
         cfg,
         model=model,
+        net=net,
+        ddp=ddp,
         optimizer=make_optimizer(cfg, model),
         precision=parse_precision("32", device),
         device=device,
@@ -123,7 +147,7 @@ def bench_training(
     Loop(task, plan, callbacks=[Recorder()], schedule=build_schedule(cfg.optim.schedule, [1e-3], 1)).fit()
     timed = epochs_seen[1:] or epochs_seen
     epoch_s = statistics.median(e["epoch_s"] for e in timed)
-    graphs_per_epoch = task.num_batches(0) * batch_size
+    graphs_per_epoch = task.num_batches(0) * batch_size * world  # every process's graphs
 
     batch = next(iter(make_loader(graphs, batch_size=batch_size, train=False, seed=0))).to(device)
     model.train()
@@ -188,6 +212,65 @@ def bench_startup(num_graphs: int, num_workers: int) -> dict:
     }
 
 
+def training_rows_of_this_process(
+    models: str, sizes: str, graphs: int, device: str, json_out: str, **kw
+) -> None:
+    """The training rows only, as one process of a torchrun run (or alone); rank 0 writes them to `json_out`.
+
+    What `--nproc` times on both sides: no startup measurement and no matmul peak (the share of the peak is
+    left out of the scaling figures)."""
+    import torch
+
+    from common.devices import torch_device
+    from common.distributed import (
+        cleanup_distributed,
+        get_local_rank,
+        get_world_size,
+        init_distributed,
+        is_main_process,
+    )
+
+    dev = torch_device(device)
+    if dev.type == "cuda" and get_world_size() > 1:  # one GPU per process, as egnn_com.pipeline does
+        dev = torch.device("cuda", get_local_rank())
+    init_distributed(dev.type)
+    try:
+        rows = []
+        for size in sizes.split(","):
+            data = make_graphs(size, graphs or EPOCH_GRAPHS[size])
+            for name in models.split(","):
+                r = bench_training(name, data, device=dev, peak=math.nan, **kw)
+                rows.append({k: r[k] for k in ("model", "graphs_per_epoch", "epoch_s", "graphs_per_s")})
+                rows[-1]["size"] = size
+        if is_main_process():
+            figures = {"world_size": get_world_size(), "torch_threads": torch.get_num_threads(), "rows": rows}
+            Path(json_out).write_text(json.dumps(figures, indent=2))
+    finally:
+        cleanup_distributed()
+
+
+def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
+    """The training rows alone and as `nproc` torchrun processes; global graphs/s and scaling efficiency."""
+    run = measure_scaling(
+        "egnn_com.bench",
+        ["--launched-part", *measurement_args],
+        nproc,
+        launcher="torchrun",
+        json_flag="--json",
+    )
+    many = {(r["size"], r["model"]): r for r in run.many["rows"]}
+    rows = []
+    for one in run.one["rows"]:
+        other = many[(one["size"], one["model"])]
+        row = run.compare(f"{one['size']} {one['model']}", one["graphs_per_s"], other["graphs_per_s"])
+        # the same graphs per epoch in both runs: the N processes share each epoch, they do not repeat it
+        row |= {"size": one["size"], "model": one["model"], "graphs_per_epoch_1": one["graphs_per_epoch"]}
+        row[f"graphs_per_epoch_{nproc}"] = other["graphs_per_epoch"]
+        rows.append(row)
+    click.echo(run.table(rows, unit="graphs/s"))
+    return run.as_json(rows)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @option("models", default="gcn,egnn", help="Comma-separated models.")
 @option("sizes", default="small,medium,large", help="Comma-separated size classes (small, medium, large).")
@@ -216,6 +299,14 @@ def bench_startup(num_graphs: int, num_workers: int) -> dict:
 @option("threads", type=int, default=0, help="torch CPU threads (0 = torch's default).")
 @option("startup_graphs", type=int, default=200, help="Demo-sized dataset for the startup measurement.")
 @option("json_out", "--json", help="Also write all figures to this JSON file.")
+@option(
+    "nproc",
+    type=int,
+    default=0,
+    help="Measure scale-out instead: the training rows in 1 process and in N processes under torchrun "
+    "(cores // N threads each), with the scaling efficiency. 0 = the single-process benchmark.",
+)
+@option("launched_part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
 def main(
     models,
     sizes,
@@ -230,8 +321,33 @@ def main(
     threads,
     startup_graphs,
     json_out,
+    nproc,
+    launched_part,
 ):
     """Benchmark gcn and egnn training on synthetic molecules of three size classes."""
+    training = dict(
+        batch_size=batch_size,
+        hidden_dim=hidden_dim,
+        num_layers=num_layers,
+        epochs=epochs,
+        num_workers=num_workers,
+        worker_type=worker_type,
+    )
+    if launched_part:
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        training_rows_of_this_process(models, sizes, graphs, device, json_out, **training)
+        return
+    if nproc > 0:
+        args = [f"--{k}={v}" for k, v in training.items()]
+        args += [f"--models={models}", f"--sizes={sizes}", f"--graphs={graphs}", f"--device={device}"]
+        figures = bench_scaling(nproc, args)
+        if json_out:
+            Path(json_out).write_text(json.dumps({"scaling": figures}, indent=2))
+            click.echo(f"wrote {json_out}")
+        return
     start = time.perf_counter()
     import torch  # timed: library import is reported apart from the startup phases
     import torch_geometric  # noqa: F401

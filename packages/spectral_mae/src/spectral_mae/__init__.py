@@ -1,17 +1,25 @@
 """spectral_mae: see README.md.
 
-`from spectral_mae import load_from_checkpoint` gives `(model, config)` from any checkpoint the trainer wrote
-(imported on first use, so `import spectral_mae` stays light).
+`from spectral_mae import load_from_checkpoint` gives `(model, config)` from any checkpoint the trainer wrote;
+`load_trained_model(checkpoint_path)` gives the model alone (in eval mode) and `evaluate_model_dataloader`
+evaluates it, as in the original project's evaluation example. Imported on first use, so `import
+spectral_mae` stays light.
 """
 
 from __future__ import annotations
 
-__all__ = ["load_from_checkpoint"]
+import importlib
+
+__all__ = ["evaluate_model_dataloader", "load_from_checkpoint", "load_trained_model"]
+
+_HOMES = {
+    "load_from_checkpoint": "spectral_mae.factory",
+    "load_trained_model": "spectral_mae.factory",
+    "evaluate_model_dataloader": "spectral_mae.evaluate",
+}
 
 
 def __getattr__(name: str):
-    if name == "load_from_checkpoint":
-        from spectral_mae.factory import load_from_checkpoint
-
-        return load_from_checkpoint
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'spectral_mae' has no attribute {name!r}")

@@ -9,11 +9,18 @@ FLOPs are counted by torch.utils.flop_counter over one real forward+backward (ma
 scaled-dot-product attention kernels included); timings are medians over `--steps` steps after `--warmup`.
 The yardstick is the original MAE ViT-Base/16 (224x224x3, 16x16 patches, mask 0.75, decoder 512x8), built
 from the same code with 16x16x3 tokens, so both are measured by the same step on the same machine.
+
+    python -m spectral_mae.bench --nproc 2             # scale-out: 1 process vs 2 under torchrun
+
+`--nproc N` times the same steps once in one process and once as N processes under `torchrun --standalone
+--nproc_per_node N` (DistributedDataParallel, as `spectral_mae.train_ddp` trains), both with cores // N
+threads per process and the same batch per process, and reports global samples/s and the scaling efficiency.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -23,9 +30,16 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.benchmarking import torch_matmul_peak_gflops, torch_sync
+from common.benchmarking import measure_scaling, torch_matmul_peak_gflops, torch_sync
 from common.cli import console_script, run_cli
 from common.devices import describe_device, peak_memory_mb, torch_device
+from common.distributed import (
+    cleanup_distributed,
+    get_local_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
 from spectral_mae.factory import adamw
 from spectral_mae.losses import MAESpectralLoss
 from spectral_mae.model import DECODER_ATTENTION, MaskedAutoencoderSpectral, build_model
@@ -51,10 +65,10 @@ class BenchResult:
     model: str
     shape: str  # C x H x W
     tokens: int  # tokens per sample (encoder sees (1 - mask_ratio) of them)
-    batch_size: int
+    batch_size: int  # per process
     step_s: float  # median training step (forward + backward + AdamW)
     forward_ms: float  # median forward of one batch (no grad)
-    samples_per_s: float
+    samples_per_s: float  # every process's samples
     tokens_per_s: float
     gflop_per_sample: float  # forward + backward
     achieved_gflops: float
@@ -74,7 +88,12 @@ def bench_model(
     use_compile: bool = False,
 ) -> BenchResult:
     model = model.to(device).train()
-    forward = model
+    forward: torch.nn.Module = model
+    world = get_world_size()
+    if world > 1:  # as spectral_mae.trainer wraps it under torchrun: each backward all-reduces the gradients
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     loss_fn = MAESpectralLoss(model.groups, model.t)
     optimizer = adamw(model.parameters(), device, lr=1e-4)  # the trainer's optimizer
     imgs = torch.randn(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
@@ -95,7 +114,7 @@ def bench_model(
         train_step()
     flops_per_sample = counter.get_total_flops() / batch_size
     if use_compile:  # FLOPs were counted eagerly above; the next (untimed) step compiles, as in the trainer
-        forward = torch.compile(model)
+        forward = torch.compile(forward)
         train_step()
     for _ in range(max(warmup - 1, 0)):
         train_step()
@@ -112,7 +131,8 @@ def bench_model(
             torch_sync(device)
             forward_times.append(time.perf_counter() - start)
     step = statistics.median(step_times)
-    achieved = flops_per_sample * batch_size / step / 1e9
+    samples_per_s = batch_size * world / step  # the processes step together (the all-reduce waits for all)
+    achieved = flops_per_sample * samples_per_s / 1e9
     memory = peak_memory_mb(device)
     return BenchResult(
         model=name,
@@ -121,8 +141,8 @@ def bench_model(
         batch_size=batch_size,
         step_s=step,
         forward_ms=1000 * statistics.median(forward_times),
-        samples_per_s=batch_size / step,
-        tokens_per_s=batch_size * model.num_patches / step,
+        samples_per_s=samples_per_s,
+        tokens_per_s=samples_per_s * model.num_patches,
         gflop_per_sample=flops_per_sample / 1e9,
         achieved_gflops=achieved,
         share_of_peak=achieved / peak_gflops,
@@ -178,6 +198,14 @@ def format_table(results: list[BenchResult], peak: float) -> str:
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here."
 )
+@click.option(
+    "--nproc",
+    type=int,
+    default=0,
+    help="Measure scale-out instead: the models' steps in 1 process and in N processes under torchrun "
+    "(cores // N threads each), with the scaling efficiency. 0 = the single-process benchmark.",
+)
+@click.option("--launched-part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
 def main(
     models,
     decoders,
@@ -191,6 +219,8 @@ def main(
     compile_,
     threads,
     json_path,
+    nproc,
+    launched_part,
 ):
     """Benchmark the spectral MAE training step (see the module docstring)."""
     patterns = [d.strip() for d in decoders.split(",") if d.strip()]
@@ -200,9 +230,22 @@ def main(
             f"{unknown or decoders!r}: expected a comma-separated subset of {', '.join(DECODER_ATTENTION)}",
             param_hint="--decoders",
         )
+    if nproc > 0 and not launched_part:
+        args = [f"--models={models}", f"--decoders={decoders}", f"--img-size={img_size}"]
+        args += [f"--batch-size={batch_size}", f"--steps={steps}", f"--warmup={warmup}", f"--device={device}"]
+        args += ["--amp"] * amp + ["--compile"] * compile_
+        figures = bench_scaling(nproc, args)
+        if json_path:
+            Path(json_path).write_text(json.dumps({"scaling": figures}, indent=2))
+        return
     if threads:
         torch.set_num_threads(threads)
     dev = torch_device(device)
+    if launched_part:
+        measure_this_process(
+            models, patterns, img_size, batch_size, steps, warmup, dev, amp, compile_, json_path
+        )
+        return
     torch.manual_seed(0)
     click.echo(f"device: {describe_device(dev)}, torch threads: {torch.get_num_threads()}")
     peak = torch_matmul_peak_gflops(dev, repeats=8)
@@ -232,6 +275,59 @@ def main(
         Path(json_path).write_text(
             json.dumps({"matmul_peak_gflops": peak, "results": [asdict(r) for r in results]}, indent=2)
         )
+
+
+def measure_this_process(
+    models, patterns, img_size, batch_size, steps, warmup, dev, amp, compile_, json_path
+):
+    """The models' steps as one process of a torchrun run (or alone); rank 0 writes the rows to `json_path`.
+
+    What `--nproc` times on both sides: no yardstick and no matmul peak (the share of the peak is left out
+    of the scaling figures)."""
+    if dev.type == "cuda" and get_world_size() > 1:  # one GPU per process, as spectral_mae.train_ddp does
+        dev = torch.device("cuda", get_local_rank())
+    init_distributed(dev.type)
+    try:
+        torch.manual_seed(0)
+        rows = []
+        for name in [m.strip() for m in models.split(",") if m.strip()]:
+            for pattern in patterns:
+                model = build_model(name, img_size=img_size, decoder_attention=pattern)
+                label = f"{name} ({pattern}{', compiled' if compile_ else ''})"
+                rows.append(
+                    bench_model(label, model, batch_size, steps, warmup, dev, math.nan, amp, compile_)
+                )
+        if is_main_process() and json_path:
+            figures = {"world_size": get_world_size(), "torch_threads": torch.get_num_threads()}
+            figures["results"] = [asdict(r) for r in rows]
+            Path(json_path).write_text(json.dumps(figures, indent=2))
+    finally:
+        cleanup_distributed()
+
+
+def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
+    """The models' steps alone and as `nproc` torchrun processes; global samples/s and scaling efficiency."""
+    run = measure_scaling(
+        "spectral_mae.bench",
+        ["--launched-part", *measurement_args],
+        nproc,
+        launcher="torchrun",
+        json_flag="--json",
+    )
+    many = {r["model"]: r for r in run.many["results"]}
+    rows = []
+    for one in run.one["results"]:
+        other = many[one["model"]]
+        row = run.compare(one["model"], one["samples_per_s"], other["samples_per_s"])
+        # the work of one step: `batch_size` samples per process, every process's counted
+        row |= {"model": one["model"], "batch_per_process": one["batch_size"]}
+        row |= {
+            "samples_per_step_1": one["batch_size"],
+            f"samples_per_step_{nproc}": other["batch_size"] * nproc,
+        }
+        rows.append(row)
+    click.echo(run.table(rows, unit="samples/s"))
+    return run.as_json(rows)
 
 
 cli = console_script(main)  # the installed command

@@ -1,7 +1,8 @@
 """Evaluation: loss parts and reconstruction metrics over a dataloader, metrics JSON and figures.
 
-from spectral_mae.evaluate import evaluate_model_dataloader
-results = evaluate_model_dataloader(model, test_loader, "results/")
+from spectral_mae import evaluate_model_dataloader, load_trained_model
+model = load_trained_model(checkpoint_path)
+results = evaluate_model_dataloader(model=model, dataloader=test_loader, output_folder="results/")
 
 python -m spectral_mae.evaluate RUN_DIR/checkpoints/best_model.ckpt --split val --output-dir results/
 """
@@ -21,21 +22,25 @@ from common.devices import torch_device
 from common.runs import atomic_write_text
 from common.sampler import ResumableSampler
 from common.torch_support import unwrap
+from spectral_mae.config import METRIC_NAMES
 from spectral_mae.factory import (
     Denormalizer,
+    accuracy_threshold,
     build_dataset,
     build_loss_from_config,
     config_from_checkpoint,
     load_from_checkpoint,
+    load_trained_model,
 )
 from spectral_mae.losses import MAESpectralLoss
-from spectral_mae.metrics import mse_per_band, reconstruction_metrics
+from spectral_mae.metrics import mse_per_band, reconstruction_metrics, spectral_angle_accuracy
 from spectral_mae.visualize import write_prediction_figures
 
 __all__ = [
     "config_from_checkpoint",
     "evaluate_model_dataloader",
     "load_from_checkpoint",
+    "load_trained_model",
     "main",
     "mean_baseline_mse",
     "run_evaluation",
@@ -61,8 +66,12 @@ def run_evaluation(
     denorm=None,
     autocast=contextlib.nullcontext,
     keep: int = 0,
+    metric_names: tuple[str, ...] | list[str] = METRIC_NAMES,
+    accuracy_threshold_deg: float | None = None,
 ):
-    """Means over the loader of the loss parts (when loss_fn) and reconstruction metrics (physical units).
+    """Means over the loader of the loss parts (when loss_fn) and reconstruction metrics (physical units):
+    `metric_names` (config `metric.names`), and `accuracy` (the share of pixels within
+    `accuracy_threshold_deg` of their spectrum, config `accuracy=spectral_angle`) when a threshold is given.
 
     Returns (metrics, examples): examples holds the first `keep` samples' original/reconstruction/mask
     cubes, per-band MSE and RGB images for the figures (None when keep == 0).
@@ -84,7 +93,9 @@ def run_evaluation(
         values["mean_baseline_mse"] = mean_baseline_mse(target, mask)
         original, recon = denorm(cube), denorm(net.reconstruct(cube, pred, mask))  # physical units
         voxel_mask = net.mask_to_cube(mask)
-        values.update(reconstruction_metrics(recon, original, voxel_mask))
+        values.update(reconstruction_metrics(recon, original, voxel_mask, metric_names))
+        if accuracy_threshold_deg is not None:
+            values["accuracy"] = spectral_angle_accuracy(recon, original, accuracy_threshold_deg)
         n = cube.shape[0]
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value * n
@@ -116,6 +127,8 @@ def evaluate_model_dataloader(
     nb_to_plot: int = 4,
     save_format: str = "png",
     dpi: int = 150,
+    metric_names: tuple[str, ...] | list[str] = METRIC_NAMES,
+    accuracy_threshold_deg: float | None = None,
 ) -> dict[str, float]:
     """Evaluate `model` on `dataloader`; write `metrics.json` and the figures into `output_folder`.
 
@@ -126,7 +139,14 @@ def evaluate_model_dataloader(
     out = Path(output_folder)
     out.mkdir(parents=True, exist_ok=True)
     metrics, examples = run_evaluation(
-        model, dataloader, device=device, loss_fn=loss_fn, denorm=denorm, keep=nb_to_plot
+        model,
+        dataloader,
+        device=device,
+        loss_fn=loss_fn,
+        denorm=denorm,
+        keep=nb_to_plot,
+        metric_names=metric_names,
+        accuracy_threshold_deg=accuracy_threshold_deg,
     )
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     if examples is not None:
@@ -179,6 +199,8 @@ def main(checkpoint, overrides, data_dir, split, output_dir, batch_size, device)
         nb_to_plot=sp.nb_to_plot,
         save_format=sp.save_format,
         dpi=sp.dpi,
+        metric_names=cfg.metric.names,
+        accuracy_threshold_deg=accuracy_threshold(cfg),
     )
     click.echo(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     click.echo(f"metrics and figures written to {out}")

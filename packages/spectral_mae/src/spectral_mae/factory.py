@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from timm.optim import param_groups_weight_decay
 
 from common.checkpoint import load_checkpoint
 from common.devices import torch_device
@@ -17,6 +18,7 @@ from spectral_mae.config import SpectralMAEConfig
 from spectral_mae.data import SegmentationDataset
 from spectral_mae.losses import MAESpectralLoss
 from spectral_mae.model import MaskedAutoencoderSpectral
+from spectral_mae.targets import resolve_target
 
 
 def check_config(cfg: SpectralMAEConfig) -> None:
@@ -51,7 +53,8 @@ def check_config(cfg: SpectralMAEConfig) -> None:
 
 def build_model_from_config(cfg: SpectralMAEConfig) -> MaskedAutoencoderSpectral:
     m = cfg.model
-    return MaskedAutoencoderSpectral(
+    model_class = resolve_target("model", m._target_)
+    return model_class(
         img_size=m.img_size,
         patch_size=tuple(m.patch_size),
         in_chans=m.in_chans,
@@ -74,9 +77,25 @@ def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **kwargs)
 
 
+def build_optimizer(
+    cfg: SpectralMAEConfig, model: torch.nn.Module, device: torch.device
+) -> torch.optim.Optimizer:
+    """The optimizer `optimizer=` chose (adamw, adam or sgd, or its `_target_`), over two parameter groups:
+    weight decay on the weight matrices, none on norms, biases and 1-D embeddings (MAE's recipe, via timm)."""
+    o = cfg.optimizer
+    groups = param_groups_weight_decay(model, o.weight_decay)
+    if o.kind == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    if o.kind == "adam":
+        # torch's Adam adds weight decay to the gradient (L2), unlike AdamW's decoupled decay.
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    return adamw(groups, device, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+
+
 def build_loss_from_config(cfg: SpectralMAEConfig) -> MAESpectralLoss:
     spectral = cfg.model.patch_size[1]
-    return MAESpectralLoss(
+    loss_class = resolve_target("loss", cfg.loss._target_)
+    return loss_class(
         cfg.model.in_chans // spectral,
         spectral,
         mse_weight=cfg.loss.mse_weight,
@@ -100,7 +119,8 @@ def build_dataset(
     load_rgb: bool | None = None,
 ) -> SegmentationDataset:
     d = cfg.dataset
-    return SegmentationDataset(
+    dataset_class = resolve_target("dataset", d._target_)
+    return dataset_class(
         csv_file or d.csv_file,
         split,
         bands=cfg.model.in_chans,
@@ -108,12 +128,17 @@ def build_dataset(
         patch_size=cfg.model.patch_size[0],
         stats_file=d.stats_file,
         normalize=d.normalize,
-        transform_type=d.transform_type if augment else "none",
+        transform_type=cfg.augmentation.name if augment else "none",
         load_rgb=d.load_rgb if load_rgb is None else load_rgb,
         num_tokens=num_tokens(cfg),
         seed=cfg.general.seed,
         validate=d.check_values,
     )
+
+
+def accuracy_threshold(cfg: SpectralMAEConfig) -> float | None:
+    """The spectral-angle threshold of `val/accuracy` (accuracy=spectral_angle), None when it is off."""
+    return cfg.accuracy.threshold_deg if cfg.accuracy.name == "spectral_angle" else None
 
 
 class Denormalizer:
@@ -152,3 +177,14 @@ def load_from_checkpoint(
     restore_training_state({"model": state["model"]}, model, None)
     device = torch.device("cpu") if map_location is None else torch_device(str(map_location))
     return model.to(device).eval(), cfg
+
+
+def load_trained_model(
+    checkpoint_path: str | Path, map_location: str | torch.device | None = None
+) -> MaskedAutoencoderSpectral:
+    """The trained model of a checkpoint, as the original project's evaluation example uses it:
+    `model = load_trained_model(checkpoint_path)`. A `MaskedAutoencoderSpectral` built from the checkpoint's
+    own config, its weights loaded, in eval mode, on `map_location` (default cpu); `load_from_checkpoint`
+    returns the config beside it."""
+    model, _config = load_from_checkpoint(checkpoint_path, map_location)
+    return model

@@ -15,29 +15,49 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-METRIC_NAMES = ("recon_mse", "sam_deg", "psnr", "ssim")
+from spectral_mae.config import METRIC_NAMES
 
 
 @torch.no_grad()
 def reconstruction_metrics(
-    recon: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    voxel_mask: torch.Tensor,
+    names: tuple[str, ...] | list[str] = METRIC_NAMES,
 ) -> dict[str, float]:
     """recon, target, voxel_mask: (B, C, H, W); voxel_mask 1 where the model had to predict.
 
     recon_mse: over the hidden voxels only (the visible ones are copied from the input);
     sam_deg: mean spectral angle in degrees over all pixels; psnr (dB) and ssim over the whole cube.
+    Only `names` are computed (config `metric.names`: SSIM is the costly one on large cubes).
     """
     recon, target, voxel_mask = recon.float(), target.float(), voxel_mask.float()
-    per_sample: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
+    per_sample: dict[str, list[float]] = {name: [] for name in names}
     for rec, tgt, msk in zip(recon, target, voxel_mask, strict=True):
         rec, tgt = rec.unsqueeze(0), tgt.unsqueeze(0)  # (1, C, H, W)
-        hidden = msk.sum().clamp_min(1)
-        per_sample["recon_mse"].append(float((((rec[0] - tgt[0]) ** 2) * msk).sum() / hidden))
-        per_sample["sam_deg"].append(math.degrees(float(spectral_angle_mapper(rec, tgt))))
         data_range = float(tgt.max() - tgt.min()) or 1.0
-        per_sample["psnr"].append(float(peak_signal_noise_ratio(rec, tgt, data_range=data_range)))
-        per_sample["ssim"].append(float(structural_similarity_index_measure(rec, tgt, data_range=data_range)))
+        for name in names:
+            if name == "recon_mse":
+                value = float((((rec[0] - tgt[0]) ** 2) * msk).sum() / msk.sum().clamp_min(1))
+            elif name == "sam_deg":
+                value = math.degrees(float(spectral_angle_mapper(rec, tgt)))
+            elif name == "psnr":
+                value = float(peak_signal_noise_ratio(rec, tgt, data_range=data_range))
+            else:
+                value = float(structural_similarity_index_measure(rec, tgt, data_range=data_range))
+            per_sample[name].append(value)
     return {name: sum(values) / len(values) for name, values in per_sample.items()}
+
+
+@torch.no_grad()
+def spectral_angle_accuracy(recon: torch.Tensor, target: torch.Tensor, threshold_deg: float) -> float:
+    """Share of pixels whose reconstructed spectrum is within `threshold_deg` of the original's, (B, C, H, W)
+    each; the mean over samples of each sample's share (so DDP shards average to the single-process value)."""
+    cosine = torch.nn.functional.cosine_similarity(
+        recon.float(), target.float(), dim=1, eps=1e-8
+    )  # (B, H, W)
+    angle_deg = torch.rad2deg(torch.arccos(cosine.clamp(-1.0, 1.0)))
+    return float((angle_deg <= threshold_deg).float().mean(dim=(1, 2)).mean())
 
 
 def mse_per_band(recon: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.optim import param_groups_weight_decay
 
 from common.callbacks import (
     Callback,
@@ -55,13 +54,14 @@ from spectral_mae.data import keyed_loader
 from spectral_mae.evaluate import run_evaluation
 from spectral_mae.factory import (
     Denormalizer,
-    adamw,
+    accuracy_threshold,
     build_dataset,
     build_loss_from_config,
     build_model_from_config,
+    build_optimizer,
     check_config,
 )
-from spectral_mae.visualize import write_prediction_figures
+from spectral_mae.targets import resolve_target
 
 HISTORY_FILE = "metrics_history.json"
 LAST, BEST, STEP = "last.ckpt", "best_model.ckpt", "last_step.ckpt"
@@ -114,11 +114,7 @@ class SpectralMAETask(TorchTask):
             self.loss_fn = build_loss_from_config(cfg)
             amp = ("16-mixed" if device.type == "cuda" else "bf16-mixed") if g.use_amp else "32"
             self.precision = parse_precision(g.precision or amp, device)
-            # AdamW without weight decay on norms, biases and 1-D embeddings (MAE's recipe, via timm).
-            groups = param_groups_weight_decay(self.model, cfg.optimizer.weight_decay)
-            self.optimizer = adamw(
-                groups, device, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps
-            )
+            self.optimizer = build_optimizer(cfg, self.model, device)
             self.stepper = OptimizerStepper(
                 self.optimizer, precision=self.precision, clip_grad_norm=h.clip_grad_norm
             )
@@ -184,6 +180,8 @@ class SpectralMAETask(TorchTask):
             denorm=self.denorm,
             autocast=self.precision.autocast,
             keep=self.keep_examples,
+            metric_names=self.config.metric.names,
+            accuracy_threshold_deg=accuracy_threshold(self.config),
         )
         self.model.train()
         return self.reduce_metrics(metrics)
@@ -207,7 +205,8 @@ class PredictionFigures(Callback):
         if examples is None:
             return
         loop.task.examples = None
-        figures = write_prediction_figures(
+        write_figures = resolve_target("show_prediction", self.show._target_)
+        figures = write_figures(
             self.folder,
             f"epoch_{loop.pos.epoch + 1:04d}",
             examples["original"],
