@@ -257,7 +257,7 @@ def test_build_schedule_errors_are_clear():
         build_schedule(ScheduleConfig(name="cosin"), BASE, 100)
     assert all(name in str(e.value) for name in SCHEDULE_NAMES)
     with pytest.raises(ConfigError, match="larger than warmup_steps"):
-        build_schedule(ScheduleConfig(name="cosine", warmup_steps=10), BASE, 10)
+        WarmupCosineSchedule(BASE, 10, warmup_steps=10)
     with pytest.raises(ConfigError, match="pct_start"):
         build_schedule(ScheduleConfig(name="onecycle", warmup_steps=10), BASE, 100)
     with pytest.raises(ConfigError, match="interval"):
@@ -299,3 +299,12 @@ def test_resuming_with_a_longer_plan_continues_on_the_new_schedule():
     same = build_schedule(ScheduleConfig(name="cosine", min_lr=0.0), 1.0, total_steps=10)
     same.load_state_dict(finished.state_dict())
     assert same.lrs == finished.lrs  # the same plan gives back exactly the saved LRs
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_over_its_first_half(caplog):
+    # e.g. a demo asked for fewer epochs than its config's warm-up: shortened, with a warning, not refused
+    with caplog.at_level("WARNING", logger="trainyard.schedules"):
+        schedule = build_schedule(ScheduleConfig(name="cosine", warmup_steps=10), 1.0, 6)
+    assert "warm-up shortened from 10 to 3" in caplog.text
+    lrs = [schedule.lr] + [schedule.step()[0] for _ in range(6)]
+    assert lrs[3] == pytest.approx(1.0) and lrs[0] < lrs[1] < lrs[2] < lrs[3] > lrs[4] > lrs[5]

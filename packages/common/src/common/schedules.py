@@ -23,6 +23,7 @@ calls to `scheduler.step()`.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -451,9 +452,19 @@ def build_schedule(cfg: ScheduleConfig, base_lrs: float | Sequence[float], total
     )
     _require(cfg.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {cfg.warmup_steps}.")
     if cfg.name == "cosine":
-        return WarmupCosineSchedule(
-            base_lrs, total_steps, cfg.warmup_steps, cfg.min_lr, cfg.warmup_start_factor
-        )
+        warmup = cfg.warmup_steps
+        if total_steps >= 2 and warmup >= total_steps:
+            # A short run (a demo with fewer epochs, a smoke test) would otherwise be refused after its data
+            # loaded; warming up over the first half keeps the schedule's shape, and the log says so.
+            warmup = total_steps // 2
+            logging.getLogger("trainyard.schedules").warning(
+                "LR warm-up shortened from %d to %d %s(s): this run has only %d",
+                cfg.warmup_steps,
+                warmup,
+                cfg.interval,
+                total_steps,
+            )
+        return WarmupCosineSchedule(base_lrs, total_steps, warmup, cfg.min_lr, cfg.warmup_start_factor)
     if cfg.name == "onecycle":
         _require(
             cfg.warmup_steps == 0,

@@ -130,10 +130,10 @@ def report(result: FitResult, cfg, logger: logging.Logger, command: str | None =
     if log_file:
         lines.append(f"  log: {log_file}")
     if cfg.mlflow.enabled:
-        lines.append(
-            f"  MLflow: mlflow ui --backend-store-uri sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
-            " (then open http://localhost:5000)"
-        )
+        from common.trackers.mlflow import tracking_store
+
+        uri, _ = tracking_store(cfg.mlflow.tracking_uri)
+        lines.append(f"  MLflow: mlflow ui --backend-store-uri {uri} (then open http://localhost:5000)")
     click.echo("\n".join(lines))
 
 

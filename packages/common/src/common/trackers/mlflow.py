@@ -46,6 +46,18 @@ def local_store(store_dir: str | Path) -> tuple[str, str]:
     return f"sqlite:///{store_dir / 'mlflow.db'}", (store_dir / "mlartifacts").as_uri()
 
 
+def tracking_store(
+    tracking_uri: str | None = None, store_dir: str | Path | None = None
+) -> tuple[str, str | None]:
+    """(tracking URI, artifact location or None) a run logs to: MLFLOW_TRACKING_URI when set, else
+    `tracking_uri`, else a SQLite store in `store_dir`, else the store every run shares: `mlflow.db` where the
+    command runs (MLflow's own default), so `mlflow ui` started there shows all runs side by side."""
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+    if tracking_uri is not None:
+        return tracking_uri, None
+    return local_store(store_dir if store_dir is not None else Path.cwd())
+
+
 class MlflowTracker:
     """One MLflow run; `run_id` continues an existing run (a resumed training run) instead of starting one."""
 
@@ -59,12 +71,7 @@ class MlflowTracker:
         store_dir: str | Path | None = None,
         run_id: str | None = None,
     ) -> None:
-        artifact_location = None
-        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
-        if tracking_uri is None:
-            # One store for every run (MLflow's own default: mlflow.db where the command runs), so `mlflow ui`
-            # there shows them side by side; `store_dir` keeps a store of the run's own instead.
-            tracking_uri, artifact_location = local_store(store_dir if store_dir is not None else Path.cwd())
+        tracking_uri, artifact_location = tracking_store(tracking_uri, store_dir)
         if tracking_uri.startswith("file:") or "://" not in tracking_uri:
             # MLflow 3 keeps its folder store but refuses it unless asked; a user who names one asks.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
