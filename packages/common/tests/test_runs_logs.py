@@ -20,6 +20,7 @@ from common.runs import (
     discard_unused_run_folders,
     timestamp,
 )
+from common.testing import file_digests
 
 # ------------------------------------------------------------------------------------------------ runs
 
@@ -225,3 +226,15 @@ def test_a_folder_that_cannot_be_created_is_one_clear_error(tmp_path, monkeypatc
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(RunFolderError, match="Cannot create the run folder .*Read-only file system"):
         RunFolder(tmp_path / "run")
+
+
+def test_a_second_run_in_the_same_process_is_refused_once_the_first_fit_ended(tmp_path):
+    from common.demo import DemoConfig, train
+    from common.schedules import ScheduleConfig
+
+    cfg = DemoConfig(output_dir=str(tmp_path / "run"), epochs=1, schedule=ScheduleConfig())
+    train(cfg)
+    before = file_digests(tmp_path / "run")
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(cfg)  # e.g. the same cell run twice in a notebook
+    assert file_digests(tmp_path / "run") == before

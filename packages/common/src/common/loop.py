@@ -43,6 +43,7 @@ from typing import Any
 from common.checkpoint import load_checkpoint
 from common.distributed import get_world_size, is_main_process
 from common.errors import CheckpointError, ConfigError
+from common.runs import release_run_folders
 from common.schedules import ConstantSchedule, ReduceOnPlateauSchedule, Schedule, WarmupSchedule
 from common.seeding import capture_rng_state, restore_rng_state
 
@@ -305,6 +306,8 @@ class Loop:
             except BaseException as exc:
                 self.callbacks.on_exception(self, exc)
                 raise
+            finally:
+                release_run_folders()  # the run is over: its folder is no longer "this run's" to reopen
         return result
 
     def _train_epoch(self, stop) -> bool:

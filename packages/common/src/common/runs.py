@@ -48,9 +48,15 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".npz", ".safetensors")
 
 # Run folders this process created, so a run refused before it trained can leave nothing behind.
 _created_here: list[Path] = []
-# Run folders this process has claimed: opening one again (a command claims it before its logging writes
-# there, the trainer opens it after) is the same run, not a second one.
+# Run folders this process has claimed for the run in progress: opening one again (a command claims it
+# before its logging writes there, the trainer opens it after) is the same run, not a second one. The loop
+# releases them when a fit ends, so a second run in the same process (a notebook) is refused like any other.
 _claimed: set[Path] = set()
+
+
+def release_run_folders() -> None:
+    """End the current run's claims (called when a fit ends)."""
+    _claimed.clear()
 
 
 class RunFolder:
