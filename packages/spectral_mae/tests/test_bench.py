@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+
+import pytest
 
 from spectral_mae.bench import main
 
@@ -35,3 +38,24 @@ def test_bench_times_each_decoder_and_counts_fewer_flops_for_divided(tmp_path):
     # Divided attention scores each token against 6 + 4 others instead of all 24, but adds a spectral
     # attention's projections: at 24 tokens the projections dominate, so divided counts more FLOPs here.
     assert rows["mae_tiny (divided)"]["gflop_per_sample"] > rows["mae_tiny (joint)"]["gflop_per_sample"]
+
+
+@pytest.mark.slow
+def test_bench_nproc_2_reports_one_and_two_process_throughput_under_torchrun(tmp_path, capsys):
+    out = tmp_path / "scaling.json"
+    args = ["--nproc", "2", "--models", "mae_tiny", "--decoders", "joint", "--img-size", "50"]
+    args += ["--batch-size", "1", "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(out)]
+    main.main(args, standalone_mode=False)
+    scaling = json.loads(out.read_text())["scaling"]
+    assert scaling["nproc"] == 2 and scaling["n_process"]["world_size"] == 2
+    assert scaling["n_process"]["torch_threads"] == scaling["threads_per_process"] >= 1
+    (row,) = scaling["rows"]
+    assert row["model"] == "mae_tiny (joint)"
+    for key in ("samples_per_s_1", "samples_per_s_2", "scaling_efficiency"):
+        assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+    assert row["scaling_efficiency"] == pytest.approx(row["samples_per_s_2"] / (2 * row["samples_per_s_1"]))
+    # the same steps with the same batch per process: 2 processes train twice the samples per step
+    assert row["batch_per_process"] == 1 and row["samples_per_step_1"] == 1 and row["samples_per_step_2"] == 2
+    (one,), (two,) = scaling["one_process"]["results"], scaling["n_process"]["results"]
+    assert one["gflop_per_sample"] == pytest.approx(two["gflop_per_sample"], rel=1e-6)
+    assert "torchrun --standalone --nproc_per_node 2" in capsys.readouterr().out

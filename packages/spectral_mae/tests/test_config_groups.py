@@ -55,8 +55,8 @@ hparams:
   batch_size: 6
   valid_interval: 5
   accumulate_grad_batches: 1
-  
-# Hardware configuration  
+
+# Hardware configuration
 general:
   device_ids: [0, 1, 2]  # Multi-GPU setup
   num_workers: 8
@@ -115,7 +115,8 @@ def test_every_folder_of_the_seed_tree_is_a_group_whose_options_all_load():
 
 
 @pytest.mark.parametrize(
-    "choice, optimizer_class", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)]
+    "choice, optimizer_class",
+    [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)],
 )
 def test_optimizer_group_builds_the_chosen_optimizer(make_config, choice, optimizer_class):
     cfg = make_config(f"optimizer={choice}")
@@ -146,7 +147,8 @@ def test_loss_group_reaches_the_loss_weights(make_config):
 
 
 @pytest.mark.parametrize(
-    "choice, transforms", [("none", ()), ("flips", ("hflip", "vflip")), ("augment_basic", ("hflip", "vflip", "rot90"))]
+    "choice, transforms",
+    [("none", ()), ("flips", ("hflip", "vflip")), ("augment_basic", ("hflip", "vflip", "rot90"))],
 )
 def test_augmentation_group_reaches_the_training_dataset(make_config, choice, transforms):
     cfg = make_config(f"augmentation={choice}")
@@ -194,7 +196,9 @@ def test_the_seed_yaml_files_are_accepted(tmp_path):
     cfg = config_module.load(whole, overrides=["model=mae_tiny", "model.img_size=50"])
     assert cfg.dataset.csv_file == "/path/to/dataset.csv" and cfg.augmentation.name == "augment_basic"
     assert resolve_target("model", cfg.model._target_) is MaskedAutoencoderSpectral
-    assert resolve_target("show_prediction", cfg.show_prediction._target_).__name__ == "write_prediction_figures"
+    assert (
+        resolve_target("show_prediction", cfg.show_prediction._target_).__name__ == "write_prediction_figures"
+    )
     assert isinstance(build_model_from_config(cfg), MaskedAutoencoderSpectral)
     assert build_loss_from_config(config_module.load(whole)).weights["variance"] == 0.01
 

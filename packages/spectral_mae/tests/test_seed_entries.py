@@ -50,7 +50,9 @@ def test_train_model_medium_cfg_job(capsys):
     run_cli(train_model_medium.main, ["--cfg", "job", "--config", "demo", "hparams.batch_size=2"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert (printed["model"]["name"], printed["model"]["embed_dim"]) == ("mae_medium", 512)
-    assert printed["hparams"]["batch_size"] == 2 and printed["general"]["experiment_name"] == "spectral_mae_demo"
+    assert (
+        printed["hparams"]["batch_size"] == 2 and printed["general"]["experiment_name"] == "spectral_mae_demo"
+    )
     run_cli(train_model_medium.main, ["--cfg", "job", "model=mae_tiny"])  # a typed choice still wins
     assert yaml.safe_load(capsys.readouterr().out)["model"]["name"] == "mae_tiny"
 

@@ -40,6 +40,7 @@ def history(folder):
 @pytest.mark.slow
 def test_short_run_loss_falls_writes_figures_and_mlflow(make_config, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the shared MLflow store is mlflow.db where the command runs
     cfg = make_config(
         "hparams.epochs=6",
         "hparams.valid_interval=3",
@@ -72,7 +73,7 @@ def test_short_run_loss_falls_writes_figures_and_mlflow(make_config, tmp_path, m
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("test_exp")
     (mlrun,) = client.search_runs([experiment.experiment_id])
     assert mlrun.data.params["model.name"] == "test_tiny" and mlrun.data.params["hparams.epochs"] == "6"
