@@ -1,6 +1,9 @@
 """The benchmark runs end to end on tiny settings and reports sensible figures (no assertion on speed)."""
 
 import json
+import math
+
+import pytest
 
 from common.cli import run_cli
 from egnn_com import bench
@@ -48,3 +51,27 @@ def test_bench_quick(tmp_path, capsys):
         rows["egnn"]["gflop_per_graph"] > rows["gcn"]["gflop_per_graph"]
     )  # edge MLPs vs one linear per layer
     assert "graphs/s" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_nproc_2_reports_one_and_two_process_throughput_under_torchrun(tmp_path, capsys):
+    out = tmp_path / "scaling.json"
+    args = ["--nproc", "2", "--sizes", "small", "--graphs", "16", "--batch_size", "4", "--hidden_dim", "8"]
+    args += ["--num_layers", "2", "--epochs", "1", "--num_workers", "0", "--json", str(out)]
+    run_cli(bench.main, args)
+    scaling = json.loads(out.read_text())["scaling"]
+    assert scaling["nproc"] == 2 and scaling["n_process"]["world_size"] == 2
+    assert (
+        scaling["threads_per_process"] >= 1
+        and scaling["n_process"]["torch_threads"] == scaling["threads_per_process"]
+    )
+    assert {(r["size"], r["model"]) for r in scaling["rows"]} == {("small", "gcn"), ("small", "egnn")}
+    for r in scaling["rows"]:
+        for key in ("samples_per_s_1", "samples_per_s_2", "scaling_efficiency"):
+            assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+        assert r["scaling_efficiency"] == pytest.approx(r["samples_per_s_2"] / (2 * r["samples_per_s_1"]))
+        assert (
+            r["graphs_per_epoch_1"] == r["graphs_per_epoch_2"] == 16
+        )  # the same work, shared by 2 processes
+    shown = capsys.readouterr().out
+    assert "torchrun --standalone --nproc_per_node 2" in shown and "threads per process" in shown

@@ -11,6 +11,7 @@ from torch_geometric.loader import DataLoader
 
 from common.checkpoint import load_checkpoint
 from common.errors import CheckpointError, ConfigError
+from common.runs import RunFolderError
 from common.seeding import seed_everything
 from common.testing import SignalAt, assert_trees_equal, history_series
 from egnn_com.data import load_dataset
@@ -26,13 +27,15 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_example_trains_then_resumes_from_last(tmp_path, monkeypatch):
+def test_the_readme_example_trains_then_resumes_from_its_best_checkpoint(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)  # the example writes data/, checkpoints/ and runs/ where it runs, as the seed
     namespace: dict = {}
     exec(compile(readme_example(), str(README), "exec"), namespace)
     trainer, first_best = namespace["trainer"], Path(namespace["best"])
 
     assert first_best.parent == Path("checkpoints") and first_best.name.startswith("best-model-0")
+    assert f"resumed at epoch {int(first_best.name[11:13]) + 1}, batch 0" in caplog.text
+    assert f"from {first_best}" in caplog.text
     assert (trainer.current_epoch, trainer.global_step) == (5, 15)  # 48 graphs / 16 = 3 steps per epoch
     assert "val/loss" in trainer.callback_metrics
     ckpt = trainer.checkpoint_callback
@@ -53,6 +56,11 @@ def test_the_readme_example_trains_then_resumes_from_last(tmp_path, monkeypatch)
         torch.testing.assert_close(net(batch), model(batch), rtol=0, atol=0)
         torch.testing.assert_close(reloaded(batch), model(batch), rtol=0, atol=0)
 
+    # a new fit into the run's folder is refused (also in the process that wrote it), naming the way out
+    with pytest.raises(RunFolderError, match="ckpt_path='last'"):
+        Trainer(max_epochs=1, default_root_dir="runs/python").fit(
+            model, namespace["train_loader"], namespace["val_loader"]
+        )
     # a checkpoint of another network is refused before anything is written
     other = CentreOfMassModule(input_dim=model.input_dim, model="gcn", hidden_dim=16, num_layers=2)
     with pytest.raises(CheckpointError, match="trained with model"):

@@ -183,7 +183,7 @@ def train(
     if resume is not None:
         state = read_resume_checkpoint(resume) if state is None else state
         mode, why = resume_plan(state, cfg)
-        missing = [k for k in ("loop", "rng") if k not in state]
+        missing = [k for k in _LOOP_STATE_KEYS if k not in state]
         if mode == "continue" and missing:
             raise CheckpointError(
                 f"{resume} cannot continue its run exactly: it has no {', '.join(missing)} state (a weights-only "
@@ -192,11 +192,12 @@ def train(
             )
     started = get_world_size() > 1 and init_distributed(device.type)
     try:
+        # Data, model and pretrained weights are checked before the run folder exists: a refusal leaves none.
+        task = CabrucaTask(cfg, device, init_weights=state["model"] if mode == "weights" else None)
         run, note = choose_run_folder(cfg, mode, resume, named=named_folder)
-        result = _train(cfg, run, note, device, mode, why, resume, state, callbacks, logger)
-        if (
-            started
-        ):  # rank 0 has finished writing before any process leaves (not after an error: it would hang)
+        result = _train(cfg, task, run, note, device, mode, why, resume, state, callbacks, logger)
+        # rank 0 has finished writing before any process leaves (not after an error: it would hang)
+        if started:
             barrier()
         return result
     finally:
@@ -237,7 +238,7 @@ def _holds_files(folder: Path) -> bool:
     return folder.exists() and (not folder.is_dir() or any(p.is_file() for p in folder.rglob("*")))
 
 
-def _train(cfg, run, note, device, mode, why, resume, state, callbacks, logger) -> FitResult:
+def _train(cfg, task, run, note, device, mode, why, resume, state, callbacks, logger) -> FitResult:
     t, main_process, world = cfg.training, is_main_process(), get_world_size()
     if logger is not None:
         log = logger
@@ -287,7 +288,6 @@ def _train(cfg, run, note, device, mode, why, resume, state, callbacks, logger) 
         logger=log,
     )
     try:
-        task = CabrucaTask(cfg, device, init_weights=state["model"] if mode == "weights" else None)
         if main_process:
             trackers.log_params(config_to_dict(cfg))
             # a resumed run's weights replace the pretrained ones (and a continued run has logged them)

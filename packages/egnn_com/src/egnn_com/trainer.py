@@ -19,6 +19,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -43,7 +44,7 @@ from common.resume import (
     run_folder_of,
     saved_config,
 )
-from common.runs import RunFolder
+from common.runs import RunFolder, RunFolderError
 from common.sampler import ResumableSampler
 from common.schedules import build_schedule
 from common.torch_support import parse_precision
@@ -304,7 +305,7 @@ class Trainer:
             *savers,
         ]
         loop = Loop(task, plan, callbacks=callbacks, schedule=schedule, resume=state, resume_path=checkpoint)
-        if self.device.type == "cuda" and state is None:
+        if self.device.type == "cuda":
             logger.info("CUDA kernel warm-up took %.2fs (state restored afterwards)", cuda_warmup(task))
         try:
             fit = loop.fit()
@@ -352,6 +353,8 @@ class Trainer:
         """default_root_dir; without one, the checkpoint's own run folder (a resume continues its history)
         or a new runs/egnn_com_<timestamp>."""
         if self.default_root_dir is not None:
+            if checkpoint is None:
+                _make_room_for_new_run(self.default_root_dir, self.overwrite)
             return RunFolder(self.default_root_dir, resume=checkpoint is not None, overwrite=self.overwrite)
         if checkpoint is not None and (run_folder_of(checkpoint) / "config.yaml").is_file():
             return RunFolder(run_folder_of(checkpoint), resume=True)
@@ -407,6 +410,23 @@ def resumable_loader(
     graphs = [dataset[i] for i in range(len(dataset))]
     return make_loader(
         graphs, batch_size=batch_size, train=train, seed=seed, num_workers=loader.num_workers, device=device
+    )
+
+
+def _make_room_for_new_run(root: Path, overwrite: bool) -> None:
+    """Refuse (or with `overwrite`, remove) a run already in `root` before a new fit writes there.
+
+    `RunFolder` lets this process reopen a folder it has claimed (the command line claims it before the
+    trainer opens it), so a second fit in one Python session (a notebook) would pass its check and write
+    into the first run's history and checkpoints."""
+    if not root.is_dir() or not any(p.is_file() for p in root.rglob("*")):
+        return
+    if overwrite and (root / "config.yaml").is_file():
+        shutil.rmtree(root)
+        return
+    raise RunFolderError(
+        f"{root} already holds a run; a new fit would overwrite its history and checkpoints. Continue it with "
+        "fit(..., ckpt_path='last'), choose another default_root_dir, or pass Trainer(overwrite=True)."
     )
 
 
