@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from common.config import save_config
-from common.testing import assert_user_error, file_digests, run_command
+from common.testing import assert_user_error, file_digests, make_finished_run, run_command
 
 
 @pytest.fixture
@@ -48,11 +48,7 @@ def test_output_dir_that_is_a_file_is_refused(tiny_data, tmp_path):
 
 
 def test_a_new_run_into_an_existing_run_folder_is_refused_and_it_stays_byte_identical(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text("num_epochs: 9\n")
-    (run / "metrics_history.json").write_text('{"metrics": {}}')
-    (run / "checkpoints" / "last.npz").write_bytes(b"weights")
+    run = make_finished_run(tmp_path / "run", checkpoint="last.npz")
     before = file_digests(run)
     assert_user_error(
         train("--data-dir", tiny_data, "--output-dir", run), "already holds a run", "--overwrite"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from common.config import load_config, save_config
-from common.testing import assert_user_error, file_digests, run_command
+from common.testing import assert_user_error, file_digests, make_finished_run, run_command
 from egnn_com.config import EgnnComConfig
 
 TINY = ["data.num_workers=0", "model.hidden_dim=16", "model.num_layers=2", "train.max_epochs=2"]
@@ -31,11 +31,7 @@ def test_output_dir_that_is_a_file_is_refused(tiny_data, tmp_path):
 
 
 def test_a_new_run_into_an_existing_run_folder_is_refused_and_it_stays_byte_identical(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text("train: {max_epochs: 9}\n")
-    (run / "metrics_history.json").write_text('{"metrics": {}}')
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    run = make_finished_run(tmp_path / "run")
     before = file_digests(run)
     assert_user_error(
         train("--data_dir", tiny_data, "--output_dir", run), "already holds a run", "--overwrite"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.cli import run_cli
-from common.testing import assert_user_error, file_digests, history_series, run_command
+from common.testing import assert_user_error, file_digests, history_series, make_finished_run, run_command
 from spectral_mae.train import main
 
 
@@ -30,11 +30,7 @@ def test_run_dir_that_is_a_file_is_refused(override_factory, tmp_path):
 def test_a_new_run_into_an_existing_run_folder_is_refused_and_it_stays_byte_identical(
     override_factory, tmp_path
 ):
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text("hparams: {epochs: 9}\n")
-    (run / "metrics_history.json").write_text('{"metrics": {}}')
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    run = make_finished_run(tmp_path / "run")
     before = file_digests(run)
     result = train(override_factory, tmp_path, f"general.run_dir={run}")
     assert_user_error(result, "already holds a run", "--overwrite")

@@ -1,14 +1,5 @@
-"""Evaluation of a cabruca checkpoint (the work behind `python -m cabruca.evaluate`, see `cabruca.evaluate`).
-
-Writes `<out-dir>/metrics.json` and `<out-dir>/overlays/<tile>.png` (the tile, its predicted semantic classes
-blended in, each predicted crown outlined and its centre marked, next to the ground truth drawn the same way).
-metrics.json holds two views:
-- "metrics": per training tile, as validation sees them: losses, mask mAP, mIoU, canopy IoU, shade
-  distribution, tree counts, speed, memory;
-- "images": per whole image, as `cabruca.predict` sees them (stitched tiles, `cabruca.image_eval`): tree
-  counts per image and their mean absolute error, box AP and mask AP at --score-threshold, and a threshold
-  sweep, printed as a table, that shows at which thresholds the detections are.
-"""
+"""Evaluation of a cabruca checkpoint: the work behind `python -m cabruca.evaluate` (its docstring describes
+metrics.json and the overlays), imported only when the command runs."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""Tree counts, crowns and masks for images of any size: the work behind `python -m cabruca.predict`.
-
-Each image (GeoTIFF orthomosaic, PNG or JPEG; a folder means its images) is cut into overlapping tiles,
-predicted and stitched (`cabruca.tiled_inference`), then written to OUT:
-
-    counts.csv                         one row per image: trees in total and per class
-    crowns/<image>.geojson             one polygon feature per tree, in the image's CRS (pixels without one)
-    masks/<image>_semantic.tif|png     semantic class ids (GeoTIFF with the input's transform/CRS for a TIFF)
-    masks/<image>_instances.tif|png    tree ids, matching the GeoJSON features' tree_id
-    predict.json                       the settings used and, per image, the strongest centre peak
-
-A non-empty OUT is refused unless --overwrite, so a previous run's outputs are never replaced silently.
-"""
+"""Tree counts, crowns and masks for images of any size: the work behind `python -m cabruca.predict` (its
+docstring describes the outputs), imported only when the command runs."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ __all__ = [
     "assert_user_error",
     "file_digests",
     "history_series",
+    "make_finished_run",
     "run_command",
     "torchrun",
 ]
@@ -163,6 +164,16 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> s
     for fragment in fragments:
         assert fragment.lower() in paragraph.lower(), f"{fragment!r} not in the error:\n{paragraph}"
     return paragraph
+
+
+def make_finished_run(folder: str | Path, checkpoint: str = "last.ckpt") -> Path:
+    """A folder that looks like another run's (config, history, a checkpoint), for refusal tests."""
+    folder = Path(folder)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text("seed: 1\n")
+    (folder / "metrics_history.json").write_text('{"metrics": {}}')
+    (folder / "checkpoints" / checkpoint).write_bytes(b"weights")
+    return folder
 
 
 def file_digests(folder: str | Path) -> dict[str, str]:
