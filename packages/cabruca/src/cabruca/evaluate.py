@@ -20,22 +20,13 @@ import json
 
 import click
 
-from common.cli import run_cli
+from common.cli import forward_to, run_cli
 from common.errors import ConfigError
 
 from .config import SWEEP
 
-
-def __getattr__(name: str):
-    """`from cabruca.evaluate import evaluate_checkpoint` keeps working: forwarded to `cabruca.evaluation`."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    from . import evaluation
-
-    try:
-        return getattr(evaluation, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# `from cabruca.evaluate import evaluate_checkpoint` keeps working: forwarded to `cabruca.evaluation`.
+__getattr__ = forward_to("cabruca.evaluation", __name__)
 
 
 @click.command()

@@ -20,19 +20,10 @@ from __future__ import annotations
 
 import click
 
-from common.cli import console_script, device_option, output_dir_option
+from common.cli import console_script, device_option, forward_to, output_dir_option
 
-
-def __getattr__(name: str):
-    """`from cabruca.predict import count_row` keeps working: forwarded to `cabruca.prediction`."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    from . import prediction
-
-    try:
-        return getattr(prediction, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# `from cabruca.predict import count_row` keeps working: forwarded to `cabruca.prediction`.
+__getattr__ = forward_to("cabruca.prediction", __name__)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

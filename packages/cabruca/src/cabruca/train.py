@@ -20,6 +20,7 @@ from common.cli import (
     console_script,
     data_dir_option,
     device_option,
+    forward_to,
     output_dir_option,
     precision_option,
     resume_option,
@@ -52,17 +53,9 @@ OPTION_KEYS = {
 }
 
 
-def __getattr__(name: str):
-    """`from cabruca.train import train` (and the other names of `cabruca.training`) keeps working: the heavy
-    module is imported on first use of one of its names, not when the command line starts."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    from . import training
-
-    try:
-        return getattr(training, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# `from cabruca.train import train` (and the other names of `cabruca.training`) keeps working: the heavy
+# module is imported on first use of one of its names, not when the command line starts.
+__getattr__ = forward_to("cabruca.training", __name__)
 
 
 def names_experiment(cli: dict, overrides: tuple[str, ...]) -> bool:

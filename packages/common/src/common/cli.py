@@ -35,10 +35,12 @@ def run_cli(command: click.Command, args: Sequence[str] | None = None) -> None:
       on stderr, with no traceback, and exits 2;
     - other click errors print the same way and exit with their own status (1 for a file error);
     - Ctrl-C (KeyboardInterrupt, click's Abort) exits 130 with a one-line note;
-    - `--help` prints the help and exits 0; a command that returns a non-zero int exits with it.
+    - `-h` / `--help` prints the help and exits 0; a command that returns a non-zero int exits with it.
     Returns normally when the command succeeds (so tests can call it in-process).
     Any other exception is a bug in Trainyard and keeps its traceback.
     """
+    # `-h` as well as `--help`, in every command (a command that sets its own help options keeps them)
+    command.context_settings.setdefault("help_option_names", ["-h", "--help"])
     try:
         result = command.main(list(args) if args is not None else None, standalone_mode=False)
     except TrainyardError as exc:
@@ -70,6 +72,29 @@ def console_script(command: click.Command) -> Callable[[], None]:
 
     entry.__doc__ = f"Console script for {command.name}."
     return entry
+
+
+def forward_to(module: str, command_module: str):
+    """A module-level `__getattr__` for a light command module whose work lives in `module`.
+
+    A command line must answer `--help` without importing torch or timm, so its module holds only the click
+    command and imports the work when it runs; names that callers import from the command module (`from
+    pkg.train import train`) are forwarded to `module`, which is imported on their first use.
+
+        __getattr__ = forward_to("cabruca.training", __name__)
+    """
+
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(module), name)
+        except AttributeError:
+            raise AttributeError(f"module {command_module!r} has no attribute {name!r}") from None
+
+    return __getattr__
 
 
 def typed_options(ctx: click.Context, mapping: dict[str, str]) -> dict[str, object]:

@@ -11,17 +11,12 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
 from common.cli import console_script, run_cli
 from common.devices import torch_device
 from common.errors import ConfigError
 from common.runs import atomic_write_text
 from egnn_com.cliopts import option
-from egnn_com.data import load_dataset
-from egnn_com.inference import check_features, load_from_checkpoint, predict, resolve_checkpoint
-from egnn_com.metrics import RegressionMetrics
-from egnn_com.splits import split_dataset
 
 
 def evaluate(
@@ -35,6 +30,14 @@ def evaluate(
 
     Without data_dir: the training data and, by default, the same seeded validation split as training.
     """
+    # torch and the model code load here, not at import: `--help` answers without them
+    import torch
+
+    from egnn_com.data import load_dataset
+    from egnn_com.inference import check_features, load_from_checkpoint, predict, resolve_checkpoint
+    from egnn_com.metrics import RegressionMetrics
+    from egnn_com.splits import split_dataset
+
     split = split or ("val" if data_dir is None else "all")
     if split not in ("val", "train", "all"):
         raise ConfigError(f"--split must be val, train or all, got {split!r}.")

@@ -18,8 +18,6 @@ from common.cli import console_script, run_cli
 from common.devices import torch_device
 from common.runs import atomic_write_text
 from egnn_com.cliopts import option
-from egnn_com.data import load_dataset
-from egnn_com.inference import check_features, load_from_checkpoint, predict
 
 COLUMNS = ["file", "num_nodes", "pred_x", "pred_y", "pred_z", "true_x", "true_y", "true_z", "abs_error"]
 
@@ -28,6 +26,10 @@ def predict_files(
     checkpoint: str | Path, paths: list[str], batch_size: int = 64, device: str = "auto"
 ) -> list[dict]:
     """One row per valid graph file (invalid files are reported and skipped, as in training)."""
+    # the model code (torch, PyG) loads here, not at import: `--help` answers without it
+    from egnn_com.data import load_dataset
+    from egnn_com.inference import check_features, load_from_checkpoint, predict
+
     dev = torch_device(device)
     model, _ = load_from_checkpoint(checkpoint, map_location=dev)
     dataset = load_dataset(list(paths), require_target=False)

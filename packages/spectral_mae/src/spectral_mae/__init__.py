@@ -15,7 +15,7 @@ __all__ = ["evaluate_model_dataloader", "load_from_checkpoint", "load_trained_mo
 _HOMES = {
     "load_from_checkpoint": "spectral_mae.factory",
     "load_trained_model": "spectral_mae.factory",
-    "evaluate_model_dataloader": "spectral_mae.evaluate",
+    "evaluate_model_dataloader": "spectral_mae.evaluation",
 }
 
 

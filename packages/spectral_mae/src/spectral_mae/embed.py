@@ -25,28 +25,22 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import h5py
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from common.cli import console_script, device_option, overwrite_option, run_cli
 from common.devices import torch_device
 from common.errors import DataError
-from spectral_mae.inference import (
-    POOLING,
-    TrainedModel,
-    destandardise,
-    encode_scene,
-    load_trained_model,
-    model_bands,
-    read_standardised,
-    reconstruct_scene,
-)
-from spectral_mae.scene_report import write_scene_report
 from spectral_mae.scenes import open_scene
+
+if TYPE_CHECKING:
+    from spectral_mae.inference import TrainedModel
+
+# The model code (torch, timm) is imported inside the functions that run it, so `--help` answers at once.
+POOLING = ("mean", "concat")  # how the spectral groups' tokens of one location become one embedding
 
 LEVELS = ("patch", "pixel")
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".npy")
@@ -59,6 +53,9 @@ def pixel_strips(patches: np.ndarray, p: int, height: int, width: int, strip: in
     Each strip of patch rows is upsampled with one patch row of context on each side: bilinear weights at
     integer scale reach only the two nearest patch centres, so the strips equal one whole-grid upsampling.
     """
+    import torch
+    import torch.nn.functional as F
+
     grid = torch.from_numpy(patches).permute(2, 0, 1).unsqueeze(0)  # (1, D, rows, cols)
     rows = patches.shape[0]
     for first in range(0, rows, strip):
@@ -216,6 +213,16 @@ def main(
             "Nothing to do: give --output for embeddings and/or --reconstruct for reconstructions."
         )
     check_output(output, bool(overwrite))
+    from spectral_mae.inference import (
+        destandardise,
+        encode_scene,
+        load_trained_model,
+        model_bands,
+        read_standardised,
+        reconstruct_scene,
+    )
+    from spectral_mae.scene_report import write_scene_report
+
     if not Path(checkpoint).is_file():
         raise DataError(f"Checkpoint {checkpoint} does not exist.")
     scene = open_scene(input_path, variable)

@@ -20,12 +20,13 @@ from common.errors import DataError
 from spectral_mae.bands import select_bands
 from spectral_mae.config import SpectralMAEConfig
 from spectral_mae.data import load_band_stats
+
+# the pooling choices live with the command (which must not import this torch module to show its --help)
+from spectral_mae.embed import POOLING
 from spectral_mae.factory import load_from_checkpoint
 from spectral_mae.model import MaskedAutoencoderSpectral
 from spectral_mae.prepare import read_prepare_record
 from spectral_mae.scenes import Scene
-
-POOLING = ("mean", "concat")  # how the spectral groups' tokens of one location become one embedding
 
 
 @dataclass

@@ -30,7 +30,7 @@ import numpy as np
 from common.cli import console_script, run_cli
 from common.errors import DataError
 from spectral_mae.bands import format_band_spec, select_bands
-from spectral_mae.data import CUBE_KEY, RGB_KEY, compute_band_stats, cube_to_rgb, save_band_stats
+from spectral_mae.cubes import CUBE_KEY, RGB_KEY, compute_band_stats, cube_to_rgb, save_band_stats
 from spectral_mae.scenes import Scene, open_labels, open_scene
 from spectral_mae.tiling import TilePlan, plan_tiles
 

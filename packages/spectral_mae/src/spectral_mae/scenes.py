@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from common.errors import DataError
-from spectral_mae.data import CUBE_KEY
+from spectral_mae.cubes import CUBE_KEY
 
 ENVI_SUFFIXES = (".hdr",)
 GEOTIFF_SUFFIXES = (".tif", ".tiff")

@@ -218,7 +218,7 @@ def run_training(
         click.echo(dump_config(cfg), nl=False)
         return 0
     if not demo:
-        from spectral_mae.data import read_index
+        from spectral_mae.cubes import read_index
 
         read_index(cfg.dataset.csv_file)  # a missing index fails before a run folder is created
     run = prepare_run(cfg, checkpoint)

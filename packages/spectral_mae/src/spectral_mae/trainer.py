@@ -51,7 +51,7 @@ from common.torch_support import OptimizerStepper, TorchTask, parse_precision
 from common.trackers import Trackers, build_trackers
 from spectral_mae.config import ShowPredictionConfig, SpectralMAEConfig
 from spectral_mae.data import keyed_loader
-from spectral_mae.evaluate import run_evaluation
+from spectral_mae.evaluation import run_evaluation
 from spectral_mae.factory import (
     Denormalizer,
     accuracy_threshold,
