@@ -65,7 +65,7 @@ def log_file_path(logger: logging.Logger) -> Path | None:
 
 
 class PhaseTimer:
-    """Wall time of named phases (e.g. the egnn seed's eight startup phases), reported as a table.
+    """Wall time of named phases (e.g. egnn_com's eight startup phases), reported as a table.
 
     >>> timer = PhaseTimer()
     >>> with timer.phase("load_data"):

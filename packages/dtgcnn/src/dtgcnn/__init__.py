@@ -2,7 +2,7 @@
 
 Importing the package first puts a fast CBLAS under MLX on Linux (see `dtgcnn.blas`) and makes glibc
 recycle MLX's large CPU buffers instead of page-faulting fresh ones (see `dtgcnn.allocator`): both must run
-before anything imports `mlx.core`, so keep this module free of mlx imports. The training guide's names
+before anything imports `mlx.core`, so keep this module free of mlx imports. The text mode's Python names
 (`DTGCNN`, `Trainer`, `TripletDataset`, ...) are loaded on first use (`__getattr__`). `dtgcnn.DTGCNN` is the
 text model (`dtgcnn.text_model.TextDTGCNN`); the mesh model stays `dtgcnn.model.DTGCNN`.
 """

@@ -137,9 +137,8 @@ def config_source(source: str | None, default: str = "default_config") -> str:
 
 @dataclass
 class DTGCNNConfig:
-    """Triplet-text mode (`--mode triplets`): every field of the training guide, plus the run's own keys.
-
-    The guide's groups in its order; fields the guide does not list are marked (run)."""
+    """Triplet-text mode (`--mode triplets`): every model, graph, loss and training option users set,
+    plus the run's own keys (marked (run))."""
 
     # --- model architecture ---
     input_dim: int = 0  # encoder width (0 = follow the encoder: 512 hashing, 384 MiniLM)
@@ -171,9 +170,11 @@ class DTGCNNConfig:
     dynamic_graph_update_freq: int = 10  # epochs between graph-space refreshes (0 = the encoder's space)
     # --- hardware ---
     mixed_precision: bool = False  # bfloat16 compute, float32 master weights
-    num_workers: int = 0  # accepted for the guide's configs: batches are row gathers, no workers needed
+    num_workers: int = (
+        0  # accepted for configs written for loaders: batches are row gathers, no workers needed
+    )
     prefetch_factor: int = 2  # batches prepared ahead in a background thread
-    persistent_workers: bool = False  # accepted for the guide's configs (no worker processes)
+    persistent_workers: bool = False  # accepted for configs written for loaders (no worker processes)
     # --- templates ---
     early_stopping_patience: int = 10  # validations without a val/loss improvement of min_delta
     # --- (run) data and encoder ---
@@ -204,7 +205,7 @@ class DTGCNNConfig:
     callbacks: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        # The guide builds this config directly in Python, where no schema coercion checks the choices.
+        # Users build this config directly in Python, where no schema coercion checks the choices.
         from typing import get_args, get_type_hints
 
         from common.errors import ConfigError

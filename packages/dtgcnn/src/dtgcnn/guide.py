@@ -1,5 +1,5 @@
-"""The training guide's Python API for the text mode, on the shared loop: `Trainer`, `AdvancedTrainer`, and
-the callbacks as the guide spells them.
+"""The text mode's Python API, on the shared loop: `Trainer`, `AdvancedTrainer`, and
+the callbacks under the names text-mode users call them.
 
     trainer = Trainer(model=model, train_loader=train_loader, val_loader=val_loader, epochs=20)
     trainer.train()
@@ -7,7 +7,7 @@ the callbacks as the guide spells them.
     trainer.train(train_loader, val_loader, callbacks=[EarlyStopping(patience=5), ModelCheckpoint(save_top_k=3),
                                                       LearningRateMonitor(), TensorboardLogger()])
 
-`EarlyStopping` and `LearningRateMonitor` are common's. The guide builds `ModelCheckpoint` and
+`EarlyStopping` and `LearningRateMonitor` are common's. Users build `ModelCheckpoint` and
 `TensorboardLogger` without a folder, so here they are common's `ModelCheckpoint` / `TrackerLogger` that take
 the run folder when the trainer starts (`bind_run`). Runs go to `output_dir` (default
 experiments/run_<timestamp>).
@@ -81,7 +81,7 @@ class TensorboardLogger(TrackerLogger):
 
 
 class Trainer:
-    """The guide's Quick Start trainer: `Trainer(model, train_loader, val_loader, epochs).train()`."""
+    """The quick-start trainer: `Trainer(model, train_loader, val_loader, epochs).train()`."""
 
     def __init__(
         self,
@@ -121,7 +121,7 @@ class Trainer:
 
 
 class AdvancedTrainer:
-    """The guide's Advanced Setup trainer: `AdvancedTrainer(model, config).train(train, val, callbacks=[...])`."""
+    """The full trainer (config, callbacks): `AdvancedTrainer(model, config).train(train, val, callbacks=[...])`."""
 
     def __init__(self, model, config: DTGCNNConfig, *, output_dir: str | Path | None = None) -> None:
         self.model, self.config = model, config

@@ -8,9 +8,9 @@ Strategies (`mining_strategy`), each with `loss_reduction` "mean" (the strategy'
 - none: no mining. With explicit `triplets` (bare text triplets) their own loss, averaged over the triplets;
   with labels alone every valid triplet of the batch, averaged over all of them (PML's loss, no miner,
   MeanReducer).
-- batch_hard (Hermans et al. 2017): per anchor its farthest positive and nearest negative; mean over the
+- batch_hard: per anchor its farthest positive and nearest negative; mean over the
   anchors that have both (PML: BatchHardMiner + MeanReducer).
-- semi_hard (FaceNet, as TensorFlow Addons computes it): per (anchor, positive) pair the nearest negative
+- semi_hard: per (anchor, positive) pair the nearest negative
   farther than the positive, d(a,n) > d(a,p); when there is none, the anchor's farthest negative; mean over
   the pairs whose anchor has a negative.
 - batch_all: every valid triplet; the sum divided by the number of triplets with a positive loss, so easy

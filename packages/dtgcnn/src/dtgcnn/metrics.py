@@ -94,7 +94,7 @@ def triplet_batch_metrics(emb: mx.array, labels: mx.array, margin: float) -> dic
 def precision_at_r_metrics(
     embeddings: np.ndarray, labels: np.ndarray, queries: np.ndarray | None = None
 ) -> dict[str, float]:
-    """precision@1, R-precision and MAP@R (Musgrave et al. 2020) over cosine retrieval, leave-one-out.
+    """precision@1, R-precision and MAP@R (mean average precision at R, R = the query's number of relatives) over cosine retrieval, leave-one-out.
 
     Every row is a query against all the other rows; R = the number of other rows with its label. Queries
     whose label has no other row are skipped (they have nothing to retrieve), as pytorch-metric-learning's

@@ -1,4 +1,4 @@
-"""Text triplet data: the guide's JSON and CSV triplet files and labelled sentences, validated, encoded once,
+"""Text triplet data: JSON and CSV triplet files and labelled sentences, validated, encoded once,
 served as resumable batches.
 
 Formats (checked up front; a bad file is refused naming the file, the line or index, and the field):
@@ -70,7 +70,9 @@ def read_triplet_file(path: str | Path) -> tuple[str, list[tuple[str, ...]]]:
     if path.suffix.lower() in (".csv", ".tsv"):
         return _read_csv(path)
     raise DataError(
-        f"{path}: unknown data format {path.suffix!r}; give a .json or .csv file (see the guide)."
+        f"{path}: unknown data format {path.suffix!r}; give a .json file of triplets "
+        '({"triplets": [{"anchor", "positive", "negative"}]}) or a .csv file '
+        "(anchor,positive,negative, or text,label)."
     )
 
 

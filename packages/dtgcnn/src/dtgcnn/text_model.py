@@ -1,8 +1,8 @@
-"""The text DT-GCNN (exported from `dtgcnn` under the guide's name `DTGCNN`): encoder vectors -> GCN over a
+"""The text DT-GCNN (exported from `dtgcnn` under the name `DTGCNN`): encoder vectors -> GCN over a
 cosine k-NN graph -> L2-normalised retrieval embeddings.
 
-The graph and why it has a reference bank. The guide builds a k-NN graph over the batch, but then a text's
-embedding would depend on the texts it happens to be batched with, and `encode(["a"])` and
+The graph and why it has a reference bank. A k-NN graph over the batch alone would make a text's
+embedding depend on the texts it happens to be batched with, and `encode(["a"])` and
 `encode(["a", "b"])` would give "a" two embeddings. Here every node's neighbours come from a fixed
 *reference bank*: `graph_bank_size` training texts (their encoder vectors) stored with the model's weights.
 The bank's own nodes run through the same layers (their neighbours are other bank nodes), and a batch node
@@ -72,7 +72,7 @@ class TextDTGCNN(nn.Module):
         super().__init__()
         from dtgcnn.config import DTGCNNConfig
 
-        if isinstance(input_dim, DTGCNNConfig):  # the guide's DTGCNN(config)
+        if isinstance(input_dim, DTGCNNConfig):  # DTGCNN(config), the config's fields
             cfg = input_dim
             input_dim, hidden_dim, output_dim, num_gcn_layers = (
                 cfg.input_dim,

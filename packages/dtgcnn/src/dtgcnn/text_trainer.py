@@ -1,6 +1,6 @@
 """One triplet-text training run on the shared loop: run folder, trackers, callbacks, checkpoints, resume,
 and the end-of-run outputs (curves, t-SNE of the val embeddings). `python -m dtgcnn.train --mode triplets`
-and the guide's `Trainer` / `AdvancedTrainer` all go through `fit_triplets`.
+and the Python API's `Trainer` / `AdvancedTrainer` all go through `fit_triplets`.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class TextEpochSummary(Callback):
 
 
 def bind_to_run(callbacks: Sequence[Callback], run: RunFolder, resume_step: int | None) -> None:
-    """Give callbacks made without a folder (the guide's `ModelCheckpoint(save_top_k=3)`,
+    """Give callbacks made without a folder (e.g. `ModelCheckpoint(save_top_k=3)`,
     `TensorboardLogger()`) the run folder."""
     for cb in callbacks:
         bind = getattr(cb, "bind_run", None)

@@ -66,7 +66,7 @@ from egnn_com.splits import split_dataset
 from egnn_com.task import CentreOfMassTask, EpochSummary, cuda_warmup, make_optimizer
 
 COMMAND = "python -m egnn_com.train"  # how a run is started; the loop prints it in the resume hint
-# the seed's best-checkpoint name; the default (train.checkpoint_filename) keeps its shape with 5 significant
+# the original best-checkpoint name; the default (train.checkpoint_filename) keeps its shape with 5 significant
 # digits, since on real molecules every good model's val/loss rounds to 0.000
 SEED_TEMPLATE = "best-model-{epoch:02d}-{val_loss:.3f}.ckpt"
 LAST_FILE = "last.ckpt"
