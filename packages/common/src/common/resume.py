@@ -14,19 +14,19 @@ from pathlib import Path
 from common.checkpoint import load_checkpoint
 from common.checkpoint.manager import MANIFEST
 from common.errors import CheckpointError, ConfigError
-from common.runs import is_temp_file
+from common.runs import CHECKPOINT_SUFFIXES, is_temp_file
 
 __all__ = [
     "newest_run",
     "run_folder_of",
     "CHECKPOINT_SUFFIXES",
+    "best_checkpoint",
+    "evaluation_output",
     "find_checkpoint",
     "latest_checkpoint",
     "read_training_checkpoint",
     "saved_config",
 ]
-
-CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".npz")
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:

@@ -43,8 +43,9 @@ class RunFolderError(TrainyardError):
 # non-empty folder means it is not ours to delete.
 RUN_MARKERS = ("config.yaml", "checkpoints")
 
-# What a run that has trained leaves: checkpoints (every package's suffix) or a metrics history.
-CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".npz", ".safetensors")
+# The file names of every package's checkpoints (what `--resume` looks for, and what shows that a run has
+# trained, with a metrics history).
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".npz")
 
 # Run folders this process created, so a run refused before it trained can leave nothing behind.
 _created_here: list[Path] = []

@@ -9,6 +9,7 @@ leaves the checkpoint of an earlier step, as a real crash would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -178,8 +179,6 @@ def make_finished_run(folder: str | Path, checkpoint: str = "last.ckpt") -> Path
 
 def file_digests(folder: str | Path) -> dict[str, str]:
     """{relative path: sha256} of every file under `folder`, to show that a command left them byte-identical."""
-    import hashlib
-
     folder = Path(folder)
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()

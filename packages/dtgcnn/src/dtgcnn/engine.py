@@ -4,6 +4,7 @@ split evaluation."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from common import mlx_support
 from common.errors import NonFiniteError
+from common.loop import Task
 from common.precision import canonical_precision
 from dtgcnn.config import TrainConfig
 from dtgcnn.data import MeshSplit, eval_batches, make_batch
@@ -193,6 +195,25 @@ class Stepper:
             f"Training stopped: {what}; no weights were updated and no checkpoint was "
             f"written from this state.{where} Lower learning_rate or check the data."
         )
+
+
+class StepperTask(Task):
+    """What the mesh and the text tasks share around their `Stepper` (set as `self.stepper`, with the MLX
+    optimizer as `self.optimizer`): the optimizer step, the learning rate, and metrics averaged over the
+    processes of an `mlx.launch` run."""
+
+    stepper: Stepper
+    optimizer: optim.Optimizer
+
+    def optimizer_step(self) -> float:
+        return self.stepper.optimizer_step()
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        self.optimizer.learning_rate = float(lrs[0])
+
+    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean over the processes (one all_sum of the packed values); unchanged in a single process."""
+        return mlx_support.all_reduce_mean(metrics)
 
 
 def evaluate_split(model: nn.Module, split: MeshSplit, cfg: TrainConfig, *, with_embeddings: bool = False):

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import mlx.core as mx
@@ -22,13 +21,11 @@ import mlx.optimizers as optim
 import numpy as np
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
-from common import mlx_support
 from common.config import config_to_dict
 from common.errors import CheckpointError
-from common.loop import Task
 from common.mlx_support import load_model_state, load_optimizer_state, model_state, optimizer_state
 from dtgcnn.config import DTGCNNConfig
-from dtgcnn.engine import Stepper
+from dtgcnn.engine import Stepper, StepperTask
 from dtgcnn.losses import triplet_loss
 from dtgcnn.metrics import precision_at_r_metrics, triplet_batch_metrics
 from dtgcnn.text_data import TextBatch, TextLoader, text_keys
@@ -55,7 +52,7 @@ def build_optimizer(cfg: DTGCNNConfig) -> optim.Optimizer:
     return optim.SGD(learning_rate=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
-class TripletTask(Task):
+class TripletTask(StepperTask):
     """The triplet-text side of the loop. A batch is a `TextBatch`; see the module docstring."""
 
     def __init__(
@@ -107,15 +104,6 @@ class TripletTask(Task):
     def micro_step(self, batch: TextBatch, scale: float) -> dict[str, float]:
         triplets = batch.triplets if self.cfg.mining_strategy == "none" else None
         return self.stepper.micro_step(batch.vectors, batch.labels, triplets, scale=scale)
-
-    def optimizer_step(self) -> float:
-        return self.stepper.optimizer_step()
-
-    def set_lrs(self, lrs: Sequence[float]) -> None:
-        self.optimizer.learning_rate = float(lrs[0])
-
-    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        return mlx_support.all_reduce_mean(metrics)
 
     def validate(self) -> dict[str, float]:
         if self.val_loader is None:

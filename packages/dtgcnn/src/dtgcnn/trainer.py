@@ -46,7 +46,7 @@ from common.devices import describe_device, mlx_device, peak_memory_mb
 from common.distributed import get_rank, get_world_size, is_main_process
 from common.errors import CheckpointError, DataError
 from common.logs import PhaseTimer
-from common.loop import FitResult, Loop, Plan, Task
+from common.loop import FitResult, Loop, Plan
 from common.mlx_support import load_model_state, load_optimizer_state, model_state, optimizer_state
 from common.resume import read_training_checkpoint
 from common.runs import RunFolder, atomic_write_text
@@ -56,7 +56,7 @@ from common.trackers import Trackers, build_trackers
 from dtgcnn import plotting, streams
 from dtgcnn.config import TrainConfig, schedule_config
 from dtgcnn.data import MeshAugmentation, MeshSplit, PKOrder, pk_sampler, prefetch
-from dtgcnn.engine import Stepper, evaluate_split
+from dtgcnn.engine import Stepper, StepperTask, evaluate_split
 from dtgcnn.model import DTGCNN, ModelSpec, count_parameters
 
 log = logging.getLogger("trainyard.dtgcnn")
@@ -89,7 +89,7 @@ def setup_device(cfg: TrainConfig) -> str:
     return describe_device(device)
 
 
-class DTGCNNTask(Task):
+class DTGCNNTask(StepperTask):
     """DT-GCNN's side of the loop: P x K mesh batches, the MLX model and AdamW, the joint loss, metrics.
 
     A batch is (batch_index, x [B,N,C] float32, labels [B] int32). `micro_step` adds scale x the
@@ -156,16 +156,6 @@ class DTGCNNTask(Task):
     def micro_step(self, batch, scale: float) -> dict[str, float]:
         _, x, y = batch
         return self.stepper.micro_step(x, y, scale=scale)
-
-    def optimizer_step(self) -> float:
-        return self.stepper.optimizer_step()
-
-    def set_lrs(self, lrs: Sequence[float]) -> None:
-        self.optimizer.learning_rate = float(lrs[0])
-
-    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean over the processes (one all_sum of the packed values); unchanged in a single process."""
-        return mlx_support.all_reduce_mean(metrics)
 
     def validate(self) -> dict[str, float]:
         # Every process evaluates the whole val split: the weights and BatchNorm statistics are the same on

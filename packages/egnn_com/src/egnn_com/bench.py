@@ -381,18 +381,7 @@ def main(
     for size in sizes.split(","):
         data = make_graphs(size, graphs or EPOCH_GRAPHS[size])
         for name in models.split(","):
-            r = bench_training(
-                name,
-                data,
-                batch_size=batch_size,
-                hidden_dim=hidden_dim,
-                num_layers=num_layers,
-                epochs=epochs,
-                num_workers=num_workers,
-                worker_type=worker_type,
-                device=dev,
-                peak=peak,
-            )
+            r = bench_training(name, data, **training, device=dev, peak=peak)
             r["size"] = size
             rows.append(r)
             mem = max(r["memory_mb"].values()) if r["memory_mb"] else float("nan")

@@ -69,40 +69,10 @@ __getattr__ = forward_to("spectral_mae.benchmark", __name__)
     "(cores // N threads each), with the scaling efficiency. 0 = the single-process benchmark.",
 )
 @click.option("--launched-part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
-def main(
-    models,
-    decoders,
-    img_size,
-    batch_size,
-    steps,
-    warmup,
-    yardstick,
-    device,
-    amp,
-    compile_,
-    threads,
-    json_path,
-    nproc,
-    launched_part,
-):
+def main(**options):
     from spectral_mae.benchmark import run
 
-    return run(
-        models=models,
-        decoders=decoders,
-        img_size=img_size,
-        batch_size=batch_size,
-        steps=steps,
-        warmup=warmup,
-        yardstick=yardstick,
-        device=device,
-        amp=amp,
-        compile_=compile_,
-        threads=threads,
-        json_path=json_path,
-        nproc=nproc,
-        launched_part=launched_part,
-    )
+    return run(**options)
 
 
 cli = console_script(main)  # the installed command

@@ -181,32 +181,18 @@ def options(fn):
 @click.command()
 @options
 @click.pass_context
-def main(
-    ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, precision, print_cfg, demo
-):
+def main(ctx, **options):
     """Train the spectral masked autoencoder.
 
     OVERRIDES: `group=name` picks a bundled config group (model=mae_large, optimizer=sgd, scheduler=constant,
-    loss=mse, augmentation=flips, metric=fast, accuracy=spectral_angle, show_prediction=none, ...); `a.b=value` sets any key (hparams.batch_size=4, general.use_amp=true,
-    mlflow.tags.version="v1.0", callbacks=[LearningRateMonitor]).
+    loss=mse, augmentation=flips, metric=fast, accuracy=spectral_angle, show_prediction=none, ...); `a.b=value`
+    sets any key (hparams.batch_size=4, general.use_amp=true, mlflow.tags.version="v1.0",
+    callbacks=[LearningRateMonitor]).
 
     Exit status: 0 when the run finished, 130 after SIGINT and 143 after SIGTERM (the run stopped after the
     current step, saved checkpoints/last_step.ckpt and printed the command that continues it).
     """
-    return run_training(
-        ctx,
-        overrides,
-        config,
-        data_dir,
-        output_dir,
-        resume,
-        device,
-        seed,
-        overwrite,
-        precision,
-        print_cfg,
-        demo,
-    )
+    return run_training(ctx, **options)
 
 
 def run_training(

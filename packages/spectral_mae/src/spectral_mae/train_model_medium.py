@@ -20,29 +20,14 @@ MODEL_CHOICE = "model=mae_medium"
 @click.command()
 @options
 @click.pass_context
-def main(
-    ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, precision, print_cfg, demo
-):
+def main(ctx, overrides, resume, **options):
     """Train the spectral masked autoencoder with the mae_medium model (16 x 512 encoder, 8 x 256 decoder).
 
     Same options, overrides and exit statuses as `python -m spectral_mae.train`.
     """
     if not resume:
         overrides = (MODEL_CHOICE, *overrides)
-    return run_training(
-        ctx,
-        overrides,
-        config,
-        data_dir,
-        output_dir,
-        resume,
-        device,
-        seed,
-        overwrite,
-        precision,
-        print_cfg,
-        demo,
-    )
+    return run_training(ctx, overrides=overrides, resume=resume, **options)
 
 
 cli = console_script(main)  # an installed command would use this
