@@ -1,0 +1,1 @@
+"""Trainyard's dashboard: the runs of every package under one runs root."""
