@@ -24,7 +24,7 @@ from common.checkpoint import load_checkpoint
 from common.cli import run_cli
 from common.devices import torch_device
 from common.errors import DeviceError
-from common.testing import assert_trees_equal, history_series
+from common.testing import assert_torch_loadable, assert_trees_equal, history_series
 
 from .conftest import make_cfg
 
@@ -77,6 +77,8 @@ def test_short_run_learns_and_writes_the_package_outputs(tiny_data, tmp_path):
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 4
     model, saved = load_from_checkpoint(run / "checkpoints" / "checkpoint_best.pth")
     assert not model.training and saved.data.tile_size == 64 and saved.training.num_epochs == 3
+    for name in ("checkpoint_best.pth", "checkpoint_latest.pth"):  # weights-only and full files
+        assert_torch_loadable(run / "checkpoints" / name, load_from_checkpoint, tmp_path)
 
 
 # -- gradient accumulation -----------------------------------------------------------------------------------

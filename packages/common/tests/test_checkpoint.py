@@ -107,6 +107,44 @@ def test_restored_numpy_generator_continues_the_same_stream(tmp_path):
     np.testing.assert_array_equal(restored.random(5), expected)
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".ckpt"])
+def test_torch_named_files_open_with_torch_load_weights_only(tmp_path, suffix):
+    torch = pytest.importorskip("torch")
+    state = {
+        "model": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        "epoch": 3,
+        "names": np.array(["a"]),
+    }
+    path = save_checkpoint(tmp_path / f"a{suffix}", state)
+    payload = torch.load(path, weights_only=True)
+    assert torch.equal(payload["model"]["w"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert payload["epoch"] == 3 and json.loads(payload["__trainyard__"])["flavour"] == "torch"
+    assert_same_tree(load_checkpoint(path), state)  # strings (no torch dtype) come back exactly too
+
+
+class _Trap:
+    """A pickled object that would run code when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ("touch trap-ran",))
+
+
+def test_a_torch_file_naming_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from common.checkpoint import format as checkpoint_format
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with path.open("w+b") as fh:  # a correct trailer, so only the weights-only unpickler stands in the way
+        torch.save({"__trainyard__": "{}", "model": _Trap()}, fh)
+        fh.seek(-2, os.SEEK_END)
+        fh.write(len(checkpoint_format._PLACEHOLDER).to_bytes(2, "little") + checkpoint_format._PLACEHOLDER)
+        checkpoint_format._seal(fh)
+    with pytest.raises(CheckpointError, match="weights-only loader refused it"):
+        load_checkpoint(path)
+    assert not (tmp_path / "trap-ran").exists()
+
+
 def test_file_is_a_plain_npz_for_users(tmp_path):
     path = save_checkpoint(tmp_path / "a.npz", {"model": {"w": np.eye(2)}, "epoch": 3})
     with np.load(path, allow_pickle=False) as z:

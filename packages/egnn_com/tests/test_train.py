@@ -11,6 +11,7 @@ from common.checkpoint import load_checkpoint, save_checkpoint
 from common.cli import run_cli
 from common.config import load_config
 from common.errors import DeviceError
+from common.testing import assert_torch_loadable
 from egnn_com import evaluate as evaluate_cli
 from egnn_com import predict as predict_cli
 from egnn_com import train as train_cli
@@ -76,6 +77,8 @@ def test_egnn_loss_falls_and_checkpoints_keep_their_names(tmp_path, tiny_data):
     assert (out.epochs_done, out.global_step, out.exit_code, out.interrupted) == (4, 16, 0, None)
     assert (out.run_dir / "config.yaml").exists() and (out.run_dir / "plots" / "training_curves.png").exists()
     assert list((out.run_dir / "logs").glob("training_*.log"))
+    for ckpt in (out.checkpoint_dir / "last.ckpt", out.best_checkpoint):  # full and weights-only files
+        assert_torch_loadable(ckpt, load_from_checkpoint, tmp_path)
 
 
 def test_plateau_schedule_halves_lr(tmp_path, tiny_data):

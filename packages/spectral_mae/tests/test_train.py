@@ -19,7 +19,8 @@ from common.checkpoint import load_checkpoint
 from common.cli import run_cli
 from common.runs import RunFolder
 from common.seeding import seed_everything
-from common.testing import assert_trees_equal, history_series
+from common.testing import assert_torch_loadable, assert_trees_equal, history_series
+from spectral_mae.factory import load_from_checkpoint
 from spectral_mae.synthetic import SyntheticSpec, write_dataset
 from spectral_mae.train import find_resume_checkpoint, main
 from spectral_mae.trainer import SpectralMAETask, train
@@ -70,6 +71,8 @@ def test_short_run_loss_falls_writes_figures_and_mlflow(make_config, tmp_path, m
             assert (run_dir / "plots" / "predictions" / f"{kind}_epoch_{epoch:04d}.png").stat().st_size > 1000
     assert (run_dir / "plots" / "training_curves.png").is_file()
     assert result.best_checkpoint == run_dir / "checkpoints" / "best_model.ckpt"
+    for ckpt in (result.best_checkpoint, run_dir / "checkpoints" / "last.ckpt"):
+        assert_torch_loadable(ckpt, load_from_checkpoint, tmp_path)
 
     from mlflow.tracking import MlflowClient
 

@@ -185,3 +185,31 @@ def file_digests(folder: str | Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def assert_torch_loadable(path: str | Path, loader, tmp_dir: str | Path) -> None:
+    """A torch package's checkpoint opens with `torch.load(path, weights_only=True)`, its "model" entry is
+    the state dict the package's own `loader(path) -> (model, config)` restores, and a copy with one byte
+    flipped is refused by that loader (CheckpointError), so the standard loader costs no integrity."""
+    import torch
+
+    from common.errors import CheckpointError
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model, _ = loader(path)
+    expected = model.state_dict()
+    assert set(payload["model"]) == set(expected), f"{path}: model keys differ from the restored model's"
+    for key, tensor in expected.items():
+        assert torch.equal(payload["model"][key].to(tensor.dtype), tensor.cpu()), f"{path}: {key} differs"
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    flipped = Path(tmp_dir) / "flipped" / Path(path).name
+    flipped.parent.mkdir(parents=True, exist_ok=True)
+    flipped.write_bytes(bytes(data))
+    try:
+        loader(flipped)
+    except CheckpointError:
+        return
+    raise AssertionError(
+        f"{flipped}: a flipped byte was not refused by {loader.__module__}.{loader.__name__}"
+    )

@@ -17,6 +17,11 @@ round-trip exactly); tuples are {"__tuple__": [...]}; NaN/inf are {"__float__": 
 holds 128-bit ints).
 
 Loading never unpickles: arrays are read with allow_pickle=False and the skeleton is JSON.
+
+`.pth`, `.pt` and `.ckpt` files are the torch flavour of the same format (`torch_zip`): torch's own zip, which
+`torch.load(path, weights_only=True)` opens, with the same skeleton inside and the same trailer. The suffix
+picks the flavour when saving (torch files only where torch is installed; without it they are npz); loading
+tells them apart by content.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from common.checkpoint import torch_zip
 from common.errors import CheckpointError
 from common.runs import atomic_writer, is_temp_file
 
@@ -43,6 +49,7 @@ META_MEMBER = "__trainyard__.npy"
 TRAILER_PREFIX = b"trainyard-sha256:"
 _DIGEST_HEX_LEN = 64
 _CHUNK = 1 << 20
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -189,13 +196,33 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     encoder = _Encoder()
     skeleton = encoder.encode(state, "")
     with atomic_writer(path) as fh:
-        _write_archive(fh, encoder.arrays, skeleton)
+        if _torch_flavour(path):
+            meta = {"format": FORMAT, "created": _now()}
+            torch_zip.write_torch_archive(fh, encoder.arrays, skeleton, meta, _PLACEHOLDER)
+        else:
+            _write_archive(fh, encoder.arrays, skeleton)
+        _seal(fh)
     return path
+
+
+def _torch_flavour(path: Path) -> bool:
+    """Torch-named files are torch zips wherever torch is installed (only there can torch.load open them)."""
+    if path.suffix not in TORCH_SUFFIXES:
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+_PLACEHOLDER = TRAILER_PREFIX + b"0" * _DIGEST_HEX_LEN
 
 
 def _write_archive(fh, arrays: dict[str, np.ndarray], skeleton: Any) -> None:
     members_digest = hashlib.sha256()
-    placeholder = TRAILER_PREFIX + b"0" * _DIGEST_HEX_LEN
     with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as archive:
         for name in sorted(arrays):  # name order: the member hash is defined over it
             array = arrays[name]
@@ -209,14 +236,18 @@ def _write_archive(fh, arrays: dict[str, np.ndarray], skeleton: Any) -> None:
             "format": FORMAT,
             "skeleton": skeleton,
             "sha256": members_digest.hexdigest(),
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "created": _now(),
         }
         text = json.dumps(meta, allow_nan=False, separators=(",", ":")).encode("utf-8")
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, np.frombuffer(text, dtype=np.uint8), allow_pickle=False)
         archive.writestr(META_MEMBER, buffer.getvalue())
-        archive.comment = placeholder
-    # The comment is the last thing in a zip: hash everything before the hex and write the hex in place.
+        archive.comment = _PLACEHOLDER
+
+
+def _seal(fh) -> None:
+    """The comment is the last thing in a zip: hash everything before its hex and write the hex in place."""
+    fh.seek(0, os.SEEK_END)
     end = fh.tell()
     fh.seek(0)
     file_digest = hashlib.sha256()
@@ -298,6 +329,10 @@ def _verify_file_digest(path: Path) -> None:
 def _read_archive(path: Path) -> dict:
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
+        if META_MEMBER not in names and any(name.endswith("/data.pkl") for name in names):
+            meta, arrays = torch_zip.read_torch_archive(path)
+            _check_format(path, meta)
+            return _decode(meta["skeleton"], arrays)
         if META_MEMBER not in names:
             raise CheckpointError(
                 f"Cannot load checkpoint {path}: it has no {META_MEMBER} member, so it is a plain npz archive "
@@ -306,11 +341,7 @@ def _read_archive(path: Path) -> dict:
         with archive.open(META_MEMBER) as fh:
             meta_bytes = np.lib.format.read_array(fh, allow_pickle=False)
         meta = json.loads(np.asarray(meta_bytes, dtype=np.uint8).tobytes().decode("utf-8"))
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(
-                f"Cannot load checkpoint {path}: it is format {meta.get('format')!r}, this version of "
-                f"trainyard-common reads format {FORMAT}."
-            )
+        _check_format(path, meta)
         wanted = set(_array_refs(meta["skeleton"]))
         members = sorted(names - {META_MEMBER})
         if missing := wanted - set(members):
@@ -327,6 +358,14 @@ def _read_archive(path: Path) -> dict:
             f"recorded in {META_MEMBER}.{_alternatives_hint(path)}"
         )
     return _decode(meta["skeleton"], arrays)
+
+
+def _check_format(path: Path, meta: dict) -> None:
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"Cannot load checkpoint {path}: it is format {meta.get('format')!r}, this version of "
+            f"trainyard-common reads format {FORMAT}."
+        )
 
 
 def _alternatives_hint(path: Path) -> str:
