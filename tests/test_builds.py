@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["common", "dtgcnn", "egnn_com", "spectral_mae", "cabruca"]
+PACKAGES = ["common", "dtgcnn", "egnn_com", "spectral_mae", "cabruca", "dashboard"]
 UV = os.environ.get("UV") or "uv"
 
 

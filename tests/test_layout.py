@@ -8,7 +8,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["common", "dtgcnn", "egnn_com", "spectral_mae", "cabruca"]
+PACKAGES = ["common", "dtgcnn", "egnn_com", "spectral_mae", "cabruca", "dashboard"]
 
 
 def pyproject(path: Path) -> dict:

@@ -1,9 +1,9 @@
-"""Trainyard dashboard launcher: `streamlit run tools/dashboard/app.py -- --runs-dir outputs`.
+"""The Trainyard dashboard from a workspace checkout: `streamlit run tools/dashboard/app.py -- --runs-root outputs`.
 
-The app lives in the cabruca package (`cabruca.dashboard.app`) so an installed wheel can serve it too
-(`python -m cabruca.monitor`); this file only runs it from a workspace checkout.
+The app is the trainyard-dashboard package's (`dashboard.app`), which the installed command
+`trainyard-dashboard --runs-root outputs` serves too; this file only runs it by path.
 """
 
-from cabruca.dashboard.app import main
+from dashboard.app import main
 
 main()

@@ -1,1 +1,0 @@
-"""Trainyard monitoring dashboard (Streamlit): reads the run folders of every Trainyard package."""
