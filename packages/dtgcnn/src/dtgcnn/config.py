@@ -5,6 +5,7 @@ Loaded with `common.config.load_config(TrainConfig, source, package="dtgcnn", cl
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +74,9 @@ class TrainConfig:
         0  # checkpoints/last_step.npz every N optimizer steps (SIGKILL safety); 0 = off
     )
     tensorboard: bool = False
+    # MLflow (MLFLOW_TRACKING_URI, else mlflow.db where the command runs); the best weights are logged as the
+    # run's model at the end (dtgcnn.load_mlflow_model reads them back)
+    mlflow: bool = False
     seed: int = 42
     grad_norm_warn: float = 100.0  # warn about exploding gradients above this (pre-clip) norm
     collapse_warn: float = 0.01  # warn about embedding collapse below this embedding spread
@@ -159,17 +163,24 @@ class DTGCNNConfig:
     triplet_margin: float = 0.2
     mining_strategy: Literal["none", "batch_hard", "semi_hard", "batch_all"] = "batch_hard"
     loss_reduction: Literal["mean", "sum"] = "mean"
+    focal_gamma: float = 0.0  # focal triplet loss: each triplet's loss l times (1 - exp(-l))**gamma; 0 = off
+    target_margin: float | None = None  # adaptive margin: triplet_margin at epoch 0 to this at the end
     # --- optimisation ---
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    scheduler: Literal["cosine", "step", "exponential", "constant"] = "cosine"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # adamw: decoupled weight_decay
+    scheduler: Literal["cosine", "step", "exponential", "constant", "onecycle"] = "cosine"
+    pct_start: float = 0.3  # onecycle: share of the run rising to learning_rate (its own warm-up)
     gradient_clip_val: float = 1.0  # max global gradient norm; 0 disables clipping
     gradient_accumulation_steps: int = 1
+    weight_init: Literal["default", "xavier_uniform", "xavier_normal"] = "default"  # Linear weights; biases 0
     # --- graph construction ---
     graph_k_neighbors: int = 10  # neighbours of each node in the reference bank
     graph_similarity_threshold: float = 0.0  # edges below this cosine similarity are dropped
     dynamic_graph_update_freq: int = 10  # epochs between graph-space refreshes (0 = the encoder's space)
     # --- hardware ---
-    mixed_precision: bool = False  # bfloat16 compute, float32 master weights
+    mixed_precision: bool = False  # half-precision compute (mixed_precision_dtype), float32 master weights
+    mixed_precision_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    gradient_checkpointing: bool = False  # recompute each GCN layer in the backward pass, not store it
+    auto_batch_halving: bool = True  # out of memory: split every batch in two (global batch unchanged)
     num_workers: int = (
         0  # accepted for configs written for loaders: batches are row gathers, no workers needed
     )
@@ -191,7 +202,8 @@ class DTGCNNConfig:
     device: str = "auto"  # auto | cpu | gpu
     jit_compile: bool = False  # mx.compile the step (batches of bare triplets vary in size: recompiles)
     memory_limit_gb: float = 0.0
-    clear_cache_every: int = 0
+    clear_cache_every: int = 0  # epochs between mx.clear_cache() (0 = never)
+    clear_cache_every_steps: int = 0  # optimizer steps between mx.clear_cache() (0 = never)
     # --- (run) logging, checkpoints ---
     log_interval: int = 50  # optimizer steps between train/<name>_step rows (0 = none)
     plot_every: int = 10  # epochs between training-curve plots (0 = none)
@@ -203,6 +215,23 @@ class DTGCNNConfig:
     grad_norm_warn: float = 100.0
     collapse_warn: float = 0.01
     callbacks: list[Any] = field(default_factory=list)
+    # --- (run) training strategies (dtgcnn.strategies) ---
+    # progressive: stage 1 trains the input projection (+ output projection), stage 2 the GCN layers with the
+    # input projection frozen, stage 3 everything for num_epochs at learning_rate
+    progressive: bool = False
+    progressive_epochs: list[int] = field(default_factory=lambda: [5, 10])  # epochs of stages 1 and 2
+    progressive_lrs: list[float] = field(default_factory=lambda: [0.001, 0.0005])  # LRs of stages 1 and 2
+    curriculum: bool = False  # train on the easiest triplets first (difficulty d(a,n) - d(a,p))
+    curriculum_stages: int = 4  # difficulty stages; the last one is the whole training set
+    curriculum_difficulty: Literal["encoder", "model"] = "encoder"  # space the difficulty is measured in
+    curriculum_advance: Literal["schedule", "plateau"] = "schedule"  # how the next stage starts
+    curriculum_epochs_per_stage: int = 1  # schedule: epochs per stage
+    curriculum_patience: int = 1  # plateau: validations without a val/loss improvement before advancing
+    curriculum_pacing: Literal["cumulative", "bands"] = "cumulative"  # easiest share so far, or one band
+    multitask: bool = False  # triplet + classification + regression heads (labelled sentences)
+    num_classes: int = 0  # classification head width (0 = the data's labels)
+    multitask_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.1])  # triplet, class, regr.
+    ensemble_size: int = 1  # > 1: train that many members (seeds seed, seed+1, ...) and average them
 
     def __post_init__(self) -> None:
         # Users build this config directly in Python, where no schema coercion checks the choices.
@@ -221,11 +250,21 @@ class DTGCNNConfig:
             )
         if self.num_gcn_layers < 1 or self.graph_k_neighbors < 1 or self.output_dim < 1:
             raise ConfigError("num_gcn_layers, graph_k_neighbors and output_dim must be >= 1.")
+        require_at_least(self, 0, "focal_gamma", "clear_cache_every", "clear_cache_every_steps")
+        if self.focal_gamma and self.mining_strategy == "batch_all":
+            raise ConfigError(
+                "focal_gamma needs each triplet's own loss, and batch_all sums its triplets in closed form; "
+                "use mining_strategy batch_hard or semi_hard with focal_gamma, or set focal_gamma=0."
+            )
+        if not 0.0 < self.pct_start < 1.0:
+            raise ConfigError(
+                f"pct_start must be between 0 and 1 (a share of the run), got {self.pct_start}."
+            )
 
     @property
     def precision(self) -> str:
         """The compute dtype the shared step uses (weights stay float32)."""
-        return "bfloat16" if self.mixed_precision else "float32"
+        return self.mixed_precision_dtype if self.mixed_precision else "float32"
 
     @property
     def widths(self) -> list[int]:
@@ -233,7 +272,18 @@ class DTGCNNConfig:
         return list(self.hidden_dims) if self.hidden_dims else [self.hidden_dim] * self.num_gcn_layers
 
     def schedule_config(self, steps_per_epoch: int) -> tuple[ScheduleConfig, int]:
-        """The common schedule for `scheduler`, as the mesh mode builds it."""
+        """The common schedule for `scheduler`, as the mesh mode builds it; onecycle (per optimizer step)
+        rises to `learning_rate` over `pct_start` of the run, which is its warm-up: warmup_epochs does not
+        apply to it."""
+        if self.scheduler == "onecycle":
+            if self.warmup_epochs:
+                logging.getLogger("trainyard.dtgcnn").warning(
+                    "scheduler onecycle warms up over pct_start=%s of the run; warmup_epochs=%d does not apply",
+                    self.pct_start,
+                    self.warmup_epochs,
+                )
+            total = max(2, self.num_epochs * steps_per_epoch)
+            return ScheduleConfig(name="onecycle", pct_start=self.pct_start, interval="step"), total
         return schedule_config(
             TrainConfig(
                 scheduler_type=self.scheduler,
@@ -245,3 +295,26 @@ class DTGCNNConfig:
             ),
             steps_per_epoch,
         )
+
+
+# the triplet mode's configuration templates: `--config small` or a trailing `config=small`
+TRIPLET_TEMPLATES = {"small": "triplet_small", "medium": "triplet_medium", "large": "triplet_large"}
+
+
+def triplet_config_source(source: str | None, overrides: tuple[str, ...] | list[str]):
+    """(config source, the other overrides) for the triplet mode: a trailing `config=NAME` acts as
+    `--config NAME` (both given is an error), and the template names small / medium / large stand for the
+    bundled triplet_small / triplet_medium / triplet_large."""
+    rest, chosen = [], []
+    for item in overrides:
+        key, sep, value = item.lstrip("+").partition("=")
+        if sep and key.strip() == "config":
+            chosen.append(value.strip())
+        else:
+            rest.append(item)
+    if len(chosen) > 1 or (chosen and source):
+        raise ConfigError(
+            "the config is given twice (--config and config=, or config= twice); give one, e.g. config=small."
+        )
+    source = chosen[0] if chosen else source
+    return TRIPLET_TEMPLATES.get(source, source), rest

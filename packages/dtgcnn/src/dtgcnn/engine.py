@@ -72,6 +72,34 @@ def make_grad_fn(model: nn.Module, cfg: TrainConfig, loss_fn=None):
     return grad_fn
 
 
+def compile_with_packed_aux(compile_fn, grad_fn):
+    """`compile_fn(grad_fn)` with the auxiliary metrics leaving the compiled graph as ONE stacked array,
+    unpacked into the same dict outside.
+
+    Why: MLX's compiled gradient (0.32) fails on its first call with `IndexError: _Map_base::at` when an
+    output of the graph is an identical recomputation of another array in it (its common-subexpression pass
+    merges the two and then loses the output). Diagnostics do that naturally (the triplet mode's
+    triplet_accuracy is 1 - x and hard_negative_ratio is x, x computed twice); as inputs of one stack they
+    are merged harmlessly. The dict's keys are read while tracing (the same for every call of one loss)."""
+    keys: list[str] = []
+
+    def packed(*inputs):
+        (loss, aux), grads = grad_fn(*inputs)
+        keys[:] = list(aux)
+        stacked = (
+            mx.stack([mx.reshape(aux[k], ()).astype(mx.float32) for k in keys]) if keys else mx.zeros((0,))
+        )
+        return (loss, stacked), grads
+
+    compiled = compile_fn(packed)
+
+    def unpacked(*inputs):
+        (loss, stacked), grads = compiled(*inputs)
+        return (loss, {k: stacked[i] for i, k in enumerate(keys)}), grads
+
+    return unpacked
+
+
 class Stepper:
     """The gradient side of a training step: micro-batch gradients summed into a pending total, then one
     clipped, guarded optimizer update. How many micro-batches make a step is the caller's (the training
@@ -100,7 +128,7 @@ class Stepper:
         grad_fn = make_grad_fn(model, cfg, loss_fn)
         if cfg.jit_compile:
             state = [model.state, mx.random.state]
-            grad_fn = partial(mx.compile, inputs=state, outputs=state)(grad_fn)
+            grad_fn = compile_with_packed_aux(partial(mx.compile, inputs=state, outputs=state), grad_fn)
         self.grad_fn = grad_fn
         self.pending = None  # sum of scale * gradients of the micro-batches of the step in progress
         self.pending_count = 0

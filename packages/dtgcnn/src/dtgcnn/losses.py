@@ -16,6 +16,11 @@ Strategies (`mining_strategy`), each with `loss_reduction` "mean" (the strategy'
 - batch_all: every valid triplet; the sum divided by the number of triplets with a positive loss, so easy
   triplets do not dilute the average (PML: no miner, AvgNonZeroReducer).
 
+Focal weighting (`focal_gamma` > 0): each triplet's loss l becomes (1 - exp(-l))**gamma * l, so triplets
+that are nearly satisfied (small l) count little and hard ones dominate; the weight is differentiated as
+written. It needs each triplet's own loss, so it works with explicit triplets, batch_hard and semi_hard;
+batch_all and label-mined "none" sum their triplets in closed form and refuse it.
+
 Memory: nothing of size B x B x B is built. batch_all and the "all triplets" variants need, per (a, p), how
 many negatives of a lie below a threshold t(a,p) and the sum of their distances: each row's negative
 distances and thresholds are sorted together ([B, 2B]) and running sums over the sorted row are read at each
@@ -83,6 +88,14 @@ def _reduce(total: mx.array, count: mx.array, reduction: str) -> mx.array:
     return total if reduction == "sum" else total / mx.maximum(count, 1)
 
 
+def focal_weighted(losses: mx.array, gamma: float) -> mx.array:
+    """Per-triplet losses l -> (1 - exp(-l))**gamma * l (gamma 0: unchanged)."""
+    if gamma == 0:
+        return losses
+    # the floor keeps the weight's gradient finite at l = 0 for gamma < 1 (there w * l is 0 either way)
+    return mx.maximum(1.0 - mx.exp(-losses), 1e-12) ** gamma * losses
+
+
 def triplet_loss(
     emb: mx.array,
     labels: mx.array,
@@ -90,20 +103,27 @@ def triplet_loss(
     strategy: str = "batch_hard",
     reduction: str = "mean",
     triplets: mx.array | None = None,
+    focal_gamma: float = 0.0,
 ) -> mx.array:
     """The triplet loss of one batch: emb [B,E], labels [B] int, `triplets` [T,3] row ids (a, p, n) or None.
 
-    See the module docstring for the strategies; `triplets` is used by strategy "none" only (the mining
-    strategies find their triplets from the labels)."""
+    See the module docstring for the strategies and the focal weighting; `triplets` is used by strategy
+    "none" only (the mining strategies find their triplets from the labels)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown mining strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown loss reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    if focal_gamma and strategy in ("batch_all", "none") and triplets is None:
+        raise ValueError(
+            f"focal weighting needs each triplet's own loss; mining_strategy {strategy!r} over labels sums "
+            "its triplets in closed form. Use batch_hard or semi_hard, or bare triplets."
+        )
     if strategy == "none" and triplets is not None:
         a, p, n = triplets[:, 0], triplets[:, 1], triplets[:, 2]
         d_ap = mx.sqrt(mx.maximum(mx.sum((emb[a] - emb[p]) ** 2, axis=-1), 1e-12))
         d_an = mx.sqrt(mx.maximum(mx.sum((emb[a] - emb[n]) ** 2, axis=-1), 1e-12))
-        return _reduce(mx.sum(nn.relu(d_ap - d_an + margin)), mx.array(triplets.shape[0]), reduction)
+        per_triplet = focal_weighted(nn.relu(d_ap - d_an + margin), focal_gamma)
+        return _reduce(mx.sum(per_triplet), mx.array(triplets.shape[0]), reduction)
     d = pairwise_distances(emb)  # [B,B]
     pos, neg = label_masks(labels)
     has_neg = mx.any(neg, axis=1)  # [B]
@@ -111,12 +131,14 @@ def triplet_loss(
         hardest_pos = mx.max(mx.where(pos, d, 0.0), axis=1)  # [B]
         hardest_neg = mx.min(mx.where(neg, d, _far(d, margin)), axis=1)  # [B]
         valid = mx.logical_and(mx.any(pos, axis=1), has_neg)
-        per_anchor = mx.where(valid, nn.relu(hardest_pos - hardest_neg + margin), 0.0)
+        per_anchor = mx.where(
+            valid, focal_weighted(nn.relu(hardest_pos - hardest_neg + margin), focal_gamma), 0.0
+        )
         return _reduce(mx.sum(per_anchor), mx.sum(valid), reduction)
     if strategy == "semi_hard":
         chosen = semi_hard_negatives(d, neg, margin)  # [B,B]
         pairs = mx.logical_and(pos, has_neg[:, None])
-        per_pair = mx.where(pairs, nn.relu(d - chosen + margin), 0.0)
+        per_pair = mx.where(pairs, focal_weighted(nn.relu(d - chosen + margin), focal_gamma), 0.0)
         return _reduce(mx.sum(per_pair), mx.sum(pairs), reduction)
     # batch_all and none over all valid triplets: for each (a, p) the negatives with d(a,n) < d(a,p) + margin
     # are exactly the triplets with a positive loss, and their loss sum is count * (d(a,p) + margin) - sum.
@@ -143,6 +165,44 @@ def semi_hard_negatives(d: mx.array, neg: mx.array, margin: float = 0.0) -> mx.a
     farthest = mx.argmax(mx.where(neg, d, -1.0), axis=1, keepdims=True)  # [B,1]
     index = mx.stop_gradient(mx.where(found, column, farthest))
     return mx.take_along_axis(d, index, axis=1)
+
+
+class FocalTripletLoss:
+    """The focal triplet loss of explicit (anchor, positive, negative) embeddings [T,E] each:
+    mean over the triplets of (1 - exp(-l))**gamma * l, l = relu(d(a,p) - d(a,n) + margin)."""
+
+    def __init__(self, margin: float = 0.2, gamma: float = 2.0) -> None:
+        self.margin, self.gamma = margin, gamma
+
+    def __call__(self, anchor: mx.array, positive: mx.array, negative: mx.array) -> mx.array:
+        emb = mx.concatenate([anchor, positive, negative], axis=0)  # [3T,E]
+        t = anchor.shape[0]
+        ids = mx.arange(t)
+        triplets = mx.stack([ids, ids + t, ids + 2 * t], axis=1)  # [T,3]
+        labels = mx.zeros((3 * t,), dtype=mx.int32)  # unused: explicit triplets
+        return triplet_loss(emb, labels, self.margin, "none", "mean", triplets, self.gamma)
+
+
+def adaptive_margin(initial: float, target: float | None, epoch: int, num_epochs: int) -> float:
+    """The margin of epoch `epoch` (from 0): `initial` moving linearly to `target` over the run
+    (initial + (target - initial) * epoch / num_epochs); `target` None keeps `initial`. A pure function of
+    the epoch, so a resumed run uses the same margins."""
+    if target is None:
+        return float(initial)
+    progress = min(max(epoch, 0), num_epochs) / max(num_epochs, 1)
+    return float(initial + (target - initial) * progress)
+
+
+class AdaptiveMarginScheduler:
+    """`step(epoch, total_epochs)` -> the margin for that epoch (see `adaptive_margin`)."""
+
+    def __init__(self, initial_margin: float = 0.2, target_margin: float = 0.5) -> None:
+        self.initial_margin, self.target_margin = initial_margin, target_margin
+        self.current_margin = initial_margin
+
+    def step(self, epoch: int, total_epochs: int) -> float:
+        self.current_margin = adaptive_margin(self.initial_margin, self.target_margin, epoch, total_epochs)
+        return self.current_margin
 
 
 def joint_loss(

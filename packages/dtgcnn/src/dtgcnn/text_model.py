@@ -20,11 +20,21 @@ BatchNorm -> activation -> dropout.
 
     x [B, input_dim] --(bank [M, input_dim] prepended)--> input projection [M+B, w0]
       --> num_gcn_layers x GCN over A [M+B, M] --> rows M.. --> Linear -> [B, output_dim], unit length
+
+Gradient checkpointing (`gradient_checkpointing`): in training, each GCN layer's aggregation, linear map,
+BatchNorm and activation run under `mx.checkpoint`, so the backward pass keeps only the layer's input and
+output and recomputes what lies between. Two things stay outside the recomputed part, so results equal the
+plain forward: the dropout mask (drawn once; a recompute would draw another) and the BatchNorm running
+statistics (returned by the layer and set once; a recompute would move them twice).
+
+`weight_init`: "default" keeps MLX's Linear initialisation; "xavier_uniform" / "xavier_normal" redraw every
+Linear weight with Glorot's scale and zero its bias.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -43,8 +53,25 @@ ACTIVATIONS = {
 GRAPH_STATE = ("bank", "bank_valid", "graph_proj", "graph_bias", "graph_projected")
 
 
+def init_linear_weights(model: nn.Module, scheme: str) -> None:
+    """Redraw every Linear weight of `model` with `scheme` and zero its bias ("default": leave them)."""
+    if scheme == "default":
+        return
+    inits = {"xavier_uniform": nn.init.glorot_uniform(), "xavier_normal": nn.init.glorot_normal()}
+    if scheme not in inits:
+        raise ValueError(f"weight_init {scheme!r} is not one of default, {', '.join(inits)}")
+    for _, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            module.weight = inits[scheme](module.weight)
+            if "bias" in module:
+                module.bias = mx.zeros_like(module.bias)
+
+
 def _unit(x: mx.array) -> mx.array:
-    return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    """Rows scaled to unit length, in float32: in float16 the floor 1e-12 is 0 and a zero row (an empty
+    bank slot) would give 0 / 0."""
+    x32 = x.astype(mx.float32)
+    return (x32 / mx.maximum(mx.linalg.norm(x32, axis=-1, keepdims=True), 1e-12)).astype(x.dtype)
 
 
 class TextDTGCNN(nn.Module):
@@ -68,6 +95,8 @@ class TextDTGCNN(nn.Module):
         graph_similarity_threshold: float = 0.0,
         graph_bank_size: int = 256,
         encoder: str = "hashing",
+        gradient_checkpointing: bool = False,
+        weight_init: str = "default",
     ) -> None:
         super().__init__()
         from dtgcnn.config import DTGCNNConfig
@@ -91,6 +120,7 @@ class TextDTGCNN(nn.Module):
                 cfg.graph_similarity_threshold,
             )
             graph_bank_size, encoder = cfg.graph_bank_size, cfg.encoder
+            gradient_checkpointing, weight_init = cfg.gradient_checkpointing, cfg.weight_init
         if gcn_activation not in ACTIVATIONS:
             raise ValueError(f"gcn_activation {gcn_activation!r} is not one of {', '.join(ACTIVATIONS)}")
         widths = list(hidden_dims) if hidden_dims else [hidden_dim] * num_gcn_layers
@@ -127,6 +157,8 @@ class TextDTGCNN(nn.Module):
         self.graph_bias = mx.zeros((widths[0],))
         self.graph_projected = mx.zeros((1,))
         self.freeze(recurse=False, keys=list(GRAPH_STATE))
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        init_linear_weights(self, weight_init)
 
     # -- graph state ---------------------------------------------------------------------------------------
     @property
@@ -172,12 +204,50 @@ class TextDTGCNN(nn.Module):
         adj = self.adjacency(nodes)  # [M+B, M]
         scale = 1.0 / mx.maximum(mx.sum(adj, axis=1, keepdims=True), 1.0)  # [M+B, 1]
         h = self.dropout(self.activation(self.input_proj(nodes)))
-        for i, layer in enumerate(self.gcn_layers):
-            h = layer(mx.concatenate([h, (adj @ h[:m]) * scale], axis=1))  # [node ; neighbour mean]
+        checkpointed = self.gradient_checkpointing and self.training
+        for i in range(len(self.gcn_layers)):
+            layer_fn = partial(self._gcn_layer, i)
+            if checkpointed:
+                layer_fn = mx.checkpoint(layer_fn)
+            out, stats = layer_fn(self.layer_parameters(i), h, adj, scale)
             if self.norms:
-                h = self.norms[i](h)
-            h = self.dropout(self.activation(h))
+                self.norms[i].update(stats)
+            h = self.dropout(out)
         return _unit(self.output_proj(h[m:]))
+
+    def layer_parameters(self, i: int) -> dict:
+        """GCN layer i's trainable arrays (its Linear and BatchNorm) and its BatchNorm running statistics."""
+        params = {"layer": self.gcn_layers[i].trainable_parameters()}
+        if self.norms:
+            norm = self.norms[i]
+            params["norm"] = norm.trainable_parameters()
+            params["stats"] = {"running_mean": norm.running_mean, "running_var": norm.running_var}
+        return params
+
+    def _gcn_layer(self, i: int, params: dict, h: mx.array, adj: mx.array, scale: mx.array):
+        """(activation output [R, w], the BatchNorm running statistics after this batch) of GCN layer i:
+        [node ; neighbour mean] -> Linear -> BatchNorm -> activation.
+
+        The layer's arrays come in as `params` so that `mx.checkpoint` sees them as inputs (their gradients
+        flow). The modules are left exactly as they were (a recompute in the backward pass must not move the
+        running statistics again); the caller sets the returned statistics once."""
+        m = self.bank.shape[0]
+        layer = self.gcn_layers[i]
+        kept = layer.parameters()
+        layer.update(params["layer"])
+        z = layer(mx.concatenate([h, (adj @ h[:m]) * scale], axis=1))  # [node ; neighbour mean]
+        layer.update(kept)
+        stats = {}
+        if self.norms:
+            norm = self.norms[i]
+            kept = norm.parameters()
+            norm.update({**params["norm"], **params["stats"]})
+            # BatchNorm in float32 under half-precision compute (as torch's autocast does): its backward
+            # takes (var + eps)^-1.5, which overflows float16 for small variances
+            z = norm(z.astype(mx.float32)).astype(z.dtype)
+            stats = {"running_mean": norm.running_mean, "running_var": norm.running_var}
+            norm.update(kept)
+        return self.activation(z), stats
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Unit embeddings [N, output_dim] of `texts` through the model's encoder, in eval mode.

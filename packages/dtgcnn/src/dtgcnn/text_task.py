@@ -6,6 +6,11 @@
 - the graph schedule: the reference bank is filled from the training texts when the model has none, and
   the graph space is refreshed at the start of every `dynamic_graph_update_freq`-th epoch (model state, so
   a resumed run has it exactly);
+- the margin of each epoch (`target_margin`: the adaptive margin, a function of the epoch, so resume is
+  exact; validation keeps `triplet_margin`, so val/loss compares like with like across epochs) and the
+  focal weighting (`focal_gamma`);
+- automatic batch-size halving after an out-of-memory error (`dtgcnn.memory.BatchHalving`; the split is
+  task state);
 - validation: the loss and diagnostics over the val batches, retrieval (precision@1, R-precision, MAP@R)
   of the val texts by their labels, and the same retrieval on the untrained encoder vectors
   (`val/encoder_<name>`), so a run shows what training added.
@@ -22,12 +27,14 @@ import numpy as np
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
 from common.config import config_to_dict
-from common.errors import CheckpointError
+from common.errors import CheckpointError, ConfigError
 from common.mlx_support import load_model_state, load_optimizer_state, model_state, optimizer_state
 from dtgcnn.config import DTGCNNConfig
 from dtgcnn.engine import Stepper, StepperTask
-from dtgcnn.losses import triplet_loss
+from dtgcnn.losses import adaptive_margin, triplet_loss
+from dtgcnn.memory import BatchHalving
 from dtgcnn.metrics import precision_at_r_metrics, triplet_batch_metrics
+from dtgcnn.strategies import run_epochs
 from dtgcnn.text_data import TextBatch, TextLoader, text_keys
 from dtgcnn.text_model import TextDTGCNN
 
@@ -35,13 +42,24 @@ log = logging.getLogger("trainyard.dtgcnn")
 MODE = "triplets"  # the checkpoint's "mode" entry: tells the loaders a text checkpoint from a mesh one
 
 
-def text_loss_terms(model: TextDTGCNN, cfg: DTGCNNConfig, x: mx.array, y: mx.array, triplets):
-    """(loss, diagnostics) of one batch; the diagnostics are auxiliary output, not differentiated."""
+def text_loss_terms(
+    model: TextDTGCNN, cfg: DTGCNNConfig, x: mx.array, y: mx.array, triplets, margin: float | None = None
+):
+    """(loss, diagnostics) of one batch; the diagnostics are auxiliary output, not differentiated.
+
+    `margin`: this epoch's margin (the adaptive margin schedule); None = triplet_margin."""
+    margin = cfg.triplet_margin if margin is None else margin
     emb = model(x)
     loss = triplet_loss(
-        emb.astype(mx.float32), y, cfg.triplet_margin, cfg.mining_strategy, cfg.loss_reduction, triplets
+        emb.astype(mx.float32),
+        y,
+        margin,
+        cfg.mining_strategy,
+        cfg.loss_reduction,
+        triplets,
+        focal_gamma=cfg.focal_gamma,
     )
-    return loss, triplet_batch_metrics(emb, y, cfg.triplet_margin)
+    return loss, triplet_batch_metrics(emb, y, margin)
 
 
 def build_optimizer(cfg: DTGCNNConfig) -> optim.Optimizer:
@@ -76,10 +94,19 @@ class TripletTask(StepperTask):
         if model.bank_size == 0:
             bank_ids = self.bank_text_ids()
             model.set_bank(data.vectors[bank_ids])
+        if cfg.focal_gamma and cfg.mining_strategy == "none" and data.kind == "sentences":
+            raise ConfigError(
+                "focal_gamma needs each triplet's own loss; mining_strategy none over labelled sentences sums "
+                "every triplet in closed form. Use batch_hard or semi_hard, or set focal_gamma=0."
+            )
         self.optimizer = build_optimizer(cfg)
         self.optimizer.init(model.trainable_parameters())
-        loss_fn = lambda m, x, y, t: text_loss_terms(m, cfg, x, y, t)  # noqa: E731
+        self.margin = cfg.triplet_margin  # this epoch's margin (set in `batches`), read by the loss
+        self.halving = BatchHalving(cfg.auto_batch_halving)  # per-forward batch split after out-of-memory
+        loss_fn = lambda m, x, y, t: text_loss_terms(m, cfg, x, y, t, self.margin)  # noqa: E731
         self.stepper = Stepper(model, self.optimizer, cfg, debug_dir, loss_fn=loss_fn)
+        self.loss_fn = loss_fn
+        self.epoch_hooks: list = []  # strategies' per-epoch changes (progressive stages), before the batches
         self.val_embeddings: tuple[np.ndarray, np.ndarray] | None = None  # for the plots
         self._encoder_retrieval: dict[str, float] | None = None
 
@@ -95,13 +122,33 @@ class TripletTask(StepperTask):
         return len(self.train_loader)
 
     def batches(self, epoch: int, start: int):
+        for hook in self.epoch_hooks:
+            hook(self, epoch)
+        cfg = self.cfg
+        margin = adaptive_margin(cfg.triplet_margin, cfg.target_margin, epoch, run_epochs(cfg))
+        if margin != self.margin:
+            self.margin = margin
+            if cfg.jit_compile:
+                self.rebuild_stepper()  # a compiled step holds the margin it was traced with
         freq = self.cfg.dynamic_graph_update_freq
         if start == 0 and freq > 0 and epoch % freq == 0:
             self.model.refresh_graph()
         self.train_loader.prefetch_depth = max(1, self.cfg.prefetch_factor)
         return self.train_loader.batches(epoch, start)
 
+    def rebuild_stepper(self) -> None:
+        """A fresh gradient step for `self.loss_fn` (also after the trainable set changed: a compiled step
+        is traced for one set of trainable arrays)."""
+        self.stepper = Stepper(
+            self.model, self.optimizer, self.cfg, self.stepper.debug_dir, loss_fn=self.loss_fn
+        )
+
     def micro_step(self, batch: TextBatch, scale: float) -> dict[str, float]:
+        self.last_batch = batch  # what dtgcnn.monitoring.DebugCallback saves when a check fails
+        return self.halving.run(self.stepper, batch, scale, self.forward_backward)
+
+    def forward_backward(self, batch: TextBatch, scale: float) -> dict[str, float]:
+        """Loss and gradients (times `scale`) of one micro-batch, added to the step's pending gradients."""
         triplets = batch.triplets if self.cfg.mining_strategy == "none" else None
         return self.stepper.micro_step(batch.vectors, batch.labels, triplets, scale=scale)
 
@@ -130,6 +177,7 @@ class TripletTask(StepperTask):
             "input_dim": self.model.spec["input_dim"],
             "data_path": str(data.path.resolve()),
             "train_text_keys": text_keys([data.texts[i] for i in ids]),
+            "micro_splits": self.halving.splits,  # batch-size halving after out-of-memory, kept on resume
         }
         if data.label_names is not None:
             seen = sorted({data.label_names[i] for i in data.labels[self.train_loader.items]})
@@ -143,6 +191,7 @@ class TripletTask(StepperTask):
             )
         load_model_state(self.model, state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
+        self.halving.splits = int(state.get("micro_splits", 1))
 
 
 def evaluate_loader(task: TripletTask, loader: TextLoader) -> dict[str, float]:

@@ -24,15 +24,15 @@ from common.callbacks import (
     build_callbacks,
 )
 from common.config import config_to_dict, save_config
-from common.distributed import is_main_process
+from common.distributed import get_rank, get_world_size, is_main_process
 from common.loop import FitResult, Loop, Plan
 from common.resume import read_training_checkpoint
 from common.runs import RunFolder, atomic_write_text
-from common.schedules import build_schedule
 from common.seeding import seed_everything
 from common.trackers import build_trackers
-from dtgcnn import plotting
+from dtgcnn import plotting, strategies
 from dtgcnn.config import DTGCNNConfig
+from dtgcnn.memory import ClearCacheEverySteps
 from dtgcnn.text_data import TextLoader, TripletDataset
 from dtgcnn.text_model import TextDTGCNN
 from dtgcnn.text_task import TripletTask
@@ -55,7 +55,12 @@ def create_model(cfg: DTGCNNConfig, input_dim: int | None = None) -> TextDTGCNN:
             from dtgcnn.encoders import get_encoder
 
             input_dim = get_encoder(cfg.encoder).dim
-    model = TextDTGCNN(replace(cfg, input_dim=input_dim))
+    if cfg.multitask:
+        from dtgcnn.multitask import MultiTaskDTGCNN
+
+        model = MultiTaskDTGCNN(replace(cfg, input_dim=input_dim))
+    else:
+        model = TextDTGCNN(replace(cfg, input_dim=input_dim))
     mx.eval(model.parameters())
     return model
 
@@ -82,7 +87,10 @@ def loaders_for(cfg: DTGCNNConfig, data: str | Path) -> tuple[TextLoader, TextLo
     dataset = TripletDataset(
         data, cfg.encoder, cache_dir=cfg.encoder_cache_dir or None, samples_per_label=cfg.samples_per_label
     )
-    return dataset.create_dataloaders(cfg.batch_size, cfg.train_split, cfg.seed)
+    # under mlx.launch each process trains on its slice of every global batch (batch_size x processes)
+    return dataset.create_dataloaders(
+        cfg.batch_size, cfg.train_split, cfg.seed, rank=get_rank(), world_size=get_world_size()
+    )
 
 
 class TextEpochSummary(Callback):
@@ -112,6 +120,19 @@ class TextEpochSummary(Callback):
             log.warning("embedding collapse: spread below %.4f; lower learning_rate", self.collapse_warn)
 
 
+def warn_if_slow_precision(cfg: DTGCNNConfig) -> None:
+    """Half precision on the CPU saves memory but not time: MLX's CPU half-precision matmul does not go
+    through BLAS (a 1024 x 1024 bfloat16 matmul took ~40x the float32 one on MKL here)."""
+    import mlx.core as mx
+
+    if cfg.mixed_precision and mx.default_device() == mx.cpu:
+        log.warning(
+            "mixed_precision on the CPU: %s matmuls run without BLAS and are much slower than float32 "
+            "(they save memory, not time); set mixed_precision=false for speed on the CPU",
+            cfg.mixed_precision_dtype,
+        )
+
+
 def bind_to_run(callbacks: Sequence[Callback], run: RunFolder, resume_step: int | None) -> None:
     """Give callbacks made without a folder (e.g. `ModelCheckpoint(save_top_k=3)`,
     `TensorboardLogger()`) the run folder."""
@@ -138,27 +159,44 @@ def fit_triplets(
     """Train the text DT-GCNN in `output_dir` on `data` (a triplet / sentence file) or on given loaders.
 
     `run`: the run folder when the caller already claimed it (the CLI does, before its log file exists)."""
+    if cfg.ensemble_size > 1:
+        from common.errors import ConfigError
+        from dtgcnn.ensemble import fit_ensemble
+
+        if model is not None or train_loader is not None or max_steps is not None:
+            raise ConfigError(
+                f"ensemble_size={cfg.ensemble_size} trains its own members from the data file, each a full "
+                "run: give data (no model, loaders or step limit), or call dtgcnn.fit_ensemble."
+            )
+        return fit_ensemble(
+            cfg, output_dir, data=data, resume=resume is not None, callbacks=callbacks, run=run
+        )
     started = time.perf_counter()
     run = run or RunFolder(Path(output_dir).resolve(), resume=resume is not None)
     log.info(dtgcnn.BLAS.describe())
     log.info("device: %s", setup_device(cfg))
+    warn_if_slow_precision(cfg)
     if resume is not None and resume_state is None:
         resume_state = read_training_checkpoint(resume)
     if train_loader is None:
         data = data or (resume_state or {}).get("data_path")
         train_loader, val_loader = loaders_for(cfg, data)
+    cfg = strategies.resolve(cfg, train_loader)
     seed_everything(cfg.seed)
     if model is None:
         model = create_model(cfg, train_loader.dataset.input_dim)
-    task = TripletTask(cfg, model, train_loader, val_loader, debug_dir=run.path("debug"))
+    task, strategy_callbacks = strategies.build_task(
+        cfg, model, train_loader, val_loader, debug_dir=run.path("debug")
+    )
+    epochs = strategies.run_epochs(cfg)
     accumulate = max(1, cfg.gradient_accumulation_steps)
-    sched_cfg, total = cfg.schedule_config(math.ceil(task.num_batches(0) / accumulate))
+    schedule, interval = strategies.build_run_schedule(cfg, math.ceil(task.num_batches(0) / accumulate))
     plan = Plan(
-        max_epochs=cfg.num_epochs,
+        max_epochs=epochs,
         max_steps=max_steps,
         accumulate=accumulate,
         log_every_n_steps=cfg.log_interval,
-        schedule_interval=sched_cfg.interval,
+        schedule_interval=interval,
     )
     resume_step = None if resume_state is None else int(resume_state["global_step"])
     trackers = build_trackers(run, tensorboard=cfg.tensorboard, resume_step=resume_step, logger=log)
@@ -168,7 +206,7 @@ def fit_triplets(
         save_config(cfg, run.path("config.yaml"))
     user = [*build_callbacks(cfg.callbacks), *callbacks]
     bind_to_run(user, run, resume_step)
-    defaults: list[Callback] = [TextEpochSummary(cfg.num_epochs, cfg.collapse_warn), TrackerLogger(trackers)]
+    defaults: list[Callback] = [TextEpochSummary(epochs, cfg.collapse_warn), TrackerLogger(trackers)]
     if not any(isinstance(cb, LearningRateMonitor) for cb in user):
         defaults.append(LearningRateMonitor())
     if not any(isinstance(cb, EarlyStopping) for cb in user):
@@ -177,8 +215,10 @@ def fit_triplets(
         )
     defaults += [
         ProgressBar(),
-        TrainingPlots(run, cfg.plot_every, cfg.num_epochs),
+        TrainingPlots(run, cfg.plot_every, epochs),
         ClearMlxCache(cfg.clear_cache_every),
+        ClearCacheEverySteps(cfg.clear_cache_every_steps),
+        *strategy_callbacks,
     ]
     savers = [cb for cb in user if isinstance(cb, ModelCheckpoint)]
     if not savers:
@@ -200,7 +240,7 @@ def fit_triplets(
         task,
         plan,
         callbacks=[*defaults, *user],
-        schedule=build_schedule(sched_cfg, cfg.learning_rate, total),
+        schedule=schedule,
         resume=resume_state,
         resume_path=resume,
         command=f"{COMMAND} --data {shlex.quote(str(data_path))}",
@@ -216,6 +256,17 @@ def fit_triplets(
         train_loader.dataset.input_dim,
         model.bank_size,
     )
+    if get_world_size() > 1:
+        log.info(
+            "data parallel: %d processes (mx.distributed); global batch %d = %d per process x %d processes "
+            "x %d accumulation steps; the learning rate is the config's (%g), not rescaled",
+            get_world_size(),
+            cfg.batch_size * get_world_size() * accumulate,
+            cfg.batch_size,
+            get_world_size(),
+            accumulate,
+            cfg.learning_rate,
+        )
     try:
         result = loop.fit()
         result.run_dir = run.root
@@ -235,13 +286,22 @@ def fit_triplets(
 
 
 def final_outputs(task: TripletTask, run: RunFolder, cfg: DTGCNNConfig, best, trackers, result) -> None:
-    """The training curves, the t-SNE of the val embeddings and retrieval_metrics.json (last weights)."""
+    """The training curves, the t-SNE of the val embeddings (legend: the label names) and
+    retrieval_metrics.json (last weights)."""
     from dtgcnn.text_plots import embeddings_tsne
 
     if cfg.plot_every:
         plotting.training_curves(run.path("metrics_history.json"), run.plots, result.epochs_done)
     if cfg.tsne_plot:
         emb, labels = task.val_embeddings
-        embeddings_tsne(emb, labels, run.plots / "embeddings_tsne.png", cfg.seed)
+        path = run.plots / "embeddings_tsne.png"
+        embeddings_tsne(emb, labels, path, cfg.seed, label_names=val_label_names(task))
     metrics = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
     atomic_write_text(run.path("retrieval_metrics.json"), json.dumps(metrics, indent=2))
+
+
+def val_label_names(task: TripletTask) -> list[str] | None:
+    """The names of the val embeddings' integer labels: the file's label names for labelled sentences; None
+    for bare triplets, whose classes are only groups of linked texts (the legend shows their numbers)."""
+    dataset = task.val_loader.dataset
+    return list(dataset.label_names) if dataset.kind == "sentences" else None

@@ -1,7 +1,7 @@
 """`python -m dtgcnn.visualize CHECKPOINT --data-dir DIR [--split val] [--method tsne|umap|both] [--output-dir DIR]`.
 
-2-D t-SNE (scikit-learn) and, when umap-learn is installed, UMAP of the split's embeddings, coloured by label:
-one PNG per method (embeddings_tsne.png, embeddings_umap.png).
+2-D t-SNE (scikit-learn) and, when umap-learn is installed, UMAP of the split's embeddings, one colour per
+identity with a legend (`dtgcnn.text_plots`): one PNG per method (embeddings_tsne.png, embeddings_umap.png).
 """
 
 from __future__ import annotations
@@ -9,50 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
 import dtgcnn  # noqa: F401  (fast BLAS before mlx)
 from common.cli import data_dir_option, output_dir_option, run_cli
-from common.errors import ConfigError
-
-
-def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
-    """[N,E] -> [N,2] with t-SNE or UMAP."""
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        perplexity = float(min(30.0, max(2.0, (len(embeddings) - 1) / 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-            embeddings
-        )
-    try:
-        import umap
-    except ImportError as exc:
-        raise ConfigError(
-            "UMAP needs umap-learn: pip install 'trainyard-dtgcnn[umap]' (or use --method tsne)."
-        ) from exc
-    return umap.UMAP(n_components=2, random_state=seed).fit_transform(embeddings)
-
-
-def scatter(points: np.ndarray, labels: np.ndarray, title: str, path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 6))
-    ax = fig.subplots()
-    sc = ax.scatter(
-        points[:, 0], points[:, 1], c=labels, cmap="tab20" if labels.max() >= 10 else "tab10", s=18, alpha=0.8
-    )
-    fig.colorbar(sc, ax=ax, label="label")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def visualize(checkpoint, data_dir, split="val", method="both", output_dir=None) -> list[Path]:
     from dtgcnn.checkpoints import load_from_checkpoint
     from dtgcnn.data import MeshSplit
     from dtgcnn.engine import evaluate_split
+    from dtgcnn.text_plots import METHOD_NAMES, label_scatter, project
 
     model, cfg = load_from_checkpoint(checkpoint)
     data = MeshSplit.for_config(data_dir, split, cfg, model.spec.num_classes)
@@ -61,11 +27,13 @@ def visualize(checkpoint, data_dir, split="val", method="both", output_dir=None)
     out.mkdir(parents=True, exist_ok=True)
     methods = ["tsne"] + (["umap"] if _has_umap() else []) if method == "both" else [method]
     return [
-        scatter(
+        label_scatter(
             project(emb, m, cfg.seed),
             labels,
-            f"{m.upper()} of {split} embeddings ({len(labels)} meshes)",
             out / f"embeddings_{m}.png",
+            f"{METHOD_NAMES[m]} of {split} embeddings ({len(labels)} meshes)",
+            xlabel=f"{METHOD_NAMES[m]} 1",
+            ylabel=f"{METHOD_NAMES[m]} 2",
         )
         for m in methods
     ]
