@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
 
 from common.errors import ConfigError
 from egnn_com.data import load_dataset
@@ -77,8 +78,25 @@ def test_split_first_edge_layer_equals_the_papers_concatenated_layer(batch):
     d2 = (batch.pos[dst] - batch.pos[src]).pow(2).sum(-1, keepdim=True)
     paper = layer.edge_mlp(torch.cat([h[dst], h[src], d2], dim=-1) @ weight.T + layer.edge_dst.bias)  # [E, 8]
     with torch.no_grad():
-        ours = layer.message(layer.edge_dst(h)[dst], layer.edge_src(h)[src], batch.pos[dst], batch.pos[src])
-    torch.testing.assert_close(ours[:, :8], paper.detach(), atol=1e-5, rtol=1e-5)
+        ours, _ = layer.edge_messages(h, batch.pos, src, dst)
+    torch.testing.assert_close(ours, paper.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_egnn_layer_aggregates_the_mean_message_and_shift_over_incoming_edges(batch):
+    """The layer's own index_add_ means equal PyG's mean scatter of the same per-edge messages."""
+    torch.manual_seed(0)
+    layer = EGNNLayer(8)
+    torch.nn.init.normal_(layer.coord_mlp[-1].weight, std=0.3)
+    h = torch.randn(batch.num_nodes, 8)
+    src, dst = batch.edge_index
+    with torch.no_grad():
+        m, shift = layer.edge_messages(h, batch.pos, src, dst)
+        m_mean = scatter(m, dst, dim=0, dim_size=batch.num_nodes, reduce="mean")
+        step = scatter(shift, dst, dim=0, dim_size=batch.num_nodes, reduce="mean")
+        expected_h = h + layer.node_mlp(torch.cat([h, m_mean], dim=-1))
+        h1, x1 = layer(h, batch.pos, batch.edge_index)
+    torch.testing.assert_close(h1, expected_h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x1, batch.pos + step, atol=1e-6, rtol=1e-5)
 
 
 def test_egnn_predicts_convex_combination_of_positions(batch):

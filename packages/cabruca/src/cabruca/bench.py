@@ -6,11 +6,19 @@ timed in the same run. Then the trainer's overhead: the same steps through the s
 (`common.loop.Loop` over cabruca's task) and through a bare loop (same model init, data, optimizer, loss, clipping), compared as a ratio of median step times.
 Timings are medians after warm-up; on a shared machine they are noisy.
 
+`--nproc N` measures scale-out instead: the training step at each tile size, once in one process and once as
+N processes under `torchrun --standalone --nproc_per_node N` (DistributedDataParallel, as `cabruca.train`
+trains under torchrun), both with cores // N threads per process and the same batch per process; it reports
+global tiles/s for both and the scaling efficiency (`cabruca.scaling`).
+
 This module holds the command line only and stays light (torch is imported when the command runs, so
 `--help` answers at once); the measurements are `cabruca.benchmark`.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import click
 
@@ -37,11 +45,44 @@ from common.cli import console_script, run_cli
 @click.option(
     "--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the figures as JSON."
 )
+@click.option(
+    "--nproc",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Measure scale-out instead: training tiles/s in 1 process and in N processes under torchrun "
+    "(cores // N threads each), with the scaling efficiency. 0 = the single-process benchmark.",
+)
+@click.option(
+    "--precision",
+    default="32",
+    show_default=True,
+    help="With --nproc: autocast precision of the timed steps (32 | bf16-mixed | 16-mixed).",
+)
+@click.option("--compile", "compile_", is_flag=True, help="With --nproc: torch.compile the model first.")
+@click.option("--launched-part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
 @click.argument("overrides", nargs=-1)
 def main(
-    config_source, tile_sizes, batch_size, steps, warmup, device, threads, overhead_tile, json_out, overrides
+    config_source,
+    tile_sizes,
+    batch_size,
+    steps,
+    warmup,
+    device,
+    threads,
+    overhead_tile,
+    json_out,
+    nproc,
+    precision,
+    compile_,
+    launched_part,
+    overrides,
 ):
     """Benchmark cabruca's model: speed, FLOPs, memory, matmul-peak share, trainer overhead."""
+    if launched_part or nproc > 0:
+        measured = (config_source, tile_sizes, batch_size, steps, warmup, device, overrides)
+        _scale_out(measured, precision, compile_, threads, json_out, nproc)
+        return
     from .benchmark import run_benchmark
 
     run_benchmark(
@@ -56,6 +97,27 @@ def main(
         json_out,
         overrides,
     )
+
+
+def _scale_out(measured: tuple, precision: str, compile_: bool, threads, json_out, nproc: int) -> None:
+    """`--nproc N` (both measurements, the table) or `--launched-part` (one process of them)."""
+    import torch
+
+    from .scaling import bench_scaling, measure_this_process
+
+    if threads:
+        torch.set_num_threads(threads)
+    if nproc <= 0:  # --launched-part: one process of the measurement
+        measure_this_process(*measured, json_out, precision, compile_)
+        return
+    config_source, tile_sizes, batch_size, steps, warmup, device, overrides = measured
+    args = [f"--config={config_source}", f"--tile-sizes={tile_sizes}", f"--batch-size={batch_size}"]
+    args += [f"--steps={steps}", f"--warmup={warmup}", f"--device={device}", f"--precision={precision}"]
+    args += ["--compile"] * compile_ + list(overrides)
+    figures = bench_scaling(nproc, args)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"scaling": figures}, indent=2))
+        click.echo(f"wrote {json_out}")
 
 
 cli = console_script(main)  # the installed command

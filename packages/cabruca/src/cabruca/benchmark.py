@@ -3,30 +3,31 @@
 Per tile size (default 256 and 512): training tiles/s, forward ms per batch, peak memory, FLOPs per tile
 (torch.utils.flop_counter over one real step), achieved GFLOP/s and its share of the float32 matmul peak
 timed in the same run. Then the trainer's overhead: the same steps through the shared training loop
-(`common.loop.Loop` over cabruca's task) and through a bare loop (same model init, data, optimizer, loss, clipping), compared as a ratio of median step times.
+(`common.loop.Loop` over cabruca's task) and through a hand-written loop over a second task's loader, device
+transfers, model, optimizer, loss and clipping, the two alternating step by step; the overhead is the median
+over step pairs of (trainer time / bare time) - 1.
 Timings are medians after warm-up; on a shared machine they are noisy.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.benchmarking import median_seconds, torch_matmul_peak_gflops
+from common.benchmarking import Comparison, Timing, median_seconds, torch_matmul_peak_gflops
 from common.callbacks import Callback
 from common.devices import describe_device, peak_memory_mb, torch_device
 from common.loop import Loop, Plan
-from common.sampler import ResumableSampler
 
 from . import config as config_mod
-from .data import CabrucaTiles, collate, load_split, make_loader
+from .data import CabrucaTiles, collate, load_split
 from .engine import CabrucaTask
 from .losses import MultiTaskLoss
 from .model import build_model
@@ -86,62 +87,63 @@ def bench_tile(cfg, data_dir: Path, tile: int, batch_size: int, device, steps: i
     }
 
 
-class StepTimes(Callback):
-    """Wall seconds between consecutive optimizer-step ends (the first measured from the fit's start)."""
+class InterleavedBareLoop(Callback):
+    """Times the shared loop's optimizer steps and, between them, one step of a hand-written loop each.
 
-    def __init__(self) -> None:
-        self.times: list[float] = []
+    After every trainer step (measured from the previous step's end, so its data loading and the loop's
+    bookkeeping count) the callback takes one bare step and times it the same way; the trainer's clock then
+    restarts. So the two alternate step by step, A, B, A, B, under the same load."""
+
+    def __init__(self, bare_steps: Iterator[bool], warmup: int) -> None:
+        self.bare_steps, self.warmup = bare_steps, warmup
+        self.trainer: list[float] = []
+        self.bare: list[float] = []
         self._last = 0.0
 
     def on_fit_start(self, loop) -> None:
         self._last = time.perf_counter()
 
     def on_train_batch_end(self, loop, outputs) -> None:
-        now = time.perf_counter()
-        self.times.append(now - self._last)
-        self._last = now
+        trainer_s = time.perf_counter() - self._last
+        start = time.perf_counter()
+        took_step = next(self.bare_steps, None) is not None
+        bare_s = time.perf_counter() - start
+        if took_step and loop.pos.step > self.warmup:
+            self.trainer.append(trainer_s)
+            self.bare.append(bare_s)
+        self._last = time.perf_counter()
 
 
-def _trainer_steps(c, data_dir: Path, device, warmup: int) -> list[float]:
-    """One epoch through the shared loop with cabruca's task (step metrics, accumulation bookkeeping, log
-    cadence), without checkpoints or trackers; validation runs after the timed steps."""
-    task = CabrucaTask(c, device)
-    schedule, _ = build_lr_schedule(c, [g["lr"] for g in task.optimizer.param_groups], task.steps_per_epoch)
-    timer = StepTimes()
-    plan = Plan(max_epochs=1, log_every_n_steps=c.training.log_every_n_steps)
+def bare_loop(task: CabrucaTask) -> Iterator[bool]:
+    """The loop a user would write by hand, one optimizer step per `next()`, doing the trainer's work exactly:
+    a second task's loader, device transfers, model (same init and train/eval modes), optimizer and loss."""
+    clip = task.config.training.gradient_clip
+    for batch in task.batches(0, 0):  # the same loader and transfers as the trainer's
+        losses = task.loss_fn(task.model(batch["image"]), batch)
+        losses["loss"].backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(task.model.parameters(), clip)
+        task.optimizer.step()
+        task.optimizer.zero_grad(set_to_none=True)
+        {k: float(v.detach()) for k, v in losses.items()}  # a hand-written loop also reads its losses
+        yield True
+
+
+def train_interleaved(cfg, device, warmup: int) -> tuple[InterleavedBareLoop, CabrucaTask, CabrucaTask]:
+    """One epoch of `cfg` through the shared loop, a bare-loop step after each of its steps; returns the
+    step times and both tasks (their models end with the same weights: the two loops do the same work)."""
+    bare_task = CabrucaTask(cfg, device)  # built first: the trainer's task seeds itself the same way again
+    task = CabrucaTask(cfg, device)
+    timer = InterleavedBareLoop(bare_loop(bare_task), warmup)
+    schedule, _ = build_lr_schedule(cfg, [g["lr"] for g in task.optimizer.param_groups], task.steps_per_epoch)
+    plan = Plan(max_epochs=1, log_every_n_steps=cfg.training.log_every_n_steps)
     Loop(task, plan, callbacks=[timer], schedule=schedule).fit()
-    return timer.times[warmup:]
+    return timer, task, bare_task
 
 
-def _bare_steps(c, data_dir: Path, device, num_batches: int, warmup: int) -> list[float]:
-    """The loop a user would write by hand, fed by the same loader, model init and math."""
-    torch.manual_seed(c.seed)
-    model = build_model(c.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay)
-    loss_fn = MultiTaskLoss(c.loss)
-    ds = CabrucaTiles(load_split(data_dir / "train", c.data), c.data, seed=c.seed, train=True)
-    sampler = ResumableSampler(len(ds), c.data.batch_size, seed=c.seed, max_batches=num_batches)
-    times, last = [], time.perf_counter()
-    for batch in make_loader(ds, c.data, sampler):
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        loss = loss_fn(model(batch["image"]), batch)["loss"]
-        loss.backward()
-        if c.training.gradient_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.training.gradient_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        float(loss.detach())  # a hand-written loop also looks at its loss
-        now = time.perf_counter()
-        times.append(now - last)
-        last = now
-    return times[warmup:]
-
-
-def bench_overhead(
-    cfg, data_dir: Path, tile: int, batch_size: int, device, steps: int, warmup: int, rounds: int = 2
-) -> dict:
-    """Median step time through the shared loop vs a bare loop over the same model init, data order and math.
-    The two alternate `rounds` times so that load from other processes hits both alike."""
+def overhead_config(cfg, data_dir: Path, tile: int, batch_size: int, steps: int, warmup: int):
+    """`cfg` set for the overhead run: one epoch of `steps + warmup` steps, float32, no schedule, no
+    checkpoints, no TensorBoard, no loader workers, so that the bare loop has nothing the trainer skips."""
     c = cfg
     c.data.data_dir, c.data.tile_size, c.data.tile_overlap, c.data.batch_size = (
         str(data_dir),
@@ -152,19 +154,26 @@ def bench_overhead(
     c.data.num_workers, c.training.num_epochs = 0, 1
     c.training.max_steps_per_epoch, c.training.gradient_accumulation_steps = steps + warmup, 1
     c.training.save_every_n_steps, c.training.log_every_n_steps, c.training.compile = 0, 10, False
+    c.training.precision, c.training.mixed_precision = "32", False  # the bare loop has no autocast
     c.tracking.tensorboard = False
     c.scheduler.type = "none"
-    loop_times, bare_times = [], []
-    for _ in range(rounds):
-        loop_times += _trainer_steps(c, data_dir, device, warmup)
-        bare_times += _bare_steps(c, data_dir, device, steps + warmup, warmup)
-    t_loop, t_bare = statistics.median(loop_times), statistics.median(bare_times)
+    return c
+
+
+def bench_overhead(cfg, data_dir: Path, tile: int, batch_size: int, device, steps: int, warmup: int) -> dict:
+    """Step times through the shared loop vs a bare loop over the same model init, data order and math,
+    alternating step by step; the overhead is the median over step pairs of (trainer / bare) - 1."""
+    c = overhead_config(cfg, data_dir, tile, batch_size, steps, warmup)
+    timer, _, _ = train_interleaved(c, device, warmup)
+    pairs = Comparison(a=Timing(timer.bare), b=Timing(timer.trainer))
     return {
         "tile": tile,
-        "steps": len(loop_times),
-        "trainer_step_ms": 1000 * t_loop,
-        "bare_step_ms": 1000 * t_bare,
-        "overhead_ratio": t_loop / t_bare - 1.0,
+        "steps": len(timer.trainer),
+        "trainer_step_ms": 1000 * pairs.b.median,
+        "bare_step_ms": 1000 * pairs.a.median,
+        "overhead_ratio": pairs.speedup - 1.0,  # median of trainer / bare over pairs, minus 1
+        "trainer_timing": pairs.b.summary(),
+        "bare_timing": pairs.a.summary(),
     }
 
 
@@ -233,7 +242,8 @@ def run_benchmark(
         click.echo(
             f"trainer overhead at tile {overhead_tile}: {o['trainer_step_ms']:.1f} ms/step in the training loop vs "
             f"{o['bare_step_ms']:.1f} ms/step in a bare loop: {100 * o['overhead_ratio']:+.2f}% per step "
-            f"(medians of {o['steps']} steps each, alternating)"
+            f"(median over {o['steps']} step pairs, alternating step by step)\n"
+            f"  trainer: {o['trainer_timing']}\n  bare:    {o['bare_timing']}"
         )
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))

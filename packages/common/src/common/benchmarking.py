@@ -7,6 +7,7 @@ float32 matmuls: that is what a dense training step can at most approach on this
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,6 +46,154 @@ def median_seconds(
     return statistics.median(times)
 
 
+# -- side by side: two workloads timed interleaved in one process -----------------------------------------
+#
+# On a shared machine the load changes from second to second, so two workloads timed one after the other are
+# timed under different loads. Alternating them step by step (A, B, A, B, ...) puts each pair under nearly
+# the same load: the ratio of a pair survives load that the absolute times do not.
+
+SPREAD_WARNING = 0.10  # interquartile range / median above which a median is reported as unsteady
+
+
+@dataclass
+class Timing:
+    """Wall times of repeated steps of one workload, in seconds."""
+
+    times: list[float]
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def max(self) -> float:
+        return max(self.times)
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range over the median: how far the middle half of the steps strays from it.
+
+        The quartiles rather than min and max, because one step stalled by another process says little about
+        the median, while a wide middle half says the median itself is not settled."""
+        if len(self.times) < 4:
+            return (self.max - self.min) / self.median
+        q1, _, q3 = statistics.quantiles(self.times, n=4, method="inclusive")
+        return (q3 - q1) / self.median
+
+    @property
+    def unsteady(self) -> bool:
+        return self.spread > SPREAD_WARNING
+
+    def per_s(self, items: float) -> float:
+        """Throughput at the median step time, for a step that processes `items` samples."""
+        return items / self.median
+
+    def summary(self, unit: str = "ms", scale: float = 1e3) -> str:
+        """One line, 'min / median / max 1.2 / 1.3 / 1.9 ms over 20 steps (spread 4%)', and a warning when
+        the spread is over 10%."""
+        text = (
+            f"min / median / max {scale * self.min:.3g} / {scale * self.median:.3g} / {scale * self.max:.3g} "
+            f"{unit} over {len(self.times)} steps (spread {100 * self.spread:.0f}%)"
+        )
+        if self.unsteady:
+            text += f"  WARNING: spread above {100 * SPREAD_WARNING:.0f}%, the median is not steady"
+        return text
+
+
+@dataclass
+class Comparison:
+    """Two workloads timed interleaved: `a` is this project's, `b` the peer's."""
+
+    a: Timing
+    b: Timing
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster A's step is than B's: the median over pairs of (B's time / A's time).
+
+        Each pair ran back to back under nearly the same load, so the per-pair ratio is steadier than the
+        ratio of the two medians."""
+        return statistics.median(tb / ta for ta, tb in zip(self.a.times, self.b.times, strict=True))
+
+    @property
+    def pair_ratios(self) -> Timing:
+        """The per-pair ratios B / A as a series, for their own min / median / max and spread."""
+        return Timing([tb / ta for ta, tb in zip(self.a.times, self.b.times, strict=True)])
+
+
+def time_interleaved(
+    a: Callable[[], Any],
+    b: Callable[[], Any],
+    *,
+    warmup: int = 2,
+    min_steps: int = 10,
+    max_steps: int = 200,
+    min_seconds: float = 10.0,
+    sync: Callable[[], Any] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Comparison:
+    """Time `a()` and `b()` alternately (A, B, A, B, ...) after `warmup` untimed calls of each.
+
+    Steps continue in pairs until there are at least `min_steps` pairs and the timed calls have taken
+    `min_seconds` together, or `max_steps` pairs were taken: a fast step gets many repeats, a slow one at
+    least `min_steps`. `sync` is called after each call inside the timed region (asynchronous devices).
+    `clock` is wall time by default; `time.process_time` (this process's CPU time) is steadier on a machine
+    other jobs load, but it adds up every thread's time and misses time spent waiting, so it compares
+    single-threaded steps only.
+    """
+    for _ in range(warmup):
+        for fn in (a, b):
+            fn()
+            if sync:
+                sync()
+    times_a: list[float] = []
+    times_b: list[float] = []
+    total = 0.0
+    while len(times_a) < max_steps and (len(times_a) < min_steps or total < min_seconds):
+        for fn, times in ((a, times_a), (b, times_b)):
+            start = clock()
+            fn()
+            if sync:
+                sync()
+            times.append(clock() - start)
+            total += times[-1]
+    return Comparison(Timing(times_a), Timing(times_b))
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `fn` (torch operations: forward, and backward if `fn` calls it), counted by
+    torch.utils.flop_counter, which counts matrix products and convolutions, not elementwise work, gathers or
+    scatters."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def growth_table(axis: str, rows: Sequence[dict], unit: str = "") -> str:
+    """A scaling table: per point of `axis` (rows of {"value", "epoch_s", "peak_mb"}, the axis doubling from
+    row to row), time per epoch and peak memory, each also as a multiple of the first row's, beside the
+    multiple the axis itself grew by: where cost is linear in the axis the two columns match."""
+    first = rows[0]
+    lines = [f"{axis:>12}{'x':>6}{'epoch s':>10}{'x':>7}{'peak MB':>10}{'x':>7}"]
+    for r in rows:
+        lines.append(
+            f"{str(r['value']) + unit:>12}{r['value'] / first['value']:>6.0f}"
+            f"{r['epoch_s']:>10.3f}{_multiple(r['epoch_s'], first['epoch_s']):>7}"
+            f"{r['peak_mb']:>10.0f}{_multiple(r['peak_mb'], first['peak_mb']):>7}"
+        )
+    return "\n".join(lines)
+
+
+def _multiple(value: float, first: float) -> str:
+    return f"{value / first:.2f}" if first > 0 else "-"
+
+
 def matmul_gflop(n: int) -> float:
     """FLOPs of one n x n by n x n matmul (a multiply and an add per term), in GFLOP."""
     return 2 * n**3 / 1e9
@@ -69,9 +218,14 @@ def torch_sync(device: Any) -> None:
 
 
 def torch_matmul_peak_gflops(
-    device: Any = "cpu", n: int = 2048, repeats: int = 5, dtype: Any = None
+    device: Any = "cpu",
+    n: int = 2048,
+    repeats: int = 5,
+    dtype: Any = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
-    """Best GFLOP/s of torch's matmul on `device` (float32 unless `dtype` is given)."""
+    """Best GFLOP/s of torch's matmul on `device` (float32 unless `dtype` is given), timed by `clock`
+    (`time.process_time` to compare with steps timed the same way)."""
     import torch
 
     device = torch.device(device)
@@ -83,7 +237,7 @@ def torch_matmul_peak_gflops(
         a @ b
         torch_sync(device)
 
-    best = min(_timed(run) for _ in range(repeats))
+    best = min(_timed(run, clock) for _ in range(repeats))
     return matmul_gflop(n) / best
 
 
@@ -224,6 +378,36 @@ class ScalingRun:
         }
 
 
+@contextlib.contextmanager
+def torchrun_part(device: Any, json_path: str | os.PathLike | None, key: str = "rows"):
+    """One process's part of a torch bench's `--nproc` measurement (or the whole of it, alone).
+
+    Yields `(device, rows)`: the process's device (its own GPU under torchrun) and a list the block fills.
+    The process group lives for the block; afterwards rank 0 alone writes {"world_size", "torch_threads",
+    key: rows} to `json_path`, the file `measure_scaling` reads."""
+    import torch
+
+    from common.distributed import (
+        cleanup_distributed,
+        get_local_rank,
+        get_world_size,
+        init_distributed,
+        is_main_process,
+    )
+
+    if device.type == "cuda" and get_world_size() > 1:  # one GPU per process, as training does
+        device = torch.device("cuda", get_local_rank())
+    init_distributed(device.type)
+    rows: list = []
+    try:
+        yield device, rows
+        if is_main_process() and json_path:
+            figures = {"world_size": get_world_size(), "torch_threads": torch.get_num_threads(), key: rows}
+            Path(json_path).write_text(json.dumps(figures, indent=2))
+    finally:
+        cleanup_distributed()
+
+
 def measure_scaling(
     module: str,
     args: Sequence[str],
@@ -284,7 +468,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start

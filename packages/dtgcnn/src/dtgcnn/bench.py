@@ -2,9 +2,10 @@
 
 Prints, in one run: the float32 matmul peak measured by NumPy, MLX's 1000x1000 matmul time (which BLAS it
 runs on), the median train step (forward + backward + AdamW) -> samples/s, forward ms per batch, peak
-memory, FLOPs per sample (as run, and for the textbook per-edge MLP that DGCNN implementations execute),
-achieved GFLOP/s and its share of the NumPy peak. With --compare-reference (default) the same step is
-timed again in a subprocess on MLX's bundled reference BLAS (DTGCNN_FAST_BLAS=0) for the speed-up.
+memory, FLOPs per sample as run, achieved GFLOP/s and its share of the NumPy peak. With --peer (default) the
+peer DGCNN (`dtgcnn.peers.dgcnn_torch`, torch, in its own process) trains at the same sizes, its steps
+interleaved with dtgcnn's, for samples/s of both and their ratio. With --compare-reference (default) the same
+step is timed again in a subprocess on MLX's bundled reference BLAS (DTGCNN_FAST_BLAS=0) for the speed-up.
 Timing helpers (medians after warm-up, the NumPy peak) are `common.benchmarking`'s.
 
 Yardstick sizes: k=20, 1024 points, fusion width 1024 (DGCNN's emb_dims), batch 16.
@@ -28,8 +29,6 @@ import dtgcnn  # noqa: F401  (fast BLAS before mlx)
 from common.benchmarking import measure_scaling, median_seconds, numpy_matmul_peak_gflops, thread_env
 from common.cli import console_script, run_cli
 
-YARDSTICK_SAMPLES_PER_S = 1.5  # the authors' PyTorch DGCNN on the project's 2-core CPU
-
 
 def mlx_matmul_seconds(n: int = 1000, repeats: int = 5) -> float:
     """Median seconds of one n x n float32 MLX matmul (which BLAS MLX's CPU backend runs on)."""
@@ -39,15 +38,15 @@ def mlx_matmul_seconds(n: int = 1000, repeats: int = 5) -> float:
     return median_seconds(lambda: mx.eval(a @ a), warmup=1, repeats=repeats)
 
 
-def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup: int, jit: bool) -> dict:
-    """Median seconds of a full training step and of a training-mode forward, plus peak MLX memory."""
+def build_train_step(batch_size: int, num_points: int, k: int, jit: bool):
+    """(step, model, spec, x): `step()` takes one optimizer step of one micro-batch, as training runs it."""
     import mlx.core as mx
     import mlx.optimizers as optim
     import numpy as np
 
     from dtgcnn.config import TrainConfig
     from dtgcnn.engine import Stepper
-    from dtgcnn.model import DTGCNN, ModelSpec, flops_per_sample
+    from dtgcnn.model import DTGCNN, ModelSpec
 
     mx.set_default_device(mx.cpu)
     cfg = TrainConfig(k=k, fusion_dim=1024, jit_compile=jit, batch_size=batch_size)
@@ -62,16 +61,29 @@ def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup
     x = np.concatenate([pts, pts], axis=-1)  # points on a sphere, normals = positions
     y = np.repeat(np.arange(batch_size // 4), 4).astype(np.int32)[:batch_size]
 
-    def step() -> None:  # one optimizer step of one micro-batch, as training runs it
+    def step() -> None:
         stepper.micro_step(x, y)
         stepper.optimizer_step()
 
+    return step, model, spec, x
+
+
+def time_train_step(
+    batch_size: int, num_points: int, k: int, steps: int, warmup: int, jit: bool, built=None
+) -> dict:
+    """Median seconds of a full training step and of a training-mode forward, plus peak MLX memory.
+
+    `built` is `build_train_step`'s result when the caller keeps the step for more timing (the peer's)."""
+    import mlx.core as mx
+
+    from dtgcnn.model import flops_per_sample
+
+    step, model, spec, x = built or build_train_step(batch_size, num_points, k, jit)
     compile_s = median_seconds(step, warmup=0, repeats=1)
     step_s = median_seconds(step, warmup=max(0, warmup - 1), repeats=steps)
     xa = mx.array(x)
     forward_s = median_seconds(lambda: mx.eval(model(xa)["embedding"]), warmup=1, repeats=max(1, steps // 2))
     flops = flops_per_sample(spec, num_points)
-    naive = flops_per_sample(spec, num_points, naive_edges=True)
     from mlx.utils import tree_flatten
 
     return {
@@ -80,21 +92,20 @@ def time_train_step(batch_size: int, num_points: int, k: int, steps: int, warmup
         "forward_ms": 1e3 * forward_s,
         "peak_memory_mb": mx.get_peak_memory() / 2**20,
         "train_gflop_per_sample": flops["train"] / 1e9,
-        "naive_train_gflop_per_sample": naive["train"] / 1e9,
         "parameters": sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
     }
 
 
-def measure(batch_size, num_points, k, steps, warmup, jit) -> dict:
+def measure(batch_size, num_points, k, steps, warmup, jit, built=None, peak_n: int = 2048) -> dict:
     from dtgcnn import streams
 
     out = {
         "blas": dtgcnn.BLAS.describe(),
         "cpu": f"{dtgcnn.MALLOC}; {streams.describe()}",
-        "numpy_peak_gflops": numpy_matmul_peak_gflops(),
+        "numpy_peak_gflops": numpy_matmul_peak_gflops(n=peak_n),
         "mlx_matmul_1000_s": mlx_matmul_seconds(),
     }
-    out |= time_train_step(batch_size, num_points, k, steps, warmup, jit)
+    out |= time_train_step(batch_size, num_points, k, steps, warmup, jit, built)
     out["samples_per_s"] = batch_size / out["step_s"]
     out["achieved_gflops"] = out["samples_per_s"] * out["train_gflop_per_sample"]
     out["share_of_peak"] = out["achieved_gflops"] / out["numpy_peak_gflops"]
@@ -162,6 +173,20 @@ def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
     help="Also time the step on MLX's reference BLAS in a subprocess.",
 )
 @click.option("--reference-steps", default=2, show_default=True)
+@click.option(
+    "--peer/--no-peer",
+    default=True,
+    show_default=True,
+    help="Also train the peer DGCNN (torch, its own process) at the same sizes, steps interleaved.",
+)
+@click.option("--peer-steps", default=6, show_default=True, help="At least this many interleaved step pairs.")
+@click.option("--peer-seconds", default=60.0, show_default=True, help="... and this many seconds of steps.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Check the machinery, not the speed: 1 warm-up and 2 timed steps, 2 peer step pairs, a 512x512 "
+    "NumPy peak, no reference run.",
+)
 @click.option("--json-output", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 @click.option("--child", is_flag=True, hidden=True, help="Print one JSON line (used for the reference run).")
 @click.option(
@@ -182,11 +207,17 @@ def main(
     jit,
     compare_reference,
     reference_steps,
+    peer,
+    peer_steps,
+    peer_seconds,
+    quick,
     json_output,
     child,
     nproc,
     launched_part,
 ):
+    if quick:
+        steps, warmup, peer_steps, peer_seconds, compare_reference = 2, 1, 2, 0.0, False
     step_args = [f"--batch-size={batch_size}", f"--num-points={num_points}", f"--k={k}"]
     step_args += [f"--steps={steps}", f"--warmup={warmup}", "--jit" if jit else "--no-jit"]
     if (nproc > 0 or launched_part) and mode != "meshes":
@@ -209,7 +240,8 @@ def main(
             with open(json_output, "w") as fh:
                 json.dump({"numpy_peak_gflops": peak, "rows": rows}, fh, indent=2)
         return
-    fast = measure(batch_size, num_points, k, steps, warmup, jit)
+    built = build_train_step(batch_size, num_points, k, jit) if peer and not child else None
+    fast = measure(batch_size, num_points, k, steps, warmup, jit, built, peak_n=512 if quick else 2048)
     if child:
         click.echo(json.dumps(fast))
         return
@@ -243,16 +275,12 @@ def main(
         f"  NumPy float32 matmul peak        {f['numpy_peak_gflops']:8.1f} GFLOP/s (measured now)",
         f"  MLX 1000x1000 matmul             {f['mlx_matmul_1000_s'] * 1e3:8.1f} ms",
         f"  parameters                       {f['parameters']:8d}",
-        f"  FLOPs/sample fwd+bwd (as run)    {f['train_gflop_per_sample']:8.2f} GFLOP "
-        f"(textbook per-edge MLP: {f['naive_train_gflop_per_sample']:.2f})",
+        f"  FLOPs/sample fwd+bwd (as run)    {f['train_gflop_per_sample']:8.2f} GFLOP",
         f"  first step (compile + run)       {f['first_step_s']:8.2f} s",
-        f"  train step (median)              {f['step_s']:8.3f} s -> {f['samples_per_s']:.2f} samples/s "
-        f"({f['samples_per_s'] / YARDSTICK_SAMPLES_PER_S:.1f}x the PyTorch DGCNN yardstick of "
-        f"{YARDSTICK_SAMPLES_PER_S} samples/s)",
+        f"  train step (median)              {f['step_s']:8.3f} s -> {f['samples_per_s']:.2f} samples/s",
         f"  forward (train mode, median)     {f['forward_ms']:8.1f} ms per batch",
-        f"  achieved                         {f['achieved_gflops']:8.1f} GFLOP/s = {100 * f['share_of_peak']:.1f}% of "
-        f"the NumPy peak (textbook-equivalent: "
-        f"{f['samples_per_s'] * f['naive_train_gflop_per_sample']:.1f} GFLOP/s)",
+        f"  achieved                         {f['achieved_gflops']:8.1f} GFLOP/s = "
+        f"{100 * f['share_of_peak']:.1f}% of the NumPy peak",
         f"  peak MLX memory                  {f['peak_memory_mb']:8.0f} MiB",
     ]
     if ref is not None:
@@ -263,6 +291,21 @@ def main(
             f"{ref['step_s']:.2f} s -> {ref['samples_per_s']:.3f} samples/s",
             f"  speed-up over the reference BLAS {f['speedup_vs_reference_blas']:8.1f}x",
         ]
+    if peer:
+        from dtgcnn.peers import side_by_side
+
+        f["peer"] = side_by_side.compare_with_peer(
+            built[0],
+            f["train_gflop_per_sample"] * 1e9,
+            batch_size=batch_size,
+            num_points=num_points,
+            k=k,
+            classes=max(2, batch_size // 4),
+            peak_gflops=f["numpy_peak_gflops"],
+            min_steps=peer_steps,
+            min_seconds=peer_seconds,
+        )
+        lines += side_by_side.report(f["peer"])
     click.echo("\n".join(lines))
     if json_output:
         with open(json_output, "w") as fh:

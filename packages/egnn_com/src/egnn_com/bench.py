@@ -66,6 +66,8 @@ def bench_training(
     worker_type: str,
     device,
     peak: float,
+    precision: str = "32",
+    compile_: bool = False,
 ) -> dict:
     """Train `epochs` + 1 warm-up epochs on the training loop with the real task; medians over the timed epochs.
 
@@ -123,13 +125,15 @@ def bench_training(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
         net = ddp
+    if compile_:  # as egnn_com.pipeline does: every batch has other node/edge counts, hence dynamic
+        net = torch.compile(net, dynamic=True)
     task = CentreOfMassTask(
         cfg,
         model=model,
         net=net,
         ddp=ddp,
         optimizer=make_optimizer(cfg, model),
-        precision=parse_precision("32", device),
+        precision=parse_precision(precision, device),
         device=device,
         train_loader=train_loader,
         val_loader=val_loader,
@@ -219,34 +223,16 @@ def training_rows_of_this_process(
 
     What `--nproc` times on both sides: no startup measurement and no matmul peak (the share of the peak is
     left out of the scaling figures)."""
-    import torch
-
+    from common.benchmarking import torchrun_part
     from common.devices import torch_device
-    from common.distributed import (
-        cleanup_distributed,
-        get_local_rank,
-        get_world_size,
-        init_distributed,
-        is_main_process,
-    )
 
-    dev = torch_device(device)
-    if dev.type == "cuda" and get_world_size() > 1:  # one GPU per process, as egnn_com.pipeline does
-        dev = torch.device("cuda", get_local_rank())
-    init_distributed(dev.type)
-    try:
-        rows = []
+    with torchrun_part(torch_device(device), json_out) as (dev, rows):
         for size in sizes.split(","):
             data = make_graphs(size, graphs or EPOCH_GRAPHS[size])
             for name in models.split(","):
                 r = bench_training(name, data, device=dev, peak=math.nan, **kw)
-                rows.append({k: r[k] for k in ("model", "graphs_per_epoch", "epoch_s", "graphs_per_s")})
-                rows[-1]["size"] = size
-        if is_main_process():
-            figures = {"world_size": get_world_size(), "torch_threads": torch.get_num_threads(), "rows": rows}
-            Path(json_out).write_text(json.dumps(figures, indent=2))
-    finally:
-        cleanup_distributed()
+                keep = ("model", "graphs_per_epoch", "epoch_s", "graphs_per_s", "gflop_per_graph")
+                rows.append({k: r[k] for k in keep} | {"size": size})
 
 
 def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
@@ -306,6 +292,35 @@ def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
     help="Measure scale-out instead: the training rows in 1 process and in N processes under torchrun "
     "(cores // N threads each), with the scaling efficiency. 0 = the single-process benchmark.",
 )
+@click.option(
+    "--peer/--no-peer",
+    "peer",
+    default=True,
+    help="Also train the peer EGNN side by side with egnn_com's, interleaved (see egnn_com.peers).",
+)
+@option("peer_steps", type=int, default=10, help="At least this many interleaved step pairs per size.")
+@option("peer_seconds", type=float, default=20.0, help="... and at least this many seconds of steps.")
+@option(
+    "cpu_time",
+    is_flag=True,
+    help="Time the side-by-side steps by this process's CPU time, steadier than wall time on a machine other "
+    "jobs load (needs --threads 1: CPU time adds up every thread's).",
+)
+@option(
+    "scaling",
+    is_flag=True,
+    help="Measure the scaling table instead: time per epoch and peak memory as the graphs per epoch, the "
+    "batch and the hidden width double (3 points each, 2 with --quick; egnn, the first of --sizes).",
+)
+@option(
+    "quick",
+    is_flag=True,
+    help="Check the machinery, not the speed: 1 timed epoch and 2 side-by-side step pairs per size.",
+)
+@option("precision", default="32", help="Training precision (32 | bf16-mixed | 16-mixed | ...).")
+@click.option(
+    "--compile", "compile_", is_flag=True, help="torch.compile the model (dynamic shapes), as --use_compile."
+)
 @option("launched_part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
 def main(
     models,
@@ -322,9 +337,32 @@ def main(
     startup_graphs,
     json_out,
     nproc,
+    peer,
+    peer_steps,
+    peer_seconds,
+    cpu_time,
+    scaling,
+    quick,
+    precision,
+    compile_,
     launched_part,
 ):
-    """Benchmark gcn and egnn training on synthetic molecules of three size classes."""
+    """Benchmark gcn and egnn training on synthetic molecules of three size classes, and egnn vs its peer."""
+    if quick:
+        epochs, peer_steps, peer_seconds = 1, 2, 0.0
+    if cpu_time and threads != 1:
+        raise click.UsageError("--cpu_time needs --threads 1: a process's CPU time adds up all its threads'")
+    if scaling:
+        from egnn_com import bench_growth
+
+        size = sizes.split(",")[0]
+        base = dict(graphs=graphs or EPOCH_GRAPHS[size], batch_size=batch_size, hidden_dim=hidden_dim)
+        base |= dict(num_layers=num_layers, epochs=epochs)
+        tables = bench_growth.growth(size, base, points=2 if quick else 3, threads=threads)
+        click.echo(bench_growth.report(tables, size, base))
+        if json_out:
+            Path(json_out).write_text(json.dumps({"scaling_table": tables, "base": base}, indent=2))
+        return
     training = dict(
         batch_size=batch_size,
         hidden_dim=hidden_dim,
@@ -332,6 +370,8 @@ def main(
         epochs=epochs,
         num_workers=num_workers,
         worker_type=worker_type,
+        precision=precision,
+        compile_=compile_,
     )
     if launched_part:
         import torch
@@ -341,7 +381,7 @@ def main(
         training_rows_of_this_process(models, sizes, graphs, device, json_out, **training)
         return
     if nproc > 0:
-        args = [f"--{k}={v}" for k, v in training.items()]
+        args = [f"--{k}={v}" for k, v in training.items() if k != "compile_"] + ["--compile"] * compile_
         args += [f"--models={models}", f"--sizes={sizes}", f"--graphs={graphs}", f"--device={device}"]
         figures = bench_scaling(nproc, args)
         if json_out:
@@ -390,6 +430,27 @@ def main(
                 f"{r['graphs_per_s']:10.1f}{r['forward_ms']:8.2f}{100 * r['data_share']:7.1f}%"
                 f"{r['gflop_per_graph']:9.4f}{r['gflops']:9.2f}{100 * r['peak_share']:7.1f}%{mem:8.0f}"
             )
+    side_by_side = []
+    if peer:
+        from egnn_com.peers.side_by_side import compare_with_peer, peer_table
+
+        if cpu_time:  # shares of a peak timed by the same clock as the steps
+            peak = torch_matmul_peak_gflops(dev, n=2048, repeats=8, clock=time.process_time)
+
+        for size in sizes.split(","):
+            r = compare_with_peer(
+                make_graphs(size, graphs or EPOCH_GRAPHS[size]),
+                batch_size=batch_size,
+                hidden_dim=hidden_dim,
+                num_layers=num_layers,
+                device=dev,
+                peak=peak,
+                min_steps=peer_steps,
+                min_seconds=peer_seconds,
+                cpu_time=cpu_time,
+            )
+            side_by_side.append({"size": size, **r})
+        click.echo(peer_table(side_by_side, hidden_dim=hidden_dim, num_layers=num_layers))
     if json_out:
         Path(json_out).write_text(
             json.dumps(
@@ -399,6 +460,7 @@ def main(
                     "import_s": import_s,
                     "startup": startup,
                     "training": rows,
+                    "peer": side_by_side,
                 },
                 indent=2,
             )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GCNConv, MessagePassing, global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.utils import scatter, softmax
 
 from common.errors import ConfigError
@@ -77,19 +77,23 @@ class GCNCentreOfMass(nn.Module):
         return self.head(self.pool(h, graph, num_graphs))  # [B, hidden] -> [B, 3]
 
 
-class EGNNLayer(MessagePassing):
-    """E(n)-equivariant graph convolution (Satorras, Hoogeboom & Welling 2021, eqs. 3-6).
+class EGNNLayer(nn.Module):
+    """E(n)-equivariant graph convolution:
 
-    PyG ships no EGNN layer, so this is written on `MessagePassing`:
         m_ij  = phi_e(h_i, h_j, |x_i - x_j|^2)                 edge message, E(n)-invariant
         x_i' = x_i + mean_j (x_i - x_j) / (|x_i - x_j| + 1) * phi_x(m_ij)   moves along relative vectors
         h_i' = h_i + phi_h(h_i, mean_j m_ij)                   residual feature update
-    The relative vectors are normalised (the reference implementation's `norm_diff`) and aggregated with a
-    mean so that coordinate steps stay bounded for dense or large graphs.
+    The relative vectors are normalised and aggregated with a mean so that coordinate steps stay bounded for
+    dense or large graphs. Edges run source j -> target i (edge_index[0] -> edge_index[1], PyG's convention).
+
+    Written with plain gathers and `index_add_` rather than PyG's `MessagePassing`: on large graphs the layer
+    is bound by memory traffic over [E, hidden] tensors, and `propagate` returns one tensor, so messages and
+    coordinate shifts had to travel concatenated ([E, hidden + 3], copied forward and sliced backward). Here
+    each is summed on its own and the mean's 1 / in-degree is computed once per forward for every layer.
     """
 
     def __init__(self, hidden_dim: int):
-        super().__init__(aggr="mean")
+        super().__init__()
         # phi_e's first layer W [h_i; h_j; d2] + b is split as (W_i h)_i + (W_j h)_j + w_d d2 + b: the two
         # node terms are computed once per node [N, hidden] and gathered per edge, instead of a matmul over
         # E >> N concatenated edge inputs (same function, about E/N times fewer FLOPs in that layer).
@@ -106,23 +110,37 @@ class EGNNLayer(MessagePassing):
             nn.Linear(2 * hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)
         )
 
-    def forward(self, h: Tensor, pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        # One propagate carries both: columns [:hidden] are messages, the last 3 the coordinate shift.
-        # a_dst, a_src [N, hidden]: the per-node terms of phi_e's first layer, gathered per edge by propagate.
-        out = self.propagate(
-            edge_index, a_dst=self.edge_dst(h), a_src=self.edge_src(h), pos=pos
-        )  # [N, hidden+3]
-        m, shift = out[:, :-3], out[:, -3:]
-        h = h + self.node_mlp(torch.cat([h, m.to(h.dtype)], dim=-1))  # [N, hidden]
-        return h, pos + shift.to(pos.dtype)  # [N, hidden], [N, 3]
+    def forward(
+        self, h: Tensor, pos: Tensor, edge_index: Tensor, inv_degree: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        src, dst = edge_index  # [E] each
+        if inv_degree is None:
+            inv_degree = inverse_in_degree(dst, h.shape[0])
+        m, shift = self.edge_messages(h, pos, src, dst)  # [E, hidden], [E, 3]
+        # summed in the coordinates' float32 also under autocast (a no-op cast in float32 training)
+        m_mean = pos.new_zeros(h.shape[0], m.shape[1]).index_add_(0, dst, m.to(pos.dtype)) * inv_degree
+        pos_step = pos.new_zeros(pos.shape).index_add_(0, dst, shift.to(pos.dtype)) * inv_degree
+        h = h + self.node_mlp(torch.cat([h, m_mean.to(h.dtype)], dim=-1))  # [N, hidden]
+        return h, pos + pos_step.to(pos.dtype)  # [N, hidden], [N, 3]
 
-    def message(self, a_dst_i: Tensor, a_src_j: Tensor, pos_i: Tensor, pos_j: Tensor) -> Tensor:
-        rel = pos_i - pos_j  # [E, 3] target minus source
+    def edge_messages(self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+        """Per edge j -> i: the message m_ij [E, hidden] and the coordinate shift [E, 3] it asks of x_i."""
+        # index_select rather than tensor[index]: its backward is an index_add_, where indexing's backward is
+        # an accumulating index_put_, several times slower on CPU for [E, hidden] gradients.
+        rel = pos.index_select(0, dst) - pos.index_select(0, src)  # [E, 3] target minus source
         dist2 = (rel * rel).sum(-1, keepdim=True)  # [E, 1]
-        pre = a_dst_i + a_src_j + dist2.to(a_dst_i.dtype) * self.edge_dist.to(a_dst_i.dtype)  # [E, hidden]
+        # [E, hidden]: the node terms gathered per edge
+        pre = self.edge_dst(h).index_select(0, dst) + self.edge_src(h).index_select(0, src)
+        pre = pre.addcmul_(dist2.to(pre.dtype), self.edge_dist.to(pre.dtype))  # + w_d d2, in place
         m = self.edge_mlp(pre)  # [E, hidden]
-        shift = rel / (dist2.sqrt() + 1.0) * self.coord_mlp(m).to(rel.dtype)  # [E, 3]
-        return torch.cat([m.to(rel.dtype), shift], dim=-1)  # [E, hidden + 3]
+        return m, rel / (dist2.sqrt() + 1.0) * self.coord_mlp(m).to(rel.dtype)
+
+
+def inverse_in_degree(dst: Tensor, num_nodes: int) -> Tensor:
+    """1 / (edges into each node) [N, 1], 0 for a node without edges (its mean message is then 0)."""
+    degree = torch.zeros(num_nodes, device=dst.device)  # float32
+    degree.index_add_(0, dst, torch.ones_like(dst, dtype=degree.dtype))
+    return (1.0 / degree.clamp(min=1.0)).unsqueeze(-1)
 
 
 class EGNNCentreOfMass(nn.Module):
@@ -142,8 +160,9 @@ class EGNNCentreOfMass(nn.Module):
         graph, num_graphs = _graph_index(batch)
         x = torch.cat([batch.x, mass_feature(batch)], dim=-1) if self.use_mass else batch.x  # [N, F (+1)]
         h, pos = self.embed(x), batch.pos  # [N, hidden], [N, 3]
+        inv_degree = inverse_in_degree(batch.edge_index[1], h.shape[0])  # [N, 1], the same for every layer
         for layer in self.layers:
-            h, pos = layer(h, pos, batch.edge_index)
+            h, pos = layer(h, pos, batch.edge_index, inv_degree)
         # Weights are invariant and sum to 1 within each graph, so the output is an affine (convex)
         # combination of equivariant points: rotation and translation pass through exactly.
         logits = self.weight_head(h).squeeze(-1).float()  # [N] s_i

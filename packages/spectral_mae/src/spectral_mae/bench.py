@@ -8,7 +8,9 @@ machine's matmul peak (timed in the same run), forward ms per batch, peak memory
 FLOPs are counted by torch.utils.flop_counter over one real forward+backward (matmuls and the fused
 scaled-dot-product attention kernels included); timings are medians over `--steps` steps after `--warmup`.
 The yardstick is the original MAE ViT-Base/16 (224x224x3, 16x16 patches, mask 0.75, decoder 512x8), built
-from the same code with 16x16x3 tokens, so both are measured by the same step on the same machine.
+from the same code with 16x16x3 tokens, so both are measured by the same step on the same machine. Each model
+(at the first decoder pattern) is then timed again beside it, eager, the two steps alternating until both have
+`--pairs` steps and `--pair-seconds` of steps, for the ratio of their shares of the peak under the same load.
 
     python -m spectral_mae.bench --nproc 2             # scale-out: 1 process vs 2 under torchrun
 
@@ -47,6 +49,15 @@ __getattr__ = forward_to("spectral_mae.benchmark", __name__)
     default=True,
     show_default=True,
     help="Also time the original MAE ViT-B/16 (224x224, mask 0.75, batch 8) in the same run.",
+)
+@click.option(
+    "--pairs", default=5, show_default=True, help="Beside the yardstick: at least this many step pairs..."
+)
+@click.option("--pair-seconds", default=30.0, show_default=True, help="... and this many seconds of steps.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Check the machinery, not the speed: 1 warm-up and 1 timed step, 2 step pairs beside the yardstick.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--amp", is_flag=True, help="bf16 autocast.")

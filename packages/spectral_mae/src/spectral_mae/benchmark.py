@@ -14,15 +14,16 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.benchmarking import measure_scaling, torch_matmul_peak_gflops, torch_sync
-from common.devices import describe_device, peak_memory_mb, torch_device
-from common.distributed import (
-    cleanup_distributed,
-    get_local_rank,
-    get_world_size,
-    init_distributed,
-    is_main_process,
+from common.benchmarking import (
+    count_flops,
+    measure_scaling,
+    time_interleaved,
+    torch_matmul_peak_gflops,
+    torch_sync,
+    torchrun_part,
 )
+from common.devices import describe_device, peak_memory_mb, torch_device
+from common.distributed import get_world_size
 from spectral_mae.factory import adamw
 from spectral_mae.losses import MAESpectralLoss
 from spectral_mae.model import DECODER_ATTENTION, MaskedAutoencoderSpectral, build_model
@@ -77,27 +78,19 @@ def bench_model(
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loss_fn = MAESpectralLoss(model.groups, model.t)
-    optimizer = adamw(model.parameters(), device, lr=1e-4)  # the trainer's optimizer
-    imgs = torch.randn(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def train_step() -> None:
-        with autocast:
-            pred, mask = forward(imgs)
-            loss = loss_fn(pred, model.patchify(imgs), mask)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    imgs = torch.randn(batch_size, model.in_chans, model.img_size, model.img_size, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    forward_holder = [forward]  # --compile swaps in the compiled module after the FLOPs are counted
+    train_step = make_train_step(model, lambda x: forward_holder[0](x), imgs, device, amp)
 
     counter = FlopCounterMode(display=False)
     with counter:  # the first warm-up step also counts the FLOPs
         train_step()
     flops_per_sample = counter.get_total_flops() / batch_size
     if use_compile:  # FLOPs were counted eagerly above; the next (untimed) step compiles, as in the trainer
-        forward = torch.compile(forward)
+        forward_holder[0] = torch.compile(forward)
         train_step()
     for _ in range(max(warmup - 1, 0)):
         train_step()
@@ -133,6 +126,88 @@ def bench_model(
     )
 
 
+def make_train_step(model, forward, imgs: torch.Tensor, device: torch.device, amp: bool):
+    """One training step per call (forward, loss, backward, AdamW) of `model` on the fixed batch `imgs`."""
+    loss_fn = MAESpectralLoss(model.groups, model.t)
+    optimizer = adamw(model.parameters(), device, lr=1e-4)  # the trainer's optimizer
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+    def train_step() -> None:
+        with autocast:
+            pred, mask = forward(imgs)
+            loss = loss_fn(pred, model.patchify(imgs), mask)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def beside_yardstick(
+    label: str,
+    model: MaskedAutoencoderSpectral,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    peak_gflops: float,
+    min_steps: int,
+    min_seconds: float,
+    yardstick_arch: dict = YARDSTICK_ARCH,
+    yardstick_batch: int = 8,
+) -> dict:
+    """`model`'s training step and the MAE yardstick's (batch 8), eager, interleaved step by step.
+
+    Returns each one's samples/s, FLOPs per sample and share of the peak, and the ratio of the two shares
+    as the median over step pairs of (model's GFLOP/s / yardstick's GFLOP/s)."""
+    yardstick = MaskedAutoencoderSpectral(**yardstick_arch).to(device).train()
+    model = model.to(device).train()
+    sides = {}
+    for name, m, batch in ((label, model, batch_size), (YARDSTICK, yardstick, yardstick_batch)):
+        imgs = torch.randn(batch, m.in_chans, m.img_size, m.img_size, device=device)
+        step = make_train_step(m, m, imgs, device, amp)
+        sides[name] = (step, count_flops(step) / batch, batch)
+    (step_a, flops_a, batch_a), (step_b, flops_b, batch_b) = sides.values()
+    pairs = time_interleaved(
+        step_a,
+        step_b,
+        warmup=1,
+        min_steps=min_steps,
+        min_seconds=min_seconds,
+        sync=lambda: torch_sync(device),
+    )
+    out = {"model": label, "yardstick": YARDSTICK, "steps": len(pairs.a.times)}
+    for key, timing, flops, batch in (
+        ("model_side", pairs.a, flops_a, batch_a),
+        ("yardstick_side", pairs.b, flops_b, batch_b),
+    ):
+        samples_per_s = timing.per_s(batch)
+        out[key] = {
+            "samples_per_s": samples_per_s,
+            "gflop_per_sample": flops / 1e9,
+            "share_of_peak": flops * samples_per_s / 1e9 / peak_gflops,
+            "timing": timing.summary("s", 1.0),
+        }
+    # GFLOP/s ratio per pair: (flops_a * batch_a / t_a) / (flops_b * batch_b / t_b)
+    work = (flops_a * batch_a) / (flops_b * batch_b)
+    out["share_ratio"] = work * pairs.speedup
+    return out
+
+
+def format_side_by_side(r: dict) -> str:
+    m, y = r["model_side"], r["yardstick_side"]
+    return "\n".join(
+        [
+            f"{r['model']} beside the {r['yardstick']} yardstick, eager, steps interleaved "
+            f"({r['steps']} pairs):",
+            f"  {'model':<10}{m['samples_per_s']:8.2f} img/s, {m['gflop_per_sample']:8.1f} GFLOP/img, "
+            f"{100 * m['share_of_peak']:5.1f}% of peak; {m['timing']}",
+            f"  {'yardstick':<10}{y['samples_per_s']:8.2f} img/s, {y['gflop_per_sample']:8.1f} GFLOP/img, "
+            f"{100 * y['share_of_peak']:5.1f}% of peak; {y['timing']}",
+            f"  share of peak, model / yardstick: {r['share_ratio']:.2f} (median over step pairs)",
+        ]
+    )
+
+
 def format_table(results: list[BenchResult], peak: float) -> str:
     header = (
         f"{'model':<30}{'shape':>12}{'tokens':>8}{'batch':>6}{'step s':>9}{'fwd ms':>9}{'img/s':>8}"
@@ -163,8 +238,13 @@ def run(
     json_path,
     nproc,
     launched_part,
+    pairs=5,
+    pair_seconds=30.0,
+    quick=False,
 ):
     """Benchmark the spectral MAE training step (see the module docstring)."""
+    if quick:
+        steps, warmup, pairs, pair_seconds = 1, 1, 2, 0.0
     patterns = [d.strip() for d in decoders.split(",") if d.strip()]
     unknown = sorted(set(patterns) - set(DECODER_ATTENTION))
     if unknown or not patterns:
@@ -210,12 +290,29 @@ def run(
     for r in results:
         r.share_of_peak = r.achieved_gflops / peak
     click.echo(format_table(results, peak))
+    side_by_side = []
+    if yardstick:  # each model at the first decoder pattern, eager, beside the yardstick
+        for name in [m.strip() for m in models.split(",") if m.strip()]:
+            model = build_model(name, img_size=img_size, decoder_attention=patterns[0])
+            label = f"{name} ({patterns[0]})"
+            side_by_side.append(
+                beside_yardstick(label, model, batch_size, dev, amp, peak, pairs, pair_seconds)
+            )
+            click.echo(format_side_by_side(side_by_side[-1]))
+            del model
     click.echo(
         "peak memory is the process's peak RSS so far on CPU (cumulative), the CUDA allocator peak on GPU."
     )
     if json_path:
         Path(json_path).write_text(
-            json.dumps({"matmul_peak_gflops": peak, "results": [asdict(r) for r in results]}, indent=2)
+            json.dumps(
+                {
+                    "matmul_peak_gflops": peak,
+                    "results": [asdict(r) for r in results],
+                    "beside_yardstick": side_by_side,
+                },
+                indent=2,
+            )
         )
 
 
@@ -226,25 +323,14 @@ def measure_this_process(
 
     What `--nproc` times on both sides: no yardstick and no matmul peak (the share of the peak is left out
     of the scaling figures)."""
-    if dev.type == "cuda" and get_world_size() > 1:  # one GPU per process, as spectral_mae.train_ddp does
-        dev = torch.device("cuda", get_local_rank())
-    init_distributed(dev.type)
-    try:
+    with torchrun_part(dev, json_path, key="results") as (dev, rows):
         torch.manual_seed(0)
-        rows = []
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             for pattern in patterns:
                 model = build_model(name, img_size=img_size, decoder_attention=pattern)
                 label = f"{name} ({pattern}{', compiled' if compile_ else ''})"
-                rows.append(
-                    bench_model(label, model, batch_size, steps, warmup, dev, math.nan, amp, compile_)
-                )
-        if is_main_process() and json_path:
-            figures = {"world_size": get_world_size(), "torch_threads": torch.get_num_threads()}
-            figures["results"] = [asdict(r) for r in rows]
-            Path(json_path).write_text(json.dumps(figures, indent=2))
-    finally:
-        cleanup_distributed()
+                row = bench_model(label, model, batch_size, steps, warmup, dev, math.nan, amp, compile_)
+                rows.append(asdict(row))
 
 
 def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
