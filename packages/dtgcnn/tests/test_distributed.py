@@ -17,6 +17,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,13 @@ def tiny_train_config(**kw):
 
 
 def launch(config: Path, run_dir: Path, data: Path | None, *extra: str) -> subprocess.CompletedProcess:
-    port = random.Random().randrange(20000, 60000, 8)  # other test runs may be using the default port
     data_args = [] if data is None else ["--data-dir", str(data)]
+    return launch_train(*data_args, "--output-dir", str(run_dir), "--config", str(config), *extra)
+
+
+def launch_train(*args: str) -> subprocess.CompletedProcess:
+    """`mlx.launch -n 2 -- python -m dtgcnn.train ARGS` (ring backend on localhost), output captured."""
+    port = random.Random().randrange(20000, 60000, 8)  # other test runs may be using the default port
     command = [
         str(LAUNCH),
         "-n",
@@ -67,15 +73,9 @@ def launch(config: Path, run_dir: Path, data: Path | None, *extra: str) -> subpr
         sys.executable,
         "-m",
         "dtgcnn.train",
-        *data_args,
-        "--output-dir",
-        str(run_dir),
-        "--config",
-        str(config),
-        *extra,
     ]
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=240)
 
 
 def trainable(state: dict) -> dict[str, np.ndarray]:
@@ -142,6 +142,23 @@ def test_a_sigkilled_two_process_run_resumes_exactly(tiny_data, tmp_path, two_pr
     assert history_series(reference / "metrics_history.json") == history_series(run / "metrics_history.json")
 
 
+def test_a_lost_rank_ends_the_other_with_an_error_naming_it_and_keeps_the_last_checkpoint(
+    tiny_data, tmp_path, two_process_run
+):
+    config, _, _ = two_process_run
+    run, stamp = tmp_path / "lost", tmp_path / "killed_at"
+    kill = f"callbacks=[{{class_path: common.testing.KillAt, init_args: {{step: 3, rank: 1, stamp: '{stamp}'}}}}]"
+    done = launch(config, run, tiny_data, kill)
+    ended = time.time()
+    assert "rank 1 exited with code -9" in done.stderr, done.stderr[-3000:]
+    assert "Process 0 of 2 stops: lost rank 1" in done.stderr, done.stderr[-3000:]  # rank 0's own error
+    assert "Traceback" not in done.stderr
+    # a liveness bound, not a speed figure: rank 0 must not wait for a collective that never completes
+    assert ended - float(stamp.read_text()) < 60
+    assert load_checkpoint(run / "checkpoints" / "last_step.npz")["global_step"] == 2  # intact and verified
+    assert done.returncode == 0  # mlx.launch's own status, whatever its processes did (see the README)
+
+
 def test_distributed_without_the_launcher_is_refused_with_the_command(tiny_data, tmp_path, capsys):
     from common.cli import run_cli
     from dtgcnn import train as train_cli
@@ -152,3 +169,64 @@ def test_distributed_without_the_launcher_is_refused_with_the_command(tiny_data,
         )
     assert refused.value.code == 2
     assert "mlx.launch -n 2 -- python -m dtgcnn.train" in capsys.readouterr().err
+
+
+# Triplet-text mode: 54 labelled training sentences in P x K = 2 x 4 groups, 6 groups an epoch; 2 processes x 1
+# group per step against 1 process x 2 micro-batches of 1 group: 3 steps an epoch. No dropout (see the module
+# docstring). SGD, not Adam: the biases that a normalisation follows get gradients of float-noise size, which
+# Adam scales up to full learning-rate steps in whichever direction the noise points.
+TEXT = dict(
+    hidden_dims=[32, 16],
+    num_gcn_layers=2,
+    output_dim=16,
+    batch_size=8,
+    optimizer="sgd",
+    learning_rate=0.05,
+    num_epochs=2,
+    warmup_epochs=0,
+    graph_bank_size=32,
+    graph_k_neighbors=4,
+    dynamic_graph_update_freq=1,
+    log_interval=1,
+    plot_every=0,
+    tsne_plot=False,
+    dropout_rate=0.0,
+    train_split=0.75,
+    seed=3,
+)
+
+
+def test_text_mode_on_two_processes_trains_like_one_process_with_the_same_global_batch(text_corpus, tmp_path):
+    import json
+
+    from common.config import load_config
+    from dtgcnn.config import DTGCNNConfig
+    from dtgcnn.text_trainer import fit_triplets
+
+    data = text_corpus / "sentences.csv"
+    overrides = [f"{k}={json.dumps(v)}" for k, v in TEXT.items()]
+    run = tmp_path / "two"
+    done = launch_train("--mode", "triplets", "--data", str(data), "--output-dir", str(run), *overrides)
+    assert done.returncode == 0 and "exited with code" not in done.stderr, done.stderr[-4000:]
+    cfg = load_config(DTGCNNConfig, "triplet_config", package="dtgcnn", overrides=overrides)
+    cfg.gradient_accumulation_steps = 2
+    single = fit_triplets(cfg, tmp_path / "one", data=data)
+    a = load_checkpoint(run / "checkpoints" / "last.npz")
+    b = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.npz")
+    assert a["loop"]["world_size"] == 2 and a["global_step"] == b["global_step"] == single.global_step == 6
+    wa, wb = trainable(a), trainable(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        np.testing.assert_allclose(wa[key], wb[key], rtol=1e-4, atol=2e-5, err_msg=key)
+    ha = history_series(run / "metrics_history.json")
+    hb = history_series(tmp_path / "one" / "metrics_history.json")
+    np.testing.assert_allclose(
+        [v for _, v in ha["train/loss_step"]], [v for _, v in hb["train/loss_step"]], rtol=1e-4
+    )
+    # only rank 0 wrote: one log file, one summary on stdout, the files of the 1-process run
+    assert len(list((run / "logs").iterdir())) == 1
+    assert done.stdout.count("outputs in") == 1
+    files = lambda root: {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}  # noqa: E731
+    assert {f for f in files(run) if not f.startswith("logs/")} == {
+        f for f in files(tmp_path / "one") if not f.startswith("logs/")
+    }

@@ -32,6 +32,7 @@ def test_bench_quick(tmp_path, capsys):
             "40",
             "--threads",
             "1",
+            "--quick",
             "--json",
             str(out),
         ],
@@ -50,7 +51,16 @@ def test_bench_quick(tmp_path, capsys):
     assert (
         rows["egnn"]["gflop_per_graph"] > rows["gcn"]["gflop_per_graph"]
     )  # edge MLPs vs one linear per layer
-    assert "graphs/s" in capsys.readouterr().out
+    (side,) = result["peer"]  # egnn_com's EGNN and the peer's, trained interleaved on the same batches
+    assert side["size"] == "small" and side["batch_size"] == 4 and side["speedup"] > 0
+    for name in ("egnn_com", "peer"):
+        r = side[name]
+        assert r["steps"] == 2 and r["step_ms_min"] <= r["step_ms_median"] <= r["step_ms_max"]
+        assert r["graphs_per_s"] == pytest.approx(4e3 / r["step_ms_median"]) and r["peak_share"] > 0
+    # the peer runs its full edge MLP on concatenated [h_i, h_j, d2] per edge; egnn_com gathers node terms
+    assert side["peer"]["gflop_per_graph"] > side["egnn_com"]["gflop_per_graph"]
+    shown = capsys.readouterr().out
+    assert "graphs/s" in shown and "side by side with the peer (vgsatorras/egnn" in shown
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun: two Gloo processes on CPU end where one process with the same global
 batch ends (weights and the all-reduced metrics, to float tolerance), only rank 0 writes the run folder, and a
-SIGKILLed 2-process run resumed with `--resume last` under torchrun ends bit-identical to an uninterrupted one.
+SIGKILLed 2-process run resumed with `--resume last` under torchrun ends bit-identical to an uninterrupted one
+(the kill takes rank 1 alone: rank 0 must end too, within 60 s, and torchrun must name rank 1).
 
 Each torchrun start imports torch and PyG in three processes (about 40 s on the 2-core test machine), so the
 uninterrupted 2-process run is made once and shared by both tests.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -103,10 +105,14 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(ddp_run
 )
 def test_sigkilled_two_process_run_resumes_under_torchrun_bit_identical(ddp_run, tmp_path):
     data, reference, _ = ddp_run
-    run_dir = tmp_path / "killed"
-    kill = "callbacks=[{class_path: common.testing.KillAt, init_args: {step: 7}}]"
+    run_dir, stamp = tmp_path / "killed", tmp_path / "killed_at"
+    # rank 1 alone dies: torchrun must end rank 0 too, at once, and name the lost rank
+    kill = f"callbacks=[{{class_path: common.testing.KillAt, init_args: {{step: 7, rank: 1, stamp: '{stamp}'}}}}]"
     proc = torchrun(run_dir, data, kill)
+    ended = time.time()
     assert proc.returncode != 0
+    assert ": 1 (local_rank: 1)" in proc.stderr and ("SIGKILL" in proc.stderr or "-9" in proc.stderr)
+    assert ended - float(stamp.read_text()) < 60  # a liveness bound, not a speed figure
     steps = sorted(load_checkpoint(p)["global_step"] for p in (run_dir / "checkpoints").glob("last*.ckpt"))
     assert steps[-1] == 6  # last-step.ckpt of step 6 (every 2 steps), mid-epoch; KillAt acts before step 7's
 

@@ -59,3 +59,34 @@ def test_bench_nproc_2_reports_one_and_two_process_throughput_under_torchrun(tmp
     (one,), (two,) = scaling["one_process"]["results"], scaling["n_process"]["results"]
     assert one["gflop_per_sample"] == pytest.approx(two["gflop_per_sample"], rel=1e-6)
     assert "torchrun --standalone --nproc_per_node 2" in capsys.readouterr().out
+
+
+def test_a_model_beside_the_yardstick_is_timed_in_interleaved_pairs(capsys):
+    import torch
+
+    from spectral_mae.benchmark import YARDSTICK_ARCH, beside_yardstick, format_side_by_side
+    from spectral_mae.model import build_model
+
+    tiny_yardstick = YARDSTICK_ARCH | dict(img_size=32, embed_dim=32, encoder_depth=1, encoder_num_heads=2)
+    tiny_yardstick |= dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    model = build_model("mae_tiny", img_size=50, decoder_attention="joint")
+    r = beside_yardstick(
+        "mae_tiny (joint)",
+        model,
+        1,
+        torch.device("cpu"),
+        False,
+        peak_gflops=10.0,
+        min_steps=3,
+        min_seconds=0.0,
+        yardstick_arch=tiny_yardstick,
+        yardstick_batch=2,
+    )
+    assert r["steps"] == 3
+    for side in ("model_side", "yardstick_side"):
+        assert r[side]["samples_per_s"] > 0 and r[side]["gflop_per_sample"] > 0
+        assert r[side]["share_of_peak"] == pytest.approx(
+            r[side]["samples_per_s"] * r[side]["gflop_per_sample"] / 10.0
+        )
+    assert math.isfinite(r["share_ratio"]) and r["share_ratio"] > 0
+    assert "share of peak, model / yardstick" in format_side_by_side(r)

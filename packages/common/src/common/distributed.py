@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from common.errors import ConfigError, DeviceError
 
 __all__ = [
+    "all_gather_object",
     "all_reduce_mean",
     "barrier",
     "broadcast_object",
@@ -27,6 +28,7 @@ __all__ = [
     "get_world_size",
     "init_distributed",
     "is_main_process",
+    "lost_process_error",
     "rank_zero_only",
 ]
 
@@ -220,3 +222,26 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's `obj`, in rank order, on every rank (a collective: all ranks call it at the same point);
+    `[obj]` when not distributed. Pickled between the processes of one run, never read from a file."""
+    if _process_group_ready():
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+    if _mlx_group() is not None:
+        return sys.modules["common.mlx_support"].all_gather_object(obj)
+    return [obj]
+
+
+def lost_process_error(exc: BaseException) -> Exception | None:
+    """A clear error naming the lost rank when `exc` is a collective failing because another process died
+    (mlx.distributed: the survivors ask each process's beacon, `common.liveness`); None otherwise. Under
+    torchrun the elastic agent ends the other processes itself and its summary names the lost rank."""
+    if _mlx_group() is not None:
+        return sys.modules["common.mlx_support"].lost_process_error(exc)
+    return None

@@ -95,6 +95,8 @@ def load_optimizer_state(optimizer, state: dict) -> None:
 # The global group once `init_distributed` joined a run of several processes (None: one process).
 # `common.distributed.get_rank / get_world_size` read it through sys.modules, without importing mlx.
 GROUP: Any = None
+# Every process's liveness beacon (`common.liveness`), in rank order, exchanged when the group forms.
+BEACONS: list[tuple[str, int]] = []
 
 
 def launched() -> bool:
@@ -121,8 +123,31 @@ def init_distributed(backend: str = "any") -> Any:
             f"mlx.launch started this process but mx.distributed.init(backend={backend!r}) failed: {exc}"
         ) from exc
     if group.size() > 1:
+        from common.liveness import start_beacon
+
         GROUP = group
+        BEACONS[:] = all_gather_object(start_beacon(group.rank()))
     return GROUP
+
+
+def lost_process_error(exc: BaseException) -> Exception | None:
+    """A clear error naming the process(es) that died when `exc` is a collective failing because of them;
+    None for any other error (or when every process still answers)."""
+    if GROUP is None or not BEACONS or not isinstance(exc, RuntimeError):
+        return None
+    from common.errors import DeviceError
+    from common.liveness import unreachable
+
+    rank, world = GROUP.rank(), GROUP.size()
+    lost = unreachable(BEACONS, rank)
+    if not lost:
+        return None
+    names = ", ".join(str(r) for r in lost)
+    return DeviceError(
+        f"Process {rank} of {world} stops: lost rank {names} (it no longer answers: killed, out of memory, or "
+        f"its machine went down), so the collective it was part of failed ({exc}). The checkpoints written "
+        "before are intact; start the same mlx.launch command again with --resume last to continue."
+    )
 
 
 def _reduce_stream() -> Any:
@@ -155,3 +180,20 @@ def all_reduce_mean_arrays(arrays: list[mx.array]) -> list[mx.array]:
         out.append(flat[start : start + a.size].reshape(a.shape).astype(a.dtype))
         start += a.size
     return out
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process's `obj` (pickled between the processes of one run), in rank order; `[obj]` in one
+    process. mx.distributed gathers arrays of one shape, so the byte strings travel padded to the longest."""
+    if GROUP is None:
+        return [obj]
+    import pickle
+
+    payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    sizes = mx.distributed.all_gather(mx.array([payload.size], dtype=mx.int32), group=GROUP, stream=mx.cpu)
+    sizes = [int(n) for n in sizes.tolist()]
+    padded = np.zeros(max(sizes), dtype=np.uint8)
+    padded[: payload.size] = payload
+    rows = mx.distributed.all_gather(mx.array(padded)[None], group=GROUP, stream=mx.cpu)
+    rows = np.array(rows)
+    return [pickle.loads(rows[r, :n].tobytes()) for r, n in enumerate(sizes)]

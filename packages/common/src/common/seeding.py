@@ -9,6 +9,7 @@ Captured states hold only numpy arrays and JSON-able values, so they go through 
 
 from __future__ import annotations
 
+import hashlib
 import random
 import sys
 from typing import Any
@@ -34,6 +35,23 @@ def seed_everything(seed: int) -> None:
     mx = _mlx_core()
     if mx is not None:
         mx.random.seed(seed & _UINT64)
+
+
+def split_rank_streams(rank: int) -> None:
+    """Give process `rank` of a multi-process run global generators of its own (rank 0 keeps its streams).
+
+    Every process seeds the same (same initial weights); training then needs draws that differ per process,
+    or each slice of the global batch would get the same dropout masks. Rank r > 0 re-seeds python, numpy,
+    torch and MLX from (a digest of its current numpy state, r), so its streams are a pure function of what
+    it held: of the run's seed at the start, of rank 0's saved state when a checkpoint is resumed on another
+    number of processes. Data order never comes from these generators (`epoch_permutation` is global).
+    """
+    if rank <= 0:
+        return
+    _, keys, pos, *_ = np.random.get_state(legacy=True)
+    digest = hashlib.sha256(np.asarray(keys, dtype=np.uint32).tobytes() + int(pos).to_bytes(4, "little"))
+    entropy = [int.from_bytes(digest.digest()[:8], "little"), int(rank)]
+    seed_everything(int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]))
 
 
 def capture_rng_state() -> dict[str, Any]:

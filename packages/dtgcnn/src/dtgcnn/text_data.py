@@ -232,24 +232,43 @@ class TripletDataset:
         return np.sort(order[:cut]), np.sort(order[cut:])
 
     def create_dataloaders(
-        self, batch_size: int = 512, train_split: float = 0.9, seed: int = 0
+        self,
+        batch_size: int = 512,
+        train_split: float = 0.9,
+        seed: int = 0,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> tuple[TextLoader, TextLoader]:
-        """(train_loader, val_loader) over a seeded split of the rows; the train loader shuffles per epoch."""
+        """(train_loader, val_loader) over a seeded split of the rows; the train loader shuffles per epoch and,
+        in a run of `world_size` processes, gives process `rank` its slice of every global batch."""
         train, val = self.split(train_split, seed)
         if len(val) == 0:
             raise DataError(
                 f"{self.path}: train_split={train_split} leaves no rows for validation ({len(self)} rows)."
             )
-        return TextLoader(self, train, batch_size, seed, train=True), TextLoader(
-            self, val, batch_size, seed, train=False
-        )
+        return TextLoader(
+            self, train, batch_size, seed, train=True, rank=rank, world_size=world_size
+        ), TextLoader(self, val, batch_size, seed, train=False)
 
 
 class TextLoader:
-    """Batches of one split of a `TripletDataset`: `batches(epoch, start)` (resumable), or iterate it."""
+    """Batches of one split of a `TripletDataset`: `batches(epoch, start)` (resumable), or iterate it.
+
+    With `world_size` processes (training under mlx.launch), process `rank` takes batch i * world_size + rank
+    of the single-process order as its batch i (`ResumableSampler`'s sharding: a P x K group stays whole), so
+    the processes' batch i together are the global batch of `batch_size` x `world_size` rows."""
 
     def __init__(
-        self, dataset: TripletDataset, items: np.ndarray, batch_size: int, seed: int, *, train: bool
+        self,
+        dataset: TripletDataset,
+        items: np.ndarray,
+        batch_size: int,
+        seed: int,
+        *,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.dataset, self.items = dataset, np.asarray(items, dtype=np.int64)
         self.batch_size, self.seed, self.train = batch_size, seed, train
@@ -258,14 +277,18 @@ class TextLoader:
             from dtgcnn.data import PKOrder
 
             order = PKOrder(dataset.labels[self.items], batch_size, dataset.samples_per_label, seed)
-            self.sampler = ResumableSampler(len(self.items), order.batch_size, seed=seed, order=order)
+            self.sampler = ResumableSampler(
+                len(self.items), order.batch_size, seed=seed, order=order, rank=rank, world_size=world_size
+            )
         else:
             self.sampler = ResumableSampler(
                 len(self.items),
                 batch_size,
                 seed=seed,
                 shuffle=train,
-                drop_last=train and len(self.items) > batch_size,
+                drop_last=train and len(self.items) > batch_size * world_size,
+                rank=rank,
+                world_size=world_size,
             )
 
     def __len__(self) -> int:
