@@ -13,6 +13,12 @@ import tempfile
 
 import dtgcnn  # noqa: F401
 
-os.environ.setdefault(
-    "MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='trainyard-mlflow-')}/mlflow.db"
-)
+# One scratch store per pytest process: xdist workers inherit the controller's environment, and two
+# processes writing one SQLite store can meet "database is locked".
+if "MLFLOW_TRACKING_URI" not in os.environ or os.environ.get("TRAINYARD_SCRATCH_MLFLOW"):
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='trainyard-mlflow-')}/mlflow.db"
+    os.environ["TRAINYARD_SCRATCH_MLFLOW"] = "1"
+
+# Under `uv run`, printed follow-up commands start with `uv run ` (common.cli.follow_up_command); the tests
+# run those commands with their own interpreter, so they read them as a plain `python -m` session prints them.
+os.environ.pop("UV_RUN_RECURSION_DEPTH", None)

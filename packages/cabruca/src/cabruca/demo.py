@@ -43,6 +43,16 @@ def demo_config(cli: dict, overrides: tuple[str, ...], config: str | None = None
     return config_mod.load(source, cli=settings, overrides=overrides)
 
 
+def ensure_demo_data(data_dir: str | Path) -> None:
+    """Generate the demo's synthetic scenes in `data_dir` unless they are already there."""
+    from .synthetic import generate
+
+    data_dir = Path(data_dir)
+    if not (data_dir / "val" / "annotations.json").exists():
+        click.echo(f"generating synthetic scenes in {data_dir} ...")
+        generate(data_dir, num_train=6, num_val=2, image_size=256, seed=0)
+
+
 def run_demo(
     cli: dict,
     overrides: tuple[str, ...] = (),
@@ -61,13 +71,9 @@ def run_demo(
         return 0
     from .engine import HISTORY_FILE
     from .evaluate import evaluate_checkpoint
-    from .synthetic import generate
     from .training import COMMAND, train
 
-    data_dir = Path(cfg.data.data_dir)
-    if not (data_dir / "val" / "annotations.json").exists():
-        click.echo(f"generating synthetic scenes in {data_dir} ...")
-        generate(data_dir, num_train=6, num_val=2, image_size=256, seed=0)
+    ensure_demo_data(cfg.data.data_dir)
     result = train(cfg, named_folder=named_folder)
     if result.interrupted:
         return result.exit_code
@@ -75,7 +81,7 @@ def run_demo(
     best = checkpoints / "checkpoint_best.pth"
     report = evaluate_checkpoint(
         best if best.exists() else checkpoints / "checkpoint_latest.pth",
-        data_dir,
+        Path(cfg.data.data_dir),
         split="val",
         out_dir=result.run_dir / "evaluation",
         device=cfg.device,
@@ -91,7 +97,7 @@ def run_demo(
                 f"  curves:          {result.run_dir / 'plots' / 'training_curves.png'}",
                 f"  evaluation:      {report}",
                 f"  TensorBoard:     tensorboard --logdir {result.run_dir / 'tensorboard'}",
-                f"  dashboard:       python -m cabruca.monitor --runs-dir {cfg.output_dir}",
+                f"  dashboard:       uv run trainyard-dashboard --runs-root {cfg.output_dir}",
                 f"  continue:        {COMMAND} --resume {result.run_dir} --epochs {2 * cfg.training.num_epochs}",
             ]
         )

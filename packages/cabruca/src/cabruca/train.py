@@ -13,6 +13,8 @@ importable from here: they are forwarded to `cabruca.training` on first use.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from common.cli import (
@@ -20,10 +22,13 @@ from common.cli import (
     console_script,
     data_dir_option,
     device_option,
+    fast_dev_run_option,
     forward_to,
+    multirun_option,
     output_dir_option,
     precision_option,
     resume_option,
+    run_dir_option,
     seed_option,
     typed_options,
 )
@@ -107,6 +112,7 @@ def _option(dashed: str, **kw):
 @_option("--compile", is_flag=True, help="torch.compile the model.")
 @data_dir_option(type=str, help="data.data_dir (holds train/ and val/).")
 @output_dir_option(type=str, help="Parent folder of run folders (default outputs).")
+@run_dir_option(type=str, help="The run folder itself: --output-dir and --experiment-name in one.")
 @_option("--tile-size", type=int, help="data.tile_size.")
 @_option("--num-workers", type=int, help="data.num_workers.")
 @seed_option(help="Seed for data order, augmentation and initialisation.")
@@ -116,15 +122,28 @@ def _option(dashed: str, **kw):
     help="Synthetic data + light config: a two-minute CPU run, then evaluation. Options and key=value "
     "arguments beside it apply (e.g. --epochs 2).",
 )
+@fast_dev_run_option()
+@multirun_option()
 @_option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.argument("overrides", nargs=-1)
 @click.pass_context
-def main(ctx, config, resume, demo, print_config, overrides, **_):
+def main(ctx, config, resume, demo, fast_dev_run, print_config, overrides, **_):
     """Train cabruca's multi-task segmentation model. Trailing key.sub=value arguments override the config.
 
     Exits 0 when training finished, 130 after SIGINT (Ctrl+C) and 143 after SIGTERM; a stopped run has saved
     its state and logged the command that resumes it."""
     cli = typed_options(ctx, dict(OPTION_KEYS))
+    if _["run_dir"]:  # cabruca names a run folder by its parent and the experiment name
+        if "output_dir" in cli or "experiment_name" in cli:
+            raise ConfigError(
+                "--run-dir names the run folder; give it without --output-dir / --experiment-name."
+            )
+        run_dir = Path(_["run_dir"])
+        cli.update(output_dir=str(run_dir.parent), experiment_name=run_dir.name)
+    if fast_dev_run and not print_config:
+        if resume:
+            raise ConfigError("--fast-dev-run starts a throwaway run; it cannot --resume one.")
+        return fast_dev_run_command(cli, overrides, config, demo, fast_dev_run)
     if demo:
         if resume:
             raise ConfigError(
@@ -161,6 +180,27 @@ def main(ctx, config, resume, demo, print_config, overrides, **_):
 
     named = names_experiment(cli, overrides)
     return train(cfg, resume=checkpoint, state=state, named_folder=named).exit_code
+
+
+def fast_dev_run_command(cli: dict, overrides: tuple[str, ...], config: str | None, demo: bool, batches: int):
+    """`--fast-dev-run N` (with or without --demo): N steps and one validation of a run in a scratch folder
+    that is removed afterwards (a demo's scenes too), trackers off; prints one summary line."""
+    from common.fast_dev_run import FastDevRun, scratch_folder
+
+    with scratch_folder("cabruca") as scratch:
+        cli = {**cli, "output_dir": str(scratch)}
+        overrides = (*overrides, "tracking.mlflow=false", "tracking.wandb=false")  # they write outside it
+        if demo:
+            from . import demo as demo_mod
+
+            cfg = demo_mod.demo_config(cli, overrides, config)
+            demo_mod.ensure_demo_data(cfg.data.data_dir)
+        else:
+            cfg = config_mod.load(config_mod.resolve_source(config), cli=cli, overrides=overrides)
+        cfg.training.num_epochs = 1
+        from .training import train
+
+        return train(cfg, callbacks=[FastDevRun(batches)]).exit_code
 
 
 cli = console_script(main)  # the installed command

@@ -35,14 +35,21 @@ def run_cli(command: click.Command, args: Sequence[str] | None = None) -> None:
       on stderr, with no traceback, and exits 2;
     - other click errors print the same way and exit with their own status (1 for a file error);
     - Ctrl-C (KeyboardInterrupt, click's Abort) exits 130 with a one-line note;
-    - `-h` / `--help` prints the help and exits 0; a command that returns a non-zero int exits with it.
+    - `-h` / `--help` prints the help and exits 0; a command that returns a non-zero int exits with it;
+    - `--multirun` / `-m` with `key=v1,v2` overrides runs a sweep of a command that has `multirun_option`.
     Returns normally when the command succeeds (so tests can call it in-process).
     Any other exception is a bug in Trainyard and keeps its traceback.
     """
     # `-h` as well as `--help`, in every command (a command that sets its own help options keeps them)
     command.context_settings.setdefault("help_option_names", ["-h", "--help"])
+    argv = _with_optional_values(command, list(args) if args is not None else sys.argv[1:])
     try:
-        result = command.main(list(args) if args is not None else None, standalone_mode=False)
+        if _is_sweep(command, argv):
+            from common.sweeps import run_sweep
+
+            result = run_sweep(command, argv)
+        else:
+            result = command.main(argv, standalone_mode=False)
     except TrainyardError as exc:
         discard_unused_run_folders()  # a refused run leaves no empty run folder behind
         if os.environ.get(TRACEBACK_ENV) == "1":
@@ -61,6 +68,43 @@ def run_cli(command: click.Command, args: Sequence[str] | None = None) -> None:
     # click returns the exit code of an explicit ctx.exit(n) (or --help's 0) as the result.
     if isinstance(result, int) and not isinstance(result, bool) and result != 0:
         sys.exit(result)
+
+
+def follow_up_command(command: str) -> str:
+    """A command line printed for the user to run next (resume, evaluate), spelled as they started this one:
+    with `uv run ` in front when this process runs under `uv run` (which sets UV_RUN_RECURSION_DEPTH in the
+    processes it starts), since outside the project's environment a bare `python -m` finds no package."""
+    if os.environ.get("UV_RUN_RECURSION_DEPTH") and not command.startswith("uv run "):
+        return f"uv run {command}"
+    return command
+
+
+def _with_optional_values(command: click.Command, argv: list[str]) -> list[str]:
+    """`--fast-dev-run` takes an optional N; click would read a `key=value` override after the bare flag as
+    that N, so a bare flag gets its default written out (`--fast-dev-run k=10` -> `--fast-dev-run 1 k=10`)."""
+    optional = {
+        name: str(p.flag_value)
+        for p in command.params
+        if p.name == "fast_dev_run" and isinstance(p, click.Option) and not p.is_flag
+        for name in p.opts
+    }
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else "-"
+        if arg in optional and not following.startswith("-") and not following.isdigit():
+            out.append(optional[arg])
+    return out
+
+
+def _is_sweep(command: click.Command, argv: list[str]) -> bool:
+    """A command line of a command with `multirun_option` asking for a sweep (and not for --help)."""
+    from common.sweeps import wants_multirun
+
+    if not any(p.name == "multirun" for p in command.params):
+        return False
+    help_names = command.context_settings.get("help_option_names", ["--help"])
+    return wants_multirun(argv) and not set(argv) & set(help_names)
 
 
 def console_script(command: click.Command) -> Callable[[], None]:
@@ -129,6 +173,23 @@ def _fail(message: str, code: int) -> None:
 # and the underscored spelling are accepted, so seed command lines (`--data_dir`) and ours (`--data-dir`) work.
 
 
+def option(*decls: str, **kw):
+    """`click.option` answering to both spellings of each multi-word long name: `--batch-size` and
+    `--batch_size` (also in on/off pairs: `--jit-compile/--no-jit-compile`). Give the parameter name last,
+    as with click, when it should differ from the first name's."""
+    names: list[str] = []
+    for decl in decls:
+        names.append(decl)
+        if decl.startswith("--"):
+            other = "/".join(
+                "--" + part[2:].replace("-", "_") if "-" in part[2:] else "--" + part[2:].replace("_", "-")
+                for part in decl.split("/")
+            )
+            if other != decl:
+                names.append(other)
+    return click.option(*names, **kw)
+
+
 def _option(dashed: str, dest: str, help_text: str, kw: dict):
     underscored = "--" + dashed[2:].replace("-", "_")
     names = (dashed, underscored) if underscored != dashed else (dashed,)
@@ -148,9 +209,19 @@ def data_dir_option(**kw):
     return _option("--data-dir", "data_dir", "Dataset folder.", kw)
 
 
-def output_dir_option(**kw):
-    """--output-dir / --output_dir: the run folder."""
-    return _option("--output-dir", "output_dir", "Run folder: config, checkpoints, logs, plots, history.", kw)
+def output_dir_option(*, run_folder: bool = False, **kw):
+    """--output-dir / --output_dir: the run folder (`run_folder=True`, also spelled --run-dir), or, in a
+    package whose seed names a parent folder (`run_folder=False`), the folder its runs are created in; such a
+    package adds `run_dir_option` for the run folder itself."""
+    kw.setdefault("help", "Run folder: config, checkpoints, logs, plots, history.")
+    names = ["--output-dir", "--output_dir"] + (["--run-dir", "--run_dir"] if run_folder else [])
+    return click.option(*names, "output_dir", **kw)
+
+
+def run_dir_option(**kw):
+    """--run-dir / --run_dir: the run folder itself, in every package (where --output-dir is its parent)."""
+    text = "The run folder itself (config, checkpoints, logs, plots, history), instead of a new folder under --output-dir."
+    return _option("--run-dir", "run_dir", text, kw)
 
 
 def resume_option(**kw):
@@ -185,3 +256,35 @@ def seed_option(**kw):
     """--seed: the run's random seed."""
     kw.setdefault("type", int)
     return _option("--seed", "seed", "Random seed (data order, initialisation, augmentation).", kw)
+
+
+def multirun_option(**kw):
+    """--multirun / -m: a train command runs every combination of its `key=v1,v2` overrides, one run folder each
+    (`common.sweeps`; `run_cli` starts the sweep before click reads the options, so the flag is never parsed
+    by the command itself)."""
+    kw.setdefault(
+        "help",
+        "Sweep: run every combination of the comma-separated key=value overrides (e.g. `-m lr=1e-3,1e-4 "
+        "model=a,b`) one after the other, one run folder each under --output-dir, then print and write "
+        "sweep_summary.csv / .md. Exits 1 when any run failed.",
+    )
+    return click.option("-m", "--multirun", "multirun", is_flag=True, expose_value=False, **kw)
+
+
+def fast_dev_run_option(**kw):
+    """--fast-dev-run / --fast_dev_run [N]: N train and N validation batches, nothing written (bare flag: 1)."""
+    kw.setdefault(
+        "help",
+        "Quick check: N batches of training and N of validation (bare flag: 1), then a one-line summary; "
+        "writes nothing (no run folder, checkpoints or tracker files).",
+    )
+    return click.option(
+        "--fast-dev-run",
+        "--fast_dev_run",
+        "fast_dev_run",
+        type=click.IntRange(min=1),
+        is_flag=False,
+        flag_value=1,
+        default=None,
+        **kw,
+    )

@@ -35,6 +35,7 @@ from common._coerce import (
     unwrap,
 )
 from common.errors import ConfigError
+from common.interpolation import has_reference, resolve_tree
 from common.runs import atomic_write_text
 
 T = TypeVar("T")
@@ -65,8 +66,10 @@ def load_config(
     """
     if not dataclasses.is_dataclass(schema) or not isinstance(schema, type):
         raise TypeError(f"load_config needs a dataclass type as schema, got {schema!r}")
-    groups, dotted = _split_overrides(overrides, package)
-    layers: dict[str, Any] = {}
+    groups, dotted = _split_overrides(overrides, package, schema)
+    # (where, raw tree, replaces its sections): every layer is read first, so `${...}` references resolve
+    # against the merged result of all of them, and only then validated and coerced one by one.
+    raw_layers: list[tuple[str, dict[str, Any], bool]] = []
 
     if isinstance(source, Mapping):
         data, where = dict(source), "the given config mapping"
@@ -75,22 +78,31 @@ def load_config(
         data = _parse_yaml(text, where)
     if source is not None:
         for group, name in _defaults_list(schema, data, where):
-            _merge_into(layers, _group_layer(schema, package, group, name, where))
-        _merge_into(layers, _validated(schema, data, where))
+            raw_layers.append((*_group_file(package, group, name, where), False))
+        raw_layers.append((where, data, False))
 
     for group, name in groups:
         # A selected group replaces the whole section: keys the group file omits fall back to schema defaults,
         # not to whatever the YAML source said for the previous choice.
-        layers.update(_group_layer(schema, package, group, name, f"override '{group}={name}'"))
+        raw_layers.append((*_group_file(package, group, name, f"override '{group}={name}'"), True))
 
     if cli:
-        _merge_into(
-            layers, _validated(schema, _expand_dotted(cli, "command-line options"), "command-line options")
-        )
+        raw_layers.append(("command-line options", _expand_dotted(cli, "command-line options"), False))
 
     for key, text, item in dotted:
-        tree = _expand_dotted({key: _parse_override_value(text)}, f"override '{item}'")
-        _merge_into(layers, _validated(schema, tree, f"override '{item}'"))
+        where = f"override '{item}'"
+        raw_layers.append((where, _expand_dotted({key: _parse_override_value(text)}, where), False))
+
+    lookup = _reference_lookup(schema, raw_layers)
+    layers: dict[str, Any] = {}
+    for where, tree, replaces in raw_layers:
+        if _holds_reference(tree):
+            tree = resolve_tree(tree, lookup, where)
+        validated = _validated(schema, tree, where)
+        if replaces:
+            layers.update(validated)
+        else:
+            _merge_into(layers, validated)
 
     return _build(schema, layers, base=None, key="")
 
@@ -262,23 +274,42 @@ def _defaults_list(schema: type, data: dict[str, Any], where: str) -> list[tuple
     return pairs
 
 
-def _group_layer(schema: type, package: str | None, group: str, name: str, where: str) -> dict[str, Any]:
-    """{group: validated section} from `<package>/configs/<group>/<name>.yaml`."""
+def _group_file(package: str | None, group: str, name: str, where: str) -> tuple[str, dict[str, Any]]:
+    """(description, {group: raw section}) from `<package>/configs/<group>/<name>.yaml`, or from the YAML file
+    `name` names when it is a path (`model=./my_model.yaml`): a team's own variant of a bundled group."""
+    if _is_path_choice(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{where}: config group file {name} does not exist")
+        file_where = f"config group file {path}"
+        return file_where, {group: _parse_yaml(path.read_text(encoding="utf-8"), file_where)}
     if package is None:
-        raise ConfigError(f"{where}: config groups need a package with bundled configs")
+        raise ConfigError(f"{where}: config groups need a package with bundled configs (or a YAML file path)")
     folder = _configs_dir(package) / group
     entry = _bundled_file(folder, name) if folder.is_dir() else None
     if entry is None:
         choices = bundled_groups(package).get(group, [])
         listed = f"; available: {', '.join(choices)}" if choices else ""
-        raise ConfigError(f"{where}: config group {group!r} has no choice {name!r}{listed}")
+        raise ConfigError(
+            f"{where}: config group {group!r} has no choice {name!r}{listed} (or give a YAML file path)"
+        )
     file_where = f"bundled config {package}/configs/{group}/{entry.name}"
-    return _validated(schema, {group: _parse_yaml(entry.read_text(encoding="utf-8"), file_where)}, file_where)
+    return file_where, {group: _parse_yaml(entry.read_text(encoding="utf-8"), file_where)}
 
 
-def _split_overrides(overrides: Sequence[str], package: str | None):
-    """Separate `group=name` selections from `a.b=value` overrides (groups apply first, whatever the order)."""
+def _is_path_choice(name: str) -> bool:
+    """A group choice written as a file path rather than a bundled name: it has a folder part, or it is a YAML
+    file that exists where the command runs."""
+    return "/" in name or "\\" in name or (_is_yaml(name) and Path(name).is_file())
+
+
+def _split_overrides(overrides: Sequence[str], package: str | None, schema: type):
+    """Separate `group=name` selections from `a.b=value` overrides (groups apply first, whatever the order).
+
+    A group is a folder of bundled choices, or any top-level section of the schema given a YAML file path
+    (`model=./my_model.yaml`), so every package has config groups for its sections."""
     group_names = set(bundled_groups(package)) if package is not None else set()
+    sections = {name for name, tp in dataclass_fields(schema).items() if section_class(tp) is not None}
     groups: list[tuple[str, str]] = []
     dotted: list[tuple[str, str, str]] = []
     for item in overrides:
@@ -287,7 +318,7 @@ def _split_overrides(overrides: Sequence[str], package: str | None):
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. training.lr=1e-3)")
-        if key in group_names:
+        if key in group_names or (key in sections and _is_yaml(value.strip())):
             groups.append((key, value.strip()))
         else:
             dotted.append((key, value, item))
@@ -307,6 +338,56 @@ def _expand_dotted(flat: Mapping[str, object], where: str) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"{where}: {dotted_key!r} conflicts with a value set for {part!r}")
         node[parts[-1]] = value
+    return tree
+
+
+# ------------------------------------------------------------------------------------------ ${...} references
+
+
+def _holds_reference(tree: Any) -> bool:
+    if isinstance(tree, Mapping):
+        return any(_holds_reference(v) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_holds_reference(v) for v in tree)
+    return has_reference(tree)
+
+
+def _reference_lookup(schema: type, raw_layers: list[tuple[str, dict[str, Any], bool]]):
+    """`lookup(dotted_key)` over the schema defaults merged with every raw layer (built on first use)."""
+    merged: dict[str, Any] = {}
+
+    def lookup(dotted_key: str) -> Any:
+        if not merged:
+            merged.update(_defaults_tree(schema))
+            for _, tree, replaces in raw_layers:
+                for name, value in tree.items():
+                    if replaces:  # a group choice: its file on top of the section's schema defaults
+                        merged[name] = _deep_merge(_defaults_tree(schema).get(name) or {}, value)
+                    elif isinstance(value, dict) and isinstance(merged.get(name), dict):
+                        _merge_into(merged[name], value)
+                    else:
+                        merged[name] = copy.deepcopy(value)
+        node: Any = merged
+        for part in dotted_key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                close = difflib.get_close_matches(dotted_key, _dotted_keys(schema), n=3, cutoff=0.6)
+                raise KeyError(f"; closest valid keys: {', '.join(close)}" if close else "")
+            node = node[part]
+        return node
+
+    return lookup
+
+
+def _defaults_tree(cls: type) -> dict[str, Any]:
+    """The schema's default values as a plain nested dict (fields without a default are left out)."""
+    tree: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            tree[f.name] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            tree[f.name] = _plain(f.default_factory())
+        elif section_class(dataclass_fields(cls).get(f.name)) is not None:
+            tree[f.name] = _defaults_tree(section_class(dataclass_fields(cls)[f.name]))
     return tree
 
 

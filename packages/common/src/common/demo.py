@@ -24,8 +24,20 @@ from common.callbacks import (
     TrackerLogger,
     build_callbacks,
 )
-from common.cli import console_script, overwrite_option, run_cli, typed_options
+from common.cli import (
+    config_option,
+    console_script,
+    fast_dev_run_option,
+    multirun_option,
+    output_dir_option,
+    overwrite_option,
+    resume_option,
+    run_cli,
+    seed_option,
+    typed_options,
+)
 from common.config import config_to_dict, dump_config, load_config, save_config
+from common.fast_dev_run import FastDevRun
 from common.logs import setup_logging
 from common.loop import FitResult, Loop, Plan, Task
 from common.plots import plot_history
@@ -35,6 +47,8 @@ from common.sampler import ResumableSampler
 from common.schedules import ScheduleConfig, build_schedule
 from common.seeding import seed_everything
 from common.trackers import build_trackers
+
+COMMAND = "python -m common.demo"  # how a run starts: the resume hint a stopped run logs begins with it
 
 
 @dataclass
@@ -122,6 +136,15 @@ class RegressionTask(Task):
         self.w = np.array(state["w"])
 
 
+def fast_dev_run_demo(cfg: DemoConfig, batches: int = 1, callbacks=()) -> FitResult:
+    """`--fast-dev-run N`: N optimizer steps, one validation and the summary line (`common.fast_dev_run`);
+    nothing is written: no run folder, checkpoint, log file or tracker."""
+    setup_logging(None)
+    seed_everything(cfg.seed)
+    plan = Plan(max_epochs=1, accumulate=cfg.accumulate, log_every_n_steps=cfg.log_every_n_steps)
+    return Loop(RegressionTask(cfg), plan, callbacks=[FastDevRun(batches), *callbacks]).fit()
+
+
 def train(
     cfg: DemoConfig, resume: str | Path | dict | None = None, callbacks=(), *, overwrite: bool = False
 ) -> FitResult:
@@ -166,9 +189,7 @@ def train(
         *callbacks,
         checkpoints,
     ]
-    loop = Loop(
-        task, plan, callbacks=callbacks, schedule=schedule, resume=resume, command="python -m common.demo"
-    )
+    loop = Loop(task, plan, callbacks=callbacks, schedule=schedule, resume=resume, command=COMMAND)
     try:
         result = loop.fit()
     finally:
@@ -187,21 +208,36 @@ def train(
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--config", "config_path", help="YAML file with DemoConfig keys.")
-@click.option("--output-dir", help="Run folder (default outputs/common_demo).")
+@config_option("common", help="YAML file with DemoConfig keys.")
+@output_dir_option(run_folder=True, help="Run folder (default outputs/common_demo).")
 @click.option("--epochs", type=int, help="Number of epochs.")
 @click.option("--lr", type=float, help="Peak learning rate.")
-@click.option("--seed", type=int, help="Random seed.")
-@click.option(
-    "--resume",
-    help="Continue a run: 'last' (the newest checkpoint of --output-dir), a run folder or a checkpoint.",
-)
+@seed_option()
+@resume_option()
 @overwrite_option()
-@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+@fast_dev_run_option()
+@multirun_option()
+@click.option(
+    "--print-config",
+    "--print_config",
+    "print_config",
+    is_flag=True,
+    help="Print the resolved config and exit.",
+)
 @click.argument("overrides", nargs=-1)
 @click.pass_context
 def main(
-    ctx: click.Context, config_path, output_dir, epochs, lr, seed, resume, overwrite, print_config, overrides
+    ctx: click.Context,
+    config,
+    output_dir,
+    epochs,
+    lr,
+    seed,
+    resume,
+    overwrite,
+    fast_dev_run,
+    print_config,
+    overrides,
 ):
     """Train common's self-demo (NumPy linear regression) through every Trainyard piece.
 
@@ -211,10 +247,13 @@ def main(
     state = None
     if resume:
         state = read_training_checkpoint(find_checkpoint(resume, output_dir or DemoConfig.output_dir))
-    source = config_path or (saved_config(state, DemoConfig) if state else None)
+    source = config or (saved_config(state, DemoConfig) if state else None)
     cfg = load_config(DemoConfig, source, cli=cli, overrides=overrides)
     if print_config:
         click.echo(dump_config(cfg))
+        return 0
+    if fast_dev_run:
+        fast_dev_run_demo(cfg, fast_dev_run)  # prints its summary line
         return 0
     result = train(cfg, state, overwrite=bool(overwrite))
     if not result.interrupted:

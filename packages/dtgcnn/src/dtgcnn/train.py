@@ -22,6 +22,10 @@ from common.cli import (
     console_script,
     data_dir_option,
     device_option,
+    fast_dev_run_option,
+    follow_up_command,
+    multirun_option,
+    option,
     output_dir_option,
     overwrite_option,
     precision_option,
@@ -33,6 +37,7 @@ from common.cli import (
 from common.config import bundled_configs, dump_config, load_config
 from common.distributed import get_rank, get_world_size
 from common.errors import ConfigError, DeviceError
+from common.fast_dev_run import FastDevRun, scratch_folder
 from common.logs import setup_logging
 from common.resume import find_checkpoint, read_training_checkpoint, run_folder_of, saved_config
 from common.runs import RunFolder
@@ -92,6 +97,7 @@ saving checkpoints/last_step.npz (the log names the command that resumes it), 2 
     help="Dataset folder ({split}_metadata.json + {split}_data.h5); a resumed run defaults to its own.",
 )
 @output_dir_option(
+    run_folder=True,
     type=click.Path(file_okay=False),
     help="Run folder (default ./experiments/run_<timestamp>; a resumed run: the checkpoint's run folder).",
 )
@@ -113,22 +119,27 @@ saving checkpoints/last_step.npz (the log names the command that resumes it), 2 
     "--data", type=click.Path(dir_okay=False), help="triplets mode: a .json/.csv triplet or text,label file."
 )
 @click.option("--encoder", help="triplets mode: hashing | hashing:DIM | minilm | precomputed:PATH.")
-@click.option("--batch-size", type=int)
-@click.option("--learning-rate", type=float)
-@click.option("--num-epochs", type=int)
-@click.option("--embedding-dim", type=int)
-@click.option("--gradient-accumulation-steps", type=int, help="Micro-batches per optimizer step.")
-@click.option("--cache-data", is_flag=True, help="Keep meshes in memory after the first read.")
+@option("--batch-size", type=int)
+@option("--learning-rate", type=float)
+@option("--num-epochs", type=int)
+@option("--embedding-dim", type=int)
+@option("--gradient-accumulation-steps", type=int, help="Micro-batches per optimizer step.")
+@option("--cache-data", is_flag=True, help="Keep meshes in memory after the first read.")
 @device_option("auto | cpu | gpu")
 @seed_option()
 @precision_option(
     help="32 | bf16-mixed | 16-mixed (also float32, bfloat16, float16): the compute dtype; weights stay float32."
 )
-@click.option("--jit-compile/--no-jit-compile", default=None, help="mx.compile the training step.")
+@option("--jit-compile/--no-jit-compile", default=None, help="mx.compile the training step.")
 @click.option(
-    "--demo", is_flag=True, help="Generate synthetic meshes and run a short training (~2 min on CPU)."
+    "--demo",
+    is_flag=True,
+    help="Generate synthetic meshes and run a short training (~2 min on CPU); --output-dir is then the "
+    "demo's folder (data/ and run/ inside it). Options and key=value arguments beside it apply.",
 )
-@click.option(
+@fast_dev_run_option()
+@multirun_option()
+@option(
     "--stop-after-steps",
     type=int,
     help="Stop after N optimizer steps, writing a resumable checkpoint (the loop's max_steps).",
@@ -138,14 +149,14 @@ saving checkpoints/last_step.npz (the log names the command that resumes it), 2 
     is_flag=True,
     help="Data parallel over the processes mlx.launch started (implied under mlx.launch; refused without).",
 )
-@click.option(
+@option(
     "--num-gpus",
     type=int,
     default=1,
     show_default=True,
     help="Processes expected (start them with mlx.launch).",
 )
-@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+@option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (startup phases, per-step details).")
 @click.argument("overrides", nargs=-1)
 @click.pass_context
@@ -159,6 +170,7 @@ def main(
     data,
     encoder,
     demo,
+    fast_dev_run,
     stop_after_steps,
     distributed,
     num_gpus,
@@ -170,19 +182,43 @@ def main(
     if mode == "triplets":
         from dtgcnn.text_cli import train_triplets_command
 
-        return train_triplets_command(
-            ctx,
-            data,
-            output_dir,
-            config,
-            resume,
-            encoder,
-            demo,
-            stop_after_steps,
-            print_config,
-            verbose,
-            overrides,
-        )
+        def run(output_dir, resume):
+            return train_triplets_command(
+                ctx, data, output_dir, config, resume, encoder, demo, stop_after_steps, print_config, verbose,
+                overrides, fast_dev_run=fast_dev_run,
+            )  # fmt: skip
+    else:
+
+        def run(output_dir, resume):
+            return train_meshes(
+                ctx, data_dir, output_dir, config, resume, demo, fast_dev_run, stop_after_steps, distributed,
+                num_gpus, print_config, verbose, overrides,
+            )  # fmt: skip
+
+    if not fast_dev_run or print_config:
+        return run(output_dir, resume)
+    if resume:
+        raise ConfigError("--fast-dev-run starts a throwaway run; it cannot --resume one.")
+    with scratch_folder("dtgcnn") as scratch:  # the run (and a demo's data) go here, then vanish
+        return run(str(scratch / "out"), None)
+
+
+def train_meshes(
+    ctx,
+    data_dir,
+    output_dir,
+    config,
+    resume,
+    demo,
+    fast_dev_run,
+    stop_after_steps,
+    distributed,
+    num_gpus,
+    print_config,
+    verbose,
+    overrides,
+):
+    """The meshes mode of `main` (`--fast-dev-run` hands it a scratch `output_dir`)."""
     world = join_processes(distributed, num_gpus)
     main_process = get_rank() == 0
     if demo:
@@ -232,6 +268,11 @@ def main(
             from common import mlx_support
 
             mlx_support.all_reduce_mean({"ready": 1.0})
+    if fast_dev_run:  # N steps, one validation, its summary line; the final test is skipped (max_steps)
+        result = train(
+            cfg, data_dir, output_dir, callbacks=[FastDevRun(fast_dev_run)], max_steps=fast_dev_run
+        )
+        return result.exit_code
     result = train(
         cfg, data_dir, output_dir, resume=checkpoint, resume_state=state, max_steps=stop_after_steps
     )
@@ -262,7 +303,7 @@ def main(
         )
     if result.test is None and result.checkpoint is not None and (result.interrupted or stop_after_steps):
         why = f"interrupted by {result.interrupted}" if result.interrupted else result.stop_reason
-        command = resume_command(data_dir, distributed_command(world))
+        command = follow_up_command(resume_command(data_dir, distributed_command(world)))
         click.echo(f"{why}: resume with {command} --resume {result.checkpoint}")
     return result.exit_code
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from common.cli import follow_up_command
 from common.config import load_config
 from common.runs import RunFolder
 from egnn_com.config import EgnnComConfig
@@ -20,23 +21,43 @@ DEMO_GRAPHS = 200  # 160 train / 40 val
 DEMO_NODES = (8, 24)
 
 
-def run_demo(output_dir: str | None = None, num_workers: int | None = None) -> dict:
-    """Train both models on the demo data under output_dir (default runs/demo); returns their TrainingResults.
-
-    A run stopped by SIGINT/SIGTERM ends the demo there (its result's exit_code is 130/143)."""
-    started = time.perf_counter()
-    root = Path(output_dir or "runs/demo")
+def demo_data(root: Path) -> Path:
+    """The demo's synthetic molecules in `root`/data, generated once and reused."""
     data = root / "data"
     if not (data / "dataset_info.json").exists():
         generate_dataset(
             data, num_graphs=DEMO_GRAPHS, seed=0, min_nodes=DEMO_NODES[0], max_nodes=DEMO_NODES[1]
         )
         click.echo(f"generated {DEMO_GRAPHS} synthetic molecules in {data}")
+    return data
+
+
+def run_demo(
+    output_dir: str | None = None,
+    num_workers: int | None = None,
+    *,
+    cli: dict | None = None,
+    overrides: tuple[str, ...] = (),
+) -> dict:
+    """Train both models on the demo data under output_dir (default runs/demo); returns their TrainingResults.
+
+    `cli` (typed options, dotted keys) and `overrides` (`key=value`) apply on top of the demo config, as in
+    training; each run keeps its own model. A run stopped by SIGINT/SIGTERM ends the demo there (its result's
+    exit_code is 130/143)."""
+    started = time.perf_counter()
+    root = Path(output_dir or "runs/demo")
+    data = demo_data(root)
     from egnn_com.pipeline import run_training  # imports torch and torch_geometric
 
     results, outcomes = {}, {}
     for name in ("gcn", "egnn"):
-        cfg = load_config(EgnnComConfig, "demo", package="egnn_com", overrides=[f"model.name={name}"])
+        cfg = load_config(
+            EgnnComConfig,
+            "demo",
+            package="egnn_com",
+            cli=cli,
+            overrides=[*overrides, f"model.name={name}"],
+        )
         cfg.data.data_dir = str(data)
         cfg.train.output_dir = str(RunFolder.timestamped(root, name).root)
         if num_workers is not None:
@@ -68,9 +89,9 @@ def _print_summary(results: dict, outcomes: dict, data: Path, seconds: float) ->
             f"curves: plots/training_curves.png; history: metrics_history.json; tensorboard/)"
         )
     best = outcomes["egnn"].best_checkpoint
-    click.echo(
-        "next:\n"
-        f"  python -m egnn_com.evaluate --checkpoint {best}\n"
-        f"  python -m egnn_com.predict --checkpoint {best} {data} --output predictions.csv\n"
-        f"  python -m egnn_com.train --data_dir {data} --model egnn --max_epochs 50"
-    )
+    commands = [
+        f"python -m egnn_com.evaluate --checkpoint {best}",
+        f"python -m egnn_com.predict --checkpoint {best} {data} --output predictions.csv",
+        f"python -m egnn_com.train --data_dir {data} --model egnn --max_epochs 50",
+    ]
+    click.echo("next:\n" + "\n".join(f"  {follow_up_command(c)}" for c in commands))

@@ -24,6 +24,7 @@ from common.cli import (
     console_script,
     data_dir_option,
     device_option,
+    multirun_option,
     output_dir_option,
     overwrite_option,
     precision_option,
@@ -35,6 +36,7 @@ from common.cli import (
 from common.config import bundled_configs, dump_config, load_config
 from common.distributed import get_world_size, is_main_process
 from common.errors import ConfigError
+from common.fast_dev_run import summary_line
 from common.resume import find_checkpoint, read_training_checkpoint, saved_config
 from egnn_com.cliopts import option
 from egnn_com.config import EgnnComConfig, config_from_dict
@@ -174,7 +176,7 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
     type=click.Choice(["thread", "process"]),
     help="thread: one loader thread (packed in-memory graphs); process: worker processes.  [default: thread]",
 )
-@output_dir_option(help="Run folder.  [default: runs/egnn_com_<timestamp>]")
+@output_dir_option(run_folder=True, help="Run folder.  [default: runs/egnn_com_<timestamp>]")
 @option("checkpoint_dir", help="Checkpoint folder.  [default: <output_dir>/checkpoints]")
 @option(
     "save_every_n_steps",
@@ -211,6 +213,7 @@ def split_extras(extras: tuple[str, ...], tags_given: bool) -> tuple[tuple[str, 
     "demo", is_flag=True, help="Generate synthetic data, train gcn and egnn briefly, compare, print outputs."
 )
 @option("print_config", is_flag=True, help="Print the resolved config and exit.")
+@multirun_option()
 @option("num_gpus", hidden=True)
 @option("gpus", hidden=True)
 @option("devices", hidden=True)
@@ -230,9 +233,15 @@ def main(ctx, extras, config, demo, print_config, resume, ckpt_path, **_typed):
     if demo:
         if get_world_size() > 1:
             raise ConfigError("--demo runs in one process; start it with `python -m egnn_com.train --demo`.")
+        if spec:
+            raise ConfigError("--demo starts new runs; to continue one, use --resume without --demo.")
+        if _typed["fast_dev_run"]:
+            return _exit(ctx, demo_fast_dev_run(ctx, config, overrides))
         from egnn_com.demo import run_demo
 
-        results = run_demo(output_dir=_typed["output_dir"], num_workers=_typed["num_workers"])
+        # the demo places its data and runs itself: --output_dir is its folder, the other options apply
+        cli = {k: v for k, v in typed_options(ctx, OPTION_KEYS).items() if k not in DEMO_PLACED}
+        results = run_demo(output_dir=_typed["output_dir"], cli=cli, overrides=overrides)
         return _exit(ctx, max((r.exit_code for r in results.values()), default=0))
     state = path = None
     if spec:
@@ -250,9 +259,30 @@ def main(ctx, extras, config, demo, print_config, resume, ckpt_path, **_typed):
     result = run_training(
         cfg, resume_state=state, resume_path=path, import_seconds=time.perf_counter() - start
     )
-    if result.run_dir is not None and not result.interrupted and is_main_process():
+    if cfg.train.fast_dev_run and is_main_process():
+        click.echo(summary_line(result.global_step, result.metrics))
+    elif result.run_dir is not None and not result.interrupted and is_main_process():
         click.echo(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
     return _exit(ctx, result.exit_code)
+
+
+# options the demo sets itself: its data and run folders live under --output_dir
+DEMO_PLACED = ("data.data_dir", "train.output_dir", "train.checkpoint_dir")
+
+
+def demo_fast_dev_run(ctx: click.Context, config: str | None, overrides: tuple[str, ...]) -> int:
+    """`--demo --fast_dev_run N`: the demo's synthetic data in a scratch folder removed afterwards, and one
+    fast_dev_run of the configured model on it (which writes no run folder of its own)."""
+    from common.fast_dev_run import scratch_folder
+    from egnn_com.demo import demo_data
+    from egnn_com.pipeline import run_training  # imports torch and torch_geometric
+
+    with scratch_folder("egnn_com") as scratch:
+        data = demo_data(scratch)
+        cfg = resolve_config(ctx, config or "demo", (*overrides, f"data.data_dir={data}"))
+        result = run_training(cfg)
+        click.echo(summary_line(result.global_step, result.metrics))
+        return result.exit_code
 
 
 def _exit(ctx: click.Context, code: int) -> int:

@@ -20,17 +20,23 @@ from common.cli import (
     console_script,
     data_dir_option,
     device_option,
+    fast_dev_run_option,
+    follow_up_command,
+    multirun_option,
     output_dir_option,
     overwrite_option,
     precision_option,
     resume_option,
     run_cli,
+    run_dir_option,
     seed_option,
     typed_options,
 )
 from common.config import bundled_configs, dump_config
 from common.devices import torch_device
 from common.distributed import is_main_process
+from common.errors import ConfigError
+from common.fast_dev_run import scratch_folder
 from common.logs import log_file_path, setup_logging
 from common.loop import FitResult
 from common.resume import find_checkpoint, read_training_checkpoint, run_folder_of, saved_config
@@ -40,6 +46,7 @@ from spectral_mae import config as config_module
 DEMO_CONFIG = "demo"
 OPTION_KEYS = {
     "output_dir": "general.output_dir",
+    "run_dir": "general.run_dir",
     "device": "general.device",
     "seed": "general.seed",
     "overwrite": "general.overwrite",
@@ -106,7 +113,7 @@ def make_demo_data(csv_file: str, logger: logging.Logger) -> None:
 def report(result: FitResult, cfg, logger: logging.Logger, command: str | None = None) -> None:
     from spectral_mae.trainer import COMMAND
 
-    command = command or COMMAND
+    command = follow_up_command(command or COMMAND)
     root = result.run_dir
     lines = [
         f"run folder: {root}",
@@ -149,7 +156,12 @@ def options(fn):
                 "default: config (or the checkpoint's saved config with --resume).",
             ),
             data_dir_option(default=None, help="Folder holding dataset.csv."),
-            output_dir_option(default=None, help="Parent folder of run folders (general.output_dir)."),
+            output_dir_option(
+                default=None,
+                help="Parent folder of run folders: each run is a new <experiment_name>_<timestamp> folder "
+                "in it (general.output_dir).",
+            ),
+            run_dir_option(default=None, help="The run folder itself (general.run_dir)."),
             resume_option(
                 default=None,
                 help="Continue a run exactly: 'last' (the newest checkpoint of the runs under --output-dir, "
@@ -170,8 +182,13 @@ def options(fn):
                 help="`--cfg job`: print the resolved config and exit.",
             ),
             click.option(
-                "--demo", is_flag=True, help="Synthetic data + mae_tiny, a short run (about 2 min on CPU)."
+                "--demo",
+                is_flag=True,
+                help="Synthetic data + mae_tiny, a short run (about 2 min on CPU). Options and overrides beside "
+                "it apply (hparams.epochs=1, model=mae_small, --output-dir).",
             ),
+            fast_dev_run_option(),
+            multirun_option(),
         ]
     ):
         fn = decorator(fn)
@@ -196,9 +213,34 @@ def main(ctx, **options):
 
 
 def run_training(
-    ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, precision, print_cfg, demo
+    ctx,
+    overrides,
+    config,
+    data_dir,
+    output_dir,
+    resume,
+    device,
+    seed,
+    overwrite,
+    precision,
+    print_cfg,
+    demo,
+    fast_dev_run=None,
+    run_dir=None,
 ):
     """The body of `train` (and of `train_model_medium`, which adds its model choice to `overrides`)."""
+    if fast_dev_run and not print_cfg:
+        if resume:
+            raise ConfigError("--fast-dev-run starts a throwaway run; it cannot --resume one.")
+        with scratch_folder("spectral_mae") as scratch:  # the run (and a demo's data) go here, then vanish
+            throwaway = [f"general.run_dir={scratch / 'run'}", "mlflow.enabled=false", "hparams.epochs=1"]
+            if demo and not data_dir:
+                throwaway.append(f"dataset.csv_file={scratch / 'demo_data' / 'dataset.csv'}")
+            return _run(ctx, (*overrides, *throwaway), config, data_dir, None, demo, False, fast_dev_run)
+    return _run(ctx, overrides, config, data_dir, resume, demo, print_cfg, None)
+
+
+def _run(ctx, overrides, config, data_dir, resume, demo, print_cfg, fast_dev_run):
     cfg, checkpoint, state = load_run_config(ctx, config, data_dir, resume, demo, overrides)
     if print_cfg:
         click.echo(dump_config(cfg), nl=False)
@@ -214,6 +256,11 @@ def run_training(
     # imported here, after the options are read: torch + timm take seconds, --help should not wait
     from spectral_mae.trainer import train
 
+    if fast_dev_run:  # N steps, one validation, its summary line (common.fast_dev_run)
+        from common.fast_dev_run import FastDevRun
+
+        device = torch_device(cfg.general.device)
+        return train(cfg, run, device=device, logger=logger, callbacks=[FastDevRun(fast_dev_run)]).exit_code
     result = train(
         cfg,
         run,

@@ -29,6 +29,7 @@ from common.distributed import (
     init_distributed,
     is_main_process,
 )
+from common.errors import ConfigError
 from common.logs import setup_logging
 from spectral_mae.train import load_run_config, make_demo_data, options, prepare_run, report
 
@@ -46,9 +47,26 @@ def rank_device(requested: str, device_ids: list[int]) -> torch.device:
 @options
 @click.pass_context
 def main(
-    ctx, overrides, config, data_dir, output_dir, resume, device, seed, overwrite, precision, print_cfg, demo
+    ctx,
+    overrides,
+    config,
+    data_dir,
+    output_dir,
+    resume,
+    device,
+    seed,
+    overwrite,
+    precision,
+    print_cfg,
+    demo,
+    fast_dev_run,
+    run_dir,
 ):
     """Train the spectral masked autoencoder with DistributedDataParallel (launch with torchrun)."""
+    if fast_dev_run:
+        raise ConfigError(
+            "--fast-dev-run checks the training step in one process: run it with python -m spectral_mae.train."
+        )
     cfg, checkpoint, state = load_run_config(ctx, config, data_dir, resume, demo, overrides)
     if print_cfg:
         if is_main_process():
