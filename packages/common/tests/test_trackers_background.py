@@ -161,8 +161,24 @@ def test_a_killed_mlflow_server_neither_stalls_the_run_nor_loses_history(
         train(replace(cfg, output_dir=str(tmp_path / "outage"), mlflow_uri=url), callbacks=[killer])
     after_kill = time.monotonic() - killer.at
 
-    assert after_kill - baseline < 5.0, (after_kill, baseline)
+    # Without the worker thread the MLflow client retries each call for minutes; with it the outage costs
+    # about the 2 s stall limit. The bound sits far between the two, so a loaded machine does not flip it.
+    assert after_kill - baseline < 30.0, (after_kill, baseline)
     assert sum("tracker MLflow is down" in r.getMessage() for r in caplog.records) == 1
     expected = history_series(tmp_path / "alone" / "metrics_history.json")
     assert len(expected["train/loss_step"]) > 40 and "val/loss" in expected
     assert history_series(tmp_path / "outage" / "metrics_history.json") == expected  # every row kept
+
+
+def test_an_upload_in_progress_gets_time_for_its_size_before_it_counts_as_a_stall(tmp_path):
+    from common.trackers.background import _SLOW_LINK_BYTES_PER_S, _transfer_seconds
+
+    model = tmp_path / "model"
+    model.mkdir()
+    with open(model / "weights.bin", "wb") as f:
+        f.truncate(3 * _SLOW_LINK_BYTES_PER_S)  # 3 s at the slow link's pace
+    (model / "MLmodel").write_text("flavors: {}\n")
+    assert _transfer_seconds("log_model", (model, "model")) == pytest.approx(3.0, abs=1e-3)
+    assert _transfer_seconds("log_artifact", (model / "weights.bin", None)) == 3.0
+    assert _transfer_seconds("log_metrics", ({"loss": 1.0}, 1)) == 0.0  # rows: no allowance
+    assert _transfer_seconds("log_model", (tmp_path / "gone", "model")) == 0.0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,7 +142,11 @@ def test_runs_share_one_store_where_the_command_runs_and_record_where_they_came_
     found = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
     assert sorted(r.info.run_id for r in found) == sorted(ids)
     params = found[0].data.params
-    assert "pytest" in params["run.command"] and params["run.packages.trainyard-common"]
+    argv = [
+        Path(sys.argv[0]).name,
+        *sys.argv[1:],
+    ]  # this process's command line (pytest's, or an xdist worker's)
+    assert params["run.command"] == shlex.join(argv) and params["run.packages.trainyard-common"]
     assert json.loads((tmp_path / "egnn" / "provenance.json").read_text())["packages"]["trainyard-common"]
 
 

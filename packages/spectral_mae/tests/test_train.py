@@ -85,7 +85,10 @@ def test_short_run_loss_falls_writes_figures_and_mlflow(make_config, tmp_path, m
     assert [m.step for m in val_loss] == [9, 18]
     assert [m.value for m in val_loss] == pytest.approx([v for _, v in hist["val/loss"]])
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
-    assert {"predictions", "best_model", "plots"} <= artifacts
+    # model: the best weights as an MLflow model (mlflow.pytorch.load_model)
+    assert {"predictions", "best_model", "plots", "model"} <= artifacts
+    # system metrics as in every package (the helper above leaves system/ out of `hist`)
+    assert len(client.get_metric_history(mlrun.info.run_id, "system/rss_peak_mb")) == 6
     best = {a.path for a in client.list_artifacts(mlrun.info.run_id, "best_model")}
     assert best == {"best_model/best_model_weights.ckpt", "best_model/best_model.json"}
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from common.devices import peak_memory_mb, torch_device
 from common.errors import ConfigError
@@ -21,6 +20,7 @@ from .engine import load_from_checkpoint, update_evaluator
 from .image_eval import evaluate_images
 from .losses import MultiTaskLoss
 from .metrics import Evaluator
+from .overlay_plots import write_overlay_figure
 from .postprocess import Instance, instances_from_ids
 from .targets import crown_boundaries
 
@@ -104,9 +104,14 @@ def evaluate_checkpoint(
             gt = instances_from_ids(batch["instances"][i], batch["labels"][i])
             pred_img = overlay(image, out["semantic"][i].argmax(0).cpu().numpy(), pred)
             gt_img = overlay(image, batch["semantic"][i].cpu().numpy(), gt)
-            sep = np.full((image.shape[0], 4, 3), 255, np.uint8)
-            Image.fromarray(np.concatenate([pred_img, sep, gt_img], 1)).save(
-                out_dir / "overlays" / f"tile_{n + i:04d}_pred_vs_gt.png"
+            write_overlay_figure(
+                image,
+                pred_img,
+                gt_img,
+                cfg.data.semantic_classes,
+                PALETTE,
+                out_dir / "overlays" / f"tile_{n + i:04d}_pred_vs_gt.png",
+                title=f"{split} tile {n + i}",
             )
             written += 1
         n += batch["image"].shape[0]

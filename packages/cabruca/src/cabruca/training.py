@@ -51,11 +51,11 @@ from common.logs import setup_logging
 from common.loop import FitResult, Loop, Plan
 from common.resume import find_checkpoint, read_training_checkpoint, run_folder_of
 from common.runs import RunFolder
-from common.trackers import build_trackers
+from common.trackers import LogFinalModel, build_trackers
 
 from .callbacks import EmptyCache, HistoryPlot, SystemMetrics
 from .config import CabrucaConfig
-from .engine import HISTORY_FILE, CabrucaTask
+from .engine import HISTORY_FILE, CabrucaTask, load_from_checkpoint
 from .optim import build_lr_schedule
 from .pretrained import log_pretrained_report
 from .profiling import BatchProfiler
@@ -339,7 +339,15 @@ def loop_callbacks(cfg: CabrucaConfig, run: RunFolder, task: CabrucaTask, tracke
     # Under DDP the files and the console belong to rank 0; early stopping runs on every rank (the metrics
     # it reads are the same everywhere), and ModelCheckpoint skips its writes off rank 0 itself.
     callbacks = [
-        *([SystemMetrics(log), TrackerLogger(trackers)] if main_process else []),
+        *(
+            [
+                SystemMetrics(log),
+                TrackerLogger(trackers),
+                LogFinalModel(trackers, best_model, run.path("model")),
+            ]
+            if main_process
+            else []
+        ),
         LearningRateMonitor(logging_interval="step", names=task.group_names),
         EarlyStopping(t.monitor_metric, patience=t.early_stopping_patience or 10**9, mode=mode),
     ]
@@ -372,3 +380,10 @@ def loop_callbacks(cfg: CabrucaConfig, run: RunFolder, task: CabrucaTask, tracke
         )
     )
     return callbacks
+
+
+def best_model(loop: Loop, result: FitResult):
+    """The model the trackers keep at the end of a run (MLflow): the best checkpoint's weights, else the last."""
+    if result.best_checkpoint is not None:
+        return load_from_checkpoint(result.best_checkpoint)[0]
+    return loop.task.model

@@ -26,6 +26,11 @@ Exact resume: a checkpoint holds the task's state, the loop's position and runni
 every callback's state and the RNG states of python, numpy, torch and MLX, all captured at an optimizer-step
 boundary. Data order must be a pure function of (seed, epoch) (see `common.sampler`), so a resumed run asks
 the task for the epoch's batches from `pos.batch` and replays nothing.
+
+Several processes: each draws from generators of its own (rank r > 0 splits off when a new run starts,
+`split_rank_streams`), and every process's RNG state travels into rank 0's checkpoint: the processes gather
+them (one collective) at every point where rank 0 may write one. A collective that fails because another
+process died ends the run with an error naming the lost rank (`common.distributed.lost_process_error`).
 """
 
 from __future__ import annotations
@@ -41,11 +46,17 @@ from pathlib import Path
 from typing import Any
 
 from common.checkpoint import load_checkpoint
-from common.distributed import get_world_size, is_main_process
+from common.distributed import (
+    all_gather_object,
+    get_rank,
+    get_world_size,
+    is_main_process,
+    lost_process_error,
+)
 from common.errors import CheckpointError, ConfigError
 from common.runs import release_run_folders
 from common.schedules import ConstantSchedule, ReduceOnPlateauSchedule, Schedule, WarmupSchedule
-from common.seeding import capture_rng_state, restore_rng_state
+from common.seeding import capture_rng_state, restore_rng_state, split_rank_streams
 
 __all__ = ["FitResult", "Loop", "Plan", "Position", "Task", "fit"]
 
@@ -199,6 +210,9 @@ class Loop:
         self._epoch_micro = 0
         self._step_sums: dict[str, float] = {}  # micro-batch metric sums of the step in progress
         self._step_micro = 0
+        # (step, every process's RNG state) as last gathered, for rank 0's checkpoint at that step
+        self._rank_rngs: tuple[int, list[dict]] | None = None
+        self._gather_every: list[int] = []  # rank 0's step-checkpoint cadences, known to every process
         self._epoch_done = False  # between the end of an epoch and the start of the next
         self._signal: str | None = None  # the signal that stops the run (seen by any process)
         self._last_row: dict[str, float] = {}
@@ -234,6 +248,8 @@ class Loop:
             callbacks=self.callbacks.state_dicts(),
             rng=capture_rng_state(),
         )
+        if self._rank_rngs is not None and self._rank_rngs[0] == at.step:
+            state["rng_ranks"] = self._rank_rngs[1]  # one entry per process, rank order
         self.callbacks.on_save_checkpoint(self, state)
         return state
 
@@ -265,7 +281,8 @@ class Loop:
         self.pos = Position(int(at["epoch"]), int(at["batch"]), int(at["step"]))
         self._epoch_sums = {k: float(v) for k, v in at["epoch_sums"].items()}
         self._epoch_micro = int(at["epoch_micro"])
-        restore_rng_state(state["rng"])  # last: nothing above may draw from the restored generators
+        # last: nothing above may draw from the restored generators
+        _restore_rank_rng(state, int(at.get("world_size", 1)))
         log.info(
             "resumed at epoch %d, batch %d, step %d%s",
             self.pos.epoch + 1,
@@ -287,6 +304,10 @@ class Loop:
         if self._pending_resume is not None:
             self._restore(self._pending_resume)
             self._pending_resume = None
+        else:
+            split_rank_streams(get_rank())  # every process seeded alike; now each draws its own
+        if get_world_size() > 1:
+            self._gather_every = all_gather_object(self._step_checkpoint_cadences())[0]
         self.task.set_lrs(self.schedule.lrs)
         self.lrs_used = list(self.schedule.lrs)
         interrupted: str | None = None
@@ -305,6 +326,9 @@ class Loop:
                 self.callbacks.on_fit_end(self, result)
             except BaseException as exc:
                 self.callbacks.on_exception(self, exc)
+                lost = lost_process_error(exc) if get_world_size() > 1 else None
+                if lost is not None:  # another process died: say which, not just "connection lost"
+                    raise lost from exc
                 raise
             finally:
                 release_run_folders()  # the run is over: its folder is no longer "this run's" to reopen
@@ -377,6 +401,8 @@ class Loop:
             self.log({f"train/{k}_step": v for k, v in step.items()})
         if plan.val_every_n_steps and pos.step % plan.val_every_n_steps == 0:
             self.log(self._validate())
+        if any(pos.step % n == 0 for n in self._gather_every):
+            self._gather_rank_rngs()  # rank 0 may write a step checkpoint in the callbacks below
         self.callbacks.on_train_batch_end(self, step)
         if self._signal is None and stop.requested and get_world_size() == 1:
             self._signal = stop.signal_name  # one process: a signal sent during the callbacks counts now
@@ -410,6 +436,7 @@ class Loop:
         self.log(row)
         self._last_row = row
         self._epoch_done = True
+        self._gather_rank_rngs()  # before the epoch-end checkpoints
         self.callbacks.on_train_epoch_end(self, row)  # early stopping decides; checkpoints are written
         self.pos = Position(pos.epoch + 1, 0, pos.step)
         self._epoch_sums, self._epoch_micro, self._epoch_done = {}, 0, False
@@ -417,17 +444,33 @@ class Loop:
     def _save_now(self) -> None:
         from common.callbacks import ModelCheckpoint
 
+        self._gather_rank_rngs()  # every process stops here (signal flags and max_steps are shared)
         savers = [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
         if not savers and is_main_process():
             log.warning("stopped at step %d with no ModelCheckpoint callback: nothing saved", self.pos.step)
         for saver in savers:
             saver.save_step(self)
 
+    def _step_checkpoint_cadences(self) -> list[int]:
+        """The step cadences of this process's ModelCheckpoints (rank 0 alone has them in most packages)."""
+        from common.callbacks import ModelCheckpoint
+
+        savers = [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+        return sorted({cb.every_n_steps for cb in savers if cb.every_n_steps > 0})
+
+    def _gather_rank_rngs(self) -> None:
+        """Every process's RNG state, for rank 0's next checkpoint at this step: a collective, so every process
+        calls it at the same points (each epoch end, rank 0's step-checkpoint cadence, a stop mid-epoch)."""
+        if get_world_size() > 1:
+            self._rank_rngs = (self.resume_position().step, all_gather_object(capture_rng_state()))
+
     def resume_hint(self) -> str:
         """The command line part that resumes from the newest checkpoint, for log lines."""
         if self.last_checkpoint is None:
             return "(no checkpoint was written)"
-        return f"{self.command} --resume {shlex.quote(str(self.last_checkpoint))}".strip()
+        from common.cli import follow_up_command  # `uv run ` in front when this process runs under uv run
+
+        return follow_up_command(f"{self.command} --resume {shlex.quote(str(self.last_checkpoint))}".strip())
 
     def _result(self, interrupted: str | None) -> FitResult:
         from common.callbacks import ModelCheckpoint
@@ -492,6 +535,21 @@ def _check_world_size(saved: int, now: int, epoch: int, batch: int, path: Path |
         saved,
         now,
     )
+
+
+def _restore_rank_rng(state: dict, saved_world: int) -> None:
+    """Each process takes back its own RNG state: rank 0 the checkpoint's `rng`, rank r its `rng_ranks[r]`.
+
+    On another number of processes (or from a checkpoint without per-process states) rank 0 still takes
+    `rng` and every other rank r splits its streams off from it with `split_rank_streams(r)`: a pure function
+    of the checkpoint, so two resumes of it draw alike, but not the draws an unchanged run would have made.
+    """
+    rank, per_rank = get_rank(), state.get("rng_ranks")
+    if rank > 0 and per_rank is not None and saved_world == get_world_size() == len(per_rank):
+        restore_rng_state(per_rank[rank])
+        return
+    restore_rng_state(state["rng"])
+    split_rank_streams(rank)
 
 
 def _add(sums: dict[str, float], values: Mapping[str, float]) -> None:

@@ -52,11 +52,12 @@ from common.resume import read_training_checkpoint
 from common.runs import RunFolder, atomic_write_text
 from common.schedules import build_schedule
 from common.seeding import seed_everything
-from common.trackers import Trackers, build_trackers
+from common.trackers import LogFinalModel, Trackers, build_trackers
 from dtgcnn import plotting, streams
 from dtgcnn.config import TrainConfig, schedule_config
 from dtgcnn.data import MeshAugmentation, MeshSplit, PKOrder, pk_sampler, prefetch
 from dtgcnn.engine import Stepper, StepperTask, evaluate_split
+from dtgcnn.mlflow_model import export_model
 from dtgcnn.model import DTGCNN, ModelSpec, count_parameters
 
 log = logging.getLogger("trainyard.dtgcnn")
@@ -335,7 +336,13 @@ def train(
         schedule_interval=sched_cfg.interval,
     )
     resume_step = None if resume_state is None else int(resume_state["global_step"])
-    trackers = build_trackers(run, tensorboard=cfg.tensorboard, resume_step=resume_step, logger=log)
+    trackers = build_trackers(
+        run,
+        tensorboard=cfg.tensorboard,
+        mlflow={"experiment": "dtgcnn", "run_name": run.root.name} if cfg.mlflow else None,
+        resume_step=resume_step,
+        logger=log,
+    )
     if resume_state is None:
         trackers.log_params(config_to_dict(cfg))
     if main:
@@ -356,6 +363,13 @@ def train(
         callbacks=[
             EpochSummary(cfg.num_epochs, cfg.collapse_warn),  # before TrackerLogger: its row is flushed too
             TrackerLogger(trackers),
+            # the best weights (weights-only) as the run's model, where a tracker keeps models (MLflow)
+            LogFinalModel(
+                trackers,
+                lambda loop, result: export_model(
+                    result.best_checkpoint or result.checkpoint, run.path("model")
+                ),
+            ),
             LearningRateMonitor(),
             EarlyStopping(monitor="val/loss", patience=cfg.patience, min_delta=cfg.min_delta),
             ProgressBar(),

@@ -85,6 +85,11 @@ class LoggingConfig:
     wandb_name: str | None = None  # W&B run name (auto when empty)
     wandb_tags: list[str] = field(default_factory=list)  # W&B tags
     tensorboard: bool = True  # TensorBoard event files in <output_dir>/tensorboard
+    use_mlflow: bool = (
+        False  # also log to MLflow (MLFLOW_TRACKING_URI, else mlflow.db where the command runs)
+    )
+    mlflow_experiment: str = "equivariant-center-of-mass"  # MLflow experiment name
+    mlflow_log_model: bool = True  # log the best model as an MLflow model at the end (a few MB)
     log_every_n_steps: int = 1  # train/<metric>_step rows every N optimizer steps (0 = none)
 
 

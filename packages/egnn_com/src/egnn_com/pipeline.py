@@ -53,7 +53,7 @@ from common.runs import RunFolder
 from common.schedules import build_schedule
 from common.seeding import seed_everything
 from common.torch_support import parse_precision
-from common.trackers import Trackers, build_trackers
+from common.trackers import LogFinalModel, Trackers, build_trackers
 from egnn_com.data import (
     dataset_stats,
     describe_loader,
@@ -294,6 +294,13 @@ def _run_training(cfg, *, resume_state, resume_path, import_seconds, callbacks) 
                 history_file=HISTORY_FILE,
                 tensorboard=cfg.logging.tensorboard,
                 logger=log,
+                mlflow={
+                    "experiment": cfg.logging.mlflow_experiment,
+                    "run_name": run.root.name,
+                    "log_models": cfg.logging.mlflow_log_model,
+                }
+                if cfg.logging.use_mlflow
+                else None,
                 wandb={
                     "project": cfg.logging.wandb_project,
                     "name": cfg.logging.wandb_name,
@@ -357,7 +364,15 @@ def _run_training(cfg, *, resume_state, resume_path, import_seconds, callbacks) 
             plan,
             callbacks=[
                 # rank 0 only: the log lines, trackers and progress bar (metrics are the same on every rank)
-                *([EpochSummary(task, log), TrackerLogger(trackers)] if main else []),
+                *(
+                    [
+                        EpochSummary(task, log),
+                        TrackerLogger(trackers),
+                        LogFinalModel(trackers, best_model, run.path("model") if run else None),
+                    ]
+                    if main
+                    else []
+                ),
                 # `lr` with the step rows; per-epoch rows at epoch start would be logged again at the step a
                 # run resumes from
                 LearningRateMonitor(logging_interval="step"),
@@ -412,6 +427,15 @@ PLOTTED = {
     "val/mae_z": "z/val MAE per component",
     "lr": "learning rate",
 }
+
+
+def best_model(loop: Loop, result: FitResult) -> torch.nn.Module:
+    """The model the trackers keep at the end of a run: the best checkpoint's weights, else the last ones."""
+    from egnn_com.inference import load_from_checkpoint
+
+    if result.best_checkpoint is not None:
+        return load_from_checkpoint(result.best_checkpoint)[0]
+    return loop.task.model
 
 
 def plot_training(history: Path, out: Path, *, title: str) -> Path:

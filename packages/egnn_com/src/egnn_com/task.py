@@ -211,7 +211,7 @@ def _sum_over_ranks(acc: RegressionMetrics, device: torch.device) -> None:
 
 
 class EpochSummary(Callback):
-    """Per epoch: `system/data_wait_share` and `system/memory_*` (peak memory) rows, and one log line."""
+    """Per epoch: `system/data_wait_share` and `system/<name>_peak_mb` (peak memory) rows, and one log line."""
 
     def __init__(self, task: CentreOfMassTask, logger: logging.Logger | None = None) -> None:
         self.task = task
@@ -220,7 +220,7 @@ class EpochSummary(Callback):
     def on_train_epoch_end(self, loop, metrics: dict[str, float]) -> None:
         wait = self.task.data_wait_share()
         row = {"system/data_wait_share": wait}
-        row.update({f"system/memory_{k}": v for k, v in peak_memory_mb(self.task.device).items()})
+        row.update({f"system/{k}": v for k, v in peak_memory_mb(self.task.device).items()})
         loop.log(row)
         nan = math.nan
         self.log.info(

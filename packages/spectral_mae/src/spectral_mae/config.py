@@ -198,6 +198,7 @@ class MlflowConfig:
     tracking_uri: str | None = None  # explicit tracking URI (the environment variable still wins)
     run_name: str | None = None  # MLflow run name; None = the run folder name
     tags: dict[str, str] = field(default_factory=dict)  # extra run tags, e.g. mlflow.tags.version="v1.0"
+    log_model: bool = True  # the best weights also as an MLflow model (mlflow.pytorch.load_model) at the end
 
 
 @dataclass

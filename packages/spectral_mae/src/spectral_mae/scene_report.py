@@ -19,14 +19,12 @@ import math
 from pathlib import Path
 
 import h5py
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common.errors import DataError  # noqa: E402
-from spectral_mae.data import RGB_WAVELENGTHS_NM  # noqa: E402
+from common.errors import DataError
+from common.plots import save_figure
+from spectral_mae.data import RGB_WAVELENGTHS_NM
 
 
 def false_colour_bands(num_bands: int, wavelengths_nm: np.ndarray | None, spec: str | None) -> list[int]:
@@ -109,7 +107,8 @@ def write_scene_report(
     lo, hi = np.percentile(shown, 2), np.percentile(shown, 98)  # one stretch for both, so colours compare
     rmse_map = np.sqrt(((recon - original) ** 2).mean(0))
     rmse_map[~valid] = np.nan
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    fig = Figure(figsize=(13, 4.4))
+    axes = fig.subplots(1, 3)
     axes[0].imshow(_rgb(original, picks, lo, hi))
     axes[0].set_title("original")
     axes[1].imshow(_rgb(recon, picks, lo, hi))
@@ -122,19 +121,18 @@ def write_scene_report(
     names = ", ".join(str(metrics["false_colour_bands"][k]) for k in range(3))
     fig.suptitle(f"{title} false colour: bands {names} as R, G, B; RMSE {metrics['rmse']:.4g} {units}")
     fig.tight_layout()
-    fig.savefig(out_dir / "comparison.png", dpi=dpi)
-    plt.close(fig)
+    save_figure(fig, out_dir / "comparison.png", dpi=dpi)
 
     x = np.asarray(wavelengths_nm) if wavelengths_nm is not None else np.asarray(band_indices)
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig = Figure(figsize=(6.5, 3.5))
+    ax = fig.subplots()
     ax.plot(x, metrics["band_rmse"], marker="o")
     ax.set_xlabel("wavelength (nm)" if wavelengths_nm is not None else "band index in the scene")
     ax.set_ylabel(f"RMSE ({units})")
     ax.set_title("Reconstruction error per band")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_dir / "band_error.png", dpi=dpi)
-    plt.close(fig)
+    save_figure(fig, out_dir / "band_error.png", dpi=dpi)
 
     with (out_dir / "band_errors.csv").open("w", newline="") as f:
         writer = csv.writer(f)

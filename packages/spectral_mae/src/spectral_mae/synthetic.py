@@ -145,12 +145,9 @@ def write_dataset(out_dir: str | Path, spec: SyntheticSpec) -> Path:
 
 
 def _save_png(rgb: np.ndarray, path: Path) -> None:
-    import matplotlib
+    from matplotlib.image import imsave  # writes the array as is, through no pyplot backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.imsave(path, rgb)
+    imsave(path, rgb)
 
 
 @click.command()

@@ -41,7 +41,6 @@ from common.distributed import get_rank, get_world_size, is_main_process
 from common.errors import DataError
 from common.logs import PhaseTimer
 from common.loop import FitResult, Loop, Plan
-from common.plots import plot_history
 from common.resume import read_training_checkpoint
 from common.runs import RunFolder
 from common.sampler import ResumableSampler
@@ -49,6 +48,7 @@ from common.schedules import build_schedule
 from common.seeding import seed_everything
 from common.torch_support import OptimizerStepper, TorchTask, parse_precision
 from common.trackers import Trackers, build_trackers
+from common.trackers.models import save_torch_model
 from spectral_mae.config import ShowPredictionConfig, SpectralMAEConfig
 from spectral_mae.data import keyed_loader
 from spectral_mae.evaluation import run_evaluation
@@ -60,8 +60,10 @@ from spectral_mae.factory import (
     build_model_from_config,
     build_optimizer,
     check_config,
+    load_from_checkpoint,
 )
 from spectral_mae.targets import resolve_target
+from spectral_mae.visualize import plot_training_curves
 
 HISTORY_FILE = "metrics_history.json"
 LAST, BEST, STEP = "last.ckpt", "best_model.ckpt", "last_step.ckpt"
@@ -224,7 +226,8 @@ class PredictionFigures(Callback):
 
 
 class EpochSummary(Callback):
-    """One log line per epoch: time, step, train loss, the main validation metrics, peak memory."""
+    """One log line per epoch: time, step, train loss, the main validation metrics, peak memory; the peak
+    memory also as `system/<name>_peak_mb` metrics, as every package logs it."""
 
     SHOWN = ("val/loss", "val/psnr", "val/ssim", "val/sam_deg")
 
@@ -233,6 +236,7 @@ class EpochSummary(Callback):
 
     def on_train_epoch_end(self, loop: Loop, metrics: dict[str, float]) -> None:
         memory = peak_memory_mb(self.device)
+        loop.log({f"system/{k}": v for k, v in memory.items()})
         self.logger.info(
             "epoch %d/%d done in %.1fs (step %d): train loss %.4f%s; peak memory %s",
             loop.pos.epoch + 1,
@@ -304,6 +308,7 @@ def train(
             "run_name": cfg.mlflow.run_name or run.root.name,
             "tracking_uri": cfg.mlflow.tracking_uri,
             "tags": {"model": cfg.model.name, **cfg.mlflow.tags},
+            "log_models": cfg.mlflow.log_model,
         }
     trackers = build_trackers(  # rank 0 only: the other ranks get an empty fan-out
         run,
@@ -399,7 +404,7 @@ def _group_names(optimizer: torch.optim.Optimizer) -> list[str]:
 def _finish(cfg, run: RunFolder, trackers: Trackers, saver: ModelCheckpoint, logger) -> None:
     """Curves PNG, and the best model (weights + metadata, no optimizer) as MLflow artifacts."""
     trackers.flush()
-    curves = plot_history(
+    curves = plot_training_curves(
         run.path(HISTORY_FILE), run.plots / "training_curves.png", title=f"spectral_mae {cfg.model.name}"
     )
     trackers.log_artifact(curves, "plots/training_curves.png")
@@ -422,6 +427,9 @@ def _finish(cfg, run: RunFolder, trackers: Trackers, saver: ModelCheckpoint, log
         meta_path.write_text(json.dumps(metadata, indent=2))
         trackers.log_artifact(weights, "best_model/best_model_weights.ckpt")
         trackers.log_artifact(meta_path, "best_model/best_model.json")
+        if trackers.stores_models:  # the same weights as an MLflow model: mlflow.pytorch.load_model
+            model, _ = load_from_checkpoint(weights)
+            trackers.log_model(save_torch_model(model, run.path("model")))
         logger.info(
             "best model: %s (%s = %.4g at epoch %d)",
             best_path,

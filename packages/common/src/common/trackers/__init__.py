@@ -9,11 +9,13 @@ from common.trackers.base import Tracker, Trackers, flatten_params
 from common.trackers.factory import build_trackers
 from common.trackers.json_history import JsonHistory
 from common.trackers.mlflow import MlflowTracker
+from common.trackers.models import LogFinalModel
 from common.trackers.tensorboard import TensorBoardTracker
 from common.trackers.wandb import WandbTracker
 
 __all__ = [
     "JsonHistory",
+    "LogFinalModel",
     "MlflowTracker",
     "TensorBoardTracker",
     "Tracker",

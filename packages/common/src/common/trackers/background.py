@@ -4,7 +4,8 @@ A tracking server that is slow or gone must never hold training: its client retr
 The training thread only queues each call (no waiting at all); the worker sends them in order. When the
 server fails or stops answering, the tracker says so once and is switched off; every row is still in the
 JSON history, which is written on the training thread. Closing waits for the queue to drain only while the
-server keeps answering, so a dead server costs at most `stall_seconds` at the end of a run.
+server keeps answering, so a dead server costs at most `stall_seconds` at the end of a run (plus, for a
+file upload in progress, the time its size takes at a slow link's pace: a big model is not a stall).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class BackgroundTracker:
         self._down = False
         self._said_down = threading.Lock()  # held once the "down" warning has been given
         self._busy_since: float | None = None  # when the call in progress started
+        self._busy_allowance = (
+            stall_seconds  # how long the call in progress may take before it counts as a stall
+        )
         self._worker = threading.Thread(target=self._work, name=f"tracker-{self.label}", daemon=True)
         self._worker.start()
 
@@ -64,6 +68,9 @@ class BackgroundTracker:
 
     def log_artifact(self, path: str | Path, name: str | None = None) -> None:
         self._submit("log_artifact", path, name)
+
+    def log_model(self, path: str | Path, name: str = "model") -> None:
+        self._submit("log_model", path, name)
 
     def flush(self) -> None:
         """Nothing to do here: the worker sends rows as they come, and waiting would defeat its purpose."""
@@ -97,7 +104,7 @@ class BackgroundTracker:
 
     def _check_stalled(self) -> None:
         busy_since = self._busy_since
-        if busy_since is not None and time.monotonic() - busy_since > self.stall_seconds:
+        if busy_since is not None and time.monotonic() - busy_since > self._busy_allowance:
             self._give_up(f"no answer for {time.monotonic() - busy_since:.0f} s")
 
     def _give_up(self, why: str) -> None:
@@ -115,6 +122,7 @@ class BackgroundTracker:
             method, args = self._queue.get()
             if self._down:
                 continue  # drain without sending; the caller stops waiting on its own
+            self._busy_allowance = self.stall_seconds + _transfer_seconds(method, args)
             self._busy_since = time.monotonic()
             try:
                 if method is _CLOSE:
@@ -125,3 +133,20 @@ class BackgroundTracker:
                 self._give_up(f"{method} failed: {type(exc).__name__}: {one_line(exc)}")
             finally:
                 self._busy_since = None
+
+
+# A file upload takes time in proportion to its size even from a server that answers: a model or a checkpoint
+# of hundreds of MB gets that time (at a slow link's pace) on top of `stall_seconds` before it counts as a stall.
+_SLOW_LINK_BYTES_PER_S = 5 * 2**20
+
+
+def _transfer_seconds(method, args: tuple) -> float:
+    if method not in ("log_artifact", "log_model"):
+        return 0.0
+    path = Path(args[0])
+    try:
+        files = path.rglob("*") if path.is_dir() else [path]
+        size = sum(f.stat().st_size for f in files if f.is_file())
+    except OSError:  # gone meanwhile: the call itself will report it
+        return 0.0
+    return size / _SLOW_LINK_BYTES_PER_S

@@ -111,6 +111,28 @@ class Trackers:
             return
         self._call("log_artifact", path, name)
 
+    def log_model(self, path: str | Path, name: str = "model") -> None:
+        """The run's trained model, a file or folder (an MLflow model folder, or weights + config), to the
+        trackers that store models; `LogFinalModel` writes it and calls this at the end of a run."""
+        takers = self._model_takers()
+        if not takers:
+            return
+        path = Path(path)
+        if not path.exists():
+            self._logger.warning("model %s does not exist; not logged", path)
+            return
+        for tracker in takers:
+            self._call_one(tracker, "log_model", path, name)
+
+    @property
+    def stores_models(self) -> bool:
+        """True when a tracker keeps models (`log_models` set, e.g. MLflow's): only then is one worth building."""
+        return bool(self._model_takers())
+
+    def _model_takers(self) -> list[Tracker]:
+        # A tracker opts in with a true `log_models` attribute (read through a BackgroundTracker).
+        return [t for t in self._active if getattr(t, "log_models", False)]
+
     def flush(self) -> None:
         """Write out what the trackers buffer: brings metrics_history.json up to date (e.g. per epoch)."""
         for tracker in list(self._active):

@@ -1,12 +1,13 @@
 """`MlflowTracker`: params, metric histories and artifacts in an MLflow run.
 
-Store: the MLFLOW_TRACKING_URI environment variable when set (it wins, as the contract says, so one export
-redirects every package to a shared server), else the `tracking_uri` argument, else a local store in the run
-folder (`<run>/mlruns/`). MLflow 3.x refuses the plain file store ("./mlruns" as `file:` URI) unless
-MLFLOW_ALLOW_FILE_STORE=true and recommends SQLite, so the local default is an SQLite database plus an
-artifact folder, both inside `mlruns/`:
+Store: the MLFLOW_TRACKING_URI environment variable when set (it wins, so one export redirects every package
+to a shared server), else the `tracking_uri` argument, else an SQLite store in `store_dir`, else the store
+every run shares: `mlflow.db` and `mlartifacts/` where the command runs, MLflow's own default, so
 
-    mlflow ui --backend-store-uri sqlite:///<run>/mlruns/mlflow.db
+    mlflow ui      # in that folder: the runs of all four packages side by side
+
+MLflow 3 refuses the plain folder store (`file:` URIs) unless MLFLOW_ALLOW_FILE_STORE=true; a user who names
+one asks for it, so it is allowed. At the end of a run the trained model is logged too (`log_model`).
 
 MLflow is imported here only when a tracker is built: importing it takes seconds.
 """
@@ -70,6 +71,7 @@ class MlflowTracker:
         *,
         store_dir: str | Path | None = None,
         run_id: str | None = None,
+        log_models: bool = True,
     ) -> None:
         tracking_uri, artifact_location = tracking_store(tracking_uri, store_dir)
         if tracking_uri.startswith("file:") or "://" not in tracking_uri:
@@ -80,6 +82,7 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
+        self.log_models = log_models  # False: `log_model` is skipped (models too big to store per run)
         self._client = MlflowClient(tracking_uri=tracking_uri)
         self._logged_params: dict[str, str] = {}
         if run_id is not None:
@@ -151,6 +154,18 @@ class MlflowTracker:
                 renamed = Path(tmp) / target.name
                 shutil.copyfile(path, renamed)
                 self._client.log_artifact(self.run_id, str(renamed), artifact_path=folder)
+
+    def log_model(self, path: str | Path, name: str = "model") -> None:
+        """The run's model (a file or folder) under artifact folder `name`; an MLflow model folder then loads
+        with `mlflow.<flavor>.load_model("runs:/<run_id>/<name>")`."""
+        if not self.log_models:
+            return
+        path = Path(path)
+        if path.is_dir():
+            self._client.log_artifacts(self.run_id, str(path), artifact_path=name)
+        else:
+            self._client.log_artifact(self.run_id, str(path), artifact_path=name)
+        _log.info("MLflow run %s: model logged as runs:/%s/%s", self.run_id, self.run_id, name)
 
     def close(self) -> None:
         if self.run_id is not None:

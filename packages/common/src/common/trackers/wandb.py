@@ -8,11 +8,15 @@ waits on it; they land in `<dir>/wandb/offline-run-*/` and can be uploaded later
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.trackers.wandb_records import wait_until_complete
+
+_log = logging.getLogger("trainyard.trackers")
 _INVALID_ARTIFACT_CHARS = re.compile(r"[^\w\-.]")  # W&B artifact names: alphanumerics, dashes, _ and dots
 
 
@@ -78,6 +82,13 @@ class WandbTracker:
         self._run.log_artifact(artifact)
 
     def close(self) -> None:
+        """Finish the run; offline, also wait until its folder is complete (what `wandb sync` uploads)."""
         if self._run is not None:
+            offline = self._run.settings._offline
+            run_dir = self.run_dir
             self._run.finish()
             self._run = None
+            if offline and not wait_until_complete(run_dir):
+                _log.warning(
+                    "W&B offline run %s is not complete yet; `wandb sync` may see it as crashed", run_dir
+                )
