@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import tempfile
 
@@ -39,3 +40,24 @@ def test_fast_dev_run_trains_n_steps_validates_and_writes_nothing(places, capsys
         line,
     )
     assert [list(p.iterdir()) for p in places] == [[], []]
+
+
+def test_fast_dev_run_limits_the_validation_batches_the_task_sees():
+    from common.demo import DemoConfig, RegressionTask
+    from common.fast_dev_run import FastDevRun
+    from common.loop import Loop, Plan
+
+    class CountingTask(RegressionTask):
+        """Validates over 10 batches unless the loop limits it, like the packages' validate loops."""
+
+        seen: list[int] = []
+
+        def validate(self):
+            batches = list(itertools.islice(range(10), self.val_batch_limit))
+            self.seen.append(len(batches))
+            return super().validate()
+
+    task = CountingTask(DemoConfig(samples=128))
+    assert task.val_batch_limit is None  # an ordinary run validates everything
+    Loop(task, Plan(max_epochs=1), callbacks=[FastDevRun(2)]).fit()
+    assert task.seen == [2]

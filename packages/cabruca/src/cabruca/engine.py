@@ -16,6 +16,7 @@ so every rank (early stopping, plateau schedule) sees the same numbers as a sing
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -173,7 +174,9 @@ class CabrucaTask(TorchTask):
         ev = Evaluator(cfg.data.semantic_classes, cfg.data.instance_classes, cfg.data.instance_semantic_ids)
         sums, n = dict.fromkeys(LOSS_NAMES, 0.0), 0
         self.val_sampler.set_epoch(0)
-        for batch in make_loader(self.val_set, cfg.data, self.val_sampler):
+        for batch in itertools.islice(
+            make_loader(self.val_set, cfg.data, self.val_sampler), self.val_batch_limit
+        ):
             batch = self._to_device(batch)
             with self.precision.autocast():
                 out = self.eval_forward(batch["image"])

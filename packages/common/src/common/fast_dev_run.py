@@ -1,4 +1,5 @@
-"""`--fast-dev-run [N]` in every train command: N optimizer steps, one validation, a one-line summary, no files.
+"""`--fast-dev-run [N]` in every train command: N optimizer steps, one validation of at most N batches, a one-line
+summary, no files.
 
 A package's train command runs its ordinary training with three changes (`fast_dev_run_overrides` and
 `scratch_folder`): the run folder (and a demo's generated data) goes to a temporary folder deleted when the
@@ -23,7 +24,8 @@ CALLBACK_PATH = "common.fast_dev_run.FastDevRun"
 
 
 class FastDevRun(Callback):
-    """Stop after `batches` optimizer steps, validate once (the task's own `validate`), print the summary."""
+    """Stop after `batches` optimizer steps, validate once on at most `batches` batches (the task's own
+    `validate`, limited through `Task.val_batch_limit`), print the summary."""
 
     def __init__(self, batches: int = 1) -> None:
         if batches < 1:
@@ -32,6 +34,9 @@ class FastDevRun(Callback):
         self.train_sums: dict[str, float] = {}
         self.steps = 0
         self.val: dict[str, float] = {}
+
+    def on_fit_start(self, loop) -> None:
+        loop.task.val_batch_limit = self.batches
 
     def on_train_batch_end(self, loop, outputs: dict[str, float]) -> None:
         self.steps += 1

@@ -73,6 +73,10 @@ class Task:
     the same ones in the same order whenever it is asked (data order a pure function of seed and epoch).
     """
 
+    # At most this many validation batches per `validate()` (None: all). `--fast-dev-run N` sets it to N, so a
+    # check of a large dataset validates N batches rather than the whole split.
+    val_batch_limit: int | None = None
+
     def num_batches(self, epoch: int) -> int:
         """Micro-batches in epoch `epoch` (on this process)."""
         raise NotImplementedError

@@ -3,6 +3,7 @@ split evaluation."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from functools import partial
@@ -244,16 +245,26 @@ class StepperTask(Task):
         return mlx_support.all_reduce_mean(metrics)
 
 
-def evaluate_split(model: nn.Module, split: MeshSplit, cfg: TrainConfig, *, with_embeddings: bool = False):
+def evaluate_split(
+    model: nn.Module,
+    split: MeshSplit,
+    cfg: TrainConfig,
+    *,
+    with_embeddings: bool = False,
+    max_batches: int | None = None,
+):
     """Eval-mode metrics over a whole split in file order: the joint loss and batch diagnostics (averaged over
     batches of batch_size, weighted by size), recall@1 and verification ROC-AUC over all its embeddings.
+    `max_batches` evaluates only the first batches (fast-dev-run), the metrics over those samples.
 
     With `with_embeddings`, returns (metrics, embeddings [N,E], logits [N,C], labels [N])."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     embs, logits, labels = [], [], []
-    for idx in eval_batches(len(split), cfg.batch_size):
+    seen = 0
+    for idx in itertools.islice(eval_batches(len(split), cfg.batch_size), max_batches):
+        seen += len(idx)
         x, y = make_batch(split, idx, None, 0, 0, 0)
         xa, ya = mx.array(x), mx.array(y)
         out = model(xa)
@@ -274,5 +285,5 @@ def evaluate_split(model: nn.Module, split: MeshSplit, cfg: TrainConfig, *, with
         labels.append(y)
     model.train(was_training)
     emb, lab = np.concatenate(embs), np.concatenate(labels)
-    metrics = {k: v / len(split) for k, v in sums.items()} | retrieval_metrics(emb, lab)
+    metrics = {k: v / seen for k, v in sums.items()} | retrieval_metrics(emb, lab)
     return (metrics, emb, np.concatenate(logits), lab) if with_embeddings else metrics

@@ -162,7 +162,7 @@ class DTGCNNTask(StepperTask):
         # Every process evaluates the whole val split: the weights and BatchNorm statistics are the same on
         # every process (averaged each step), so are the metrics, and so are early stopping's decisions.
         metrics, emb, _, labels = evaluate_split(
-            self.model, self.splits["val"], self.cfg, with_embeddings=True
+            self.model, self.splits["val"], self.cfg, with_embeddings=True, max_batches=self.val_batch_limit
         )
         self.val_embeddings = (emb, labels)
         return metrics

@@ -16,6 +16,7 @@ the epoch's batches from the saved batch index and replays nothing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -176,7 +177,7 @@ class SpectralMAETask(TorchTask):
     def validate(self) -> dict[str, float]:
         metrics, self.examples = run_evaluation(
             self.model,
-            self.val_loader,
+            itertools.islice(self.val_loader, self.val_batch_limit),
             device=self.device,
             loss_fn=self.loss_fn,
             denorm=self.denorm,
