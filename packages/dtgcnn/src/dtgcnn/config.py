@@ -211,6 +211,9 @@ class DTGCNNConfig:
     checkpoint_every: int = 0  # epochs between checkpoint_epoch_NNNN.npz (0 = off)
     checkpoint_every_steps: int = 0  # last_step.npz every N optimizer steps (0 = off)
     tensorboard: bool = False
+    # MLflow (MLFLOW_TRACKING_URI, else mlflow.db where the command runs); the best weights are logged as the
+    # run's model at the end (dtgcnn.load_mlflow_model reads them back)
+    mlflow: bool = False
     seed: int = 42
     grad_norm_warn: float = 100.0
     collapse_warn: float = 0.01

@@ -12,7 +12,8 @@ from common.checkpoint import load_checkpoint, save_checkpoint
 from common.errors import CheckpointError
 
 MODEL_FILE = "model.npz"  # the file inside the logged `model` folder
-_KEPT = ("model", "config", "num_classes")  # what load_from_checkpoint needs; optimizer and RNG stay behind
+# What the loaders need (meshes: load_from_checkpoint; text: load_text_model); optimizer and RNG stay behind.
+_KEPT = ("mode", "model", "config", "num_classes", "input_dim")
 
 
 def export_model(checkpoint: str | Path, folder: str | Path) -> Path:
@@ -26,7 +27,7 @@ def export_model(checkpoint: str | Path, folder: str | Path) -> Path:
 
 
 def load_mlflow_model(model_uri: str, *, tracking_uri: str | None = None, map_location: str | None = None):
-    """(model in eval mode, its training config) from a model a dtgcnn run logged to MLflow.
+    """(model in eval mode, its training config) from a model a dtgcnn run (meshes or text) logged to MLflow.
 
     `model_uri`: "runs:/<run_id>/model", any MLflow artifact URI of that folder, or a bare run id.
     `tracking_uri`: the store (default: MLFLOW_TRACKING_URI, else MLflow's own default, `mlflow.db` here)."""
@@ -40,4 +41,8 @@ def load_mlflow_model(model_uri: str, *, tracking_uri: str | None = None, map_lo
     path = folder / MODEL_FILE if folder.is_dir() else folder
     if not path.exists():
         raise CheckpointError(f"{model_uri} holds no {MODEL_FILE}; it is not a model a dtgcnn run logged.")
+    if load_checkpoint(path).get("mode") == "triplets":
+        from dtgcnn.text_trainer import load_text_model
+
+        return load_text_model(path)
     return load_from_checkpoint(path, map_location)

@@ -29,10 +29,11 @@ from common.loop import FitResult, Loop, Plan
 from common.resume import read_training_checkpoint
 from common.runs import RunFolder, atomic_write_text
 from common.seeding import seed_everything
-from common.trackers import build_trackers
+from common.trackers import LogFinalModel, build_trackers
 from dtgcnn import plotting, strategies
 from dtgcnn.config import DTGCNNConfig
 from dtgcnn.memory import ClearCacheEverySteps
+from dtgcnn.mlflow_model import export_model
 from dtgcnn.text_data import TextLoader, TripletDataset
 from dtgcnn.text_model import TextDTGCNN
 from dtgcnn.text_task import TripletTask
@@ -199,14 +200,28 @@ def fit_triplets(
         schedule_interval=interval,
     )
     resume_step = None if resume_state is None else int(resume_state["global_step"])
-    trackers = build_trackers(run, tensorboard=cfg.tensorboard, resume_step=resume_step, logger=log)
+    trackers = build_trackers(
+        run,
+        tensorboard=cfg.tensorboard,
+        mlflow={"experiment": "dtgcnn", "run_name": run.root.name} if cfg.mlflow else None,
+        resume_step=resume_step,
+        logger=log,
+    )
     if resume_state is None:
         trackers.log_params(config_to_dict(cfg))
     if is_main_process():
         save_config(cfg, run.path("config.yaml"))
     user = [*build_callbacks(cfg.callbacks), *callbacks]
     bind_to_run(user, run, resume_step)
-    defaults: list[Callback] = [TextEpochSummary(epochs, cfg.collapse_warn), TrackerLogger(trackers)]
+    defaults: list[Callback] = [
+        TextEpochSummary(epochs, cfg.collapse_warn),
+        TrackerLogger(trackers),
+        # the best weights (weights-only) as the run's model, where a tracker keeps models (MLflow)
+        LogFinalModel(
+            trackers,
+            lambda loop, result: export_model(result.best_checkpoint or result.checkpoint, run.path("model")),
+        ),
+    ]
     if not any(isinstance(cb, LearningRateMonitor) for cb in user):
         defaults.append(LearningRateMonitor())
     if not any(isinstance(cb, EarlyStopping) for cb in user):
