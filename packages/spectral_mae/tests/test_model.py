@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import Block
+from torch import nn
 
-from spectral_mae.blocks import DividedSpatialSpectralBlock
+from spectral_mae.blocks import DividedSpatialSpectralBlock, SplitQKVAttention
 from spectral_mae.model import DECODER_ATTENTION, TABLE_PARAMS, VARIANTS, build_model, count_parameters
 
 
@@ -147,3 +150,49 @@ def test_divided_decoder_sees_visible_tokens_at_their_own_location():
     others = torch.ones(2, 16, dtype=torch.bool)
     others[0, location] = False
     assert torch.equal(moved[others], torch.zeros_like(moved[others]))  # nothing elsewhere, nor in sample 1
+
+
+class DividedBlockBeforeSplitQKV(nn.Module):
+    """The divided block as it was before SplitQKVAttention: timm's own `Attention` in both stages."""
+
+    def __init__(self, dim, num_heads, groups, locations):
+        super().__init__()
+        self.groups, self.locations = groups, locations
+        self.norm_spectral = nn.LayerNorm(dim)
+        self.attn_spectral = Attention(dim, num_heads, qkv_bias=True)
+        self.spatial = Block(dim, num_heads, 4.0, qkv_bias=True)
+
+    def forward(self, x):
+        b, length, dim = x.shape
+        g, s = self.groups, self.locations
+        y = x.reshape(b, g, s, dim).transpose(1, 2).reshape(b * s, g, dim)
+        y = y + self.attn_spectral(self.norm_spectral(y))
+        x = y.reshape(b, s, g, dim).transpose(1, 2).reshape(b, length, dim)
+        return self.spatial(x.reshape(b * g, s, dim)).reshape(b, length, dim)
+
+
+def test_split_qkv_block_matches_timm_attention_in_outputs_gradients_and_names():
+    torch.manual_seed(0)
+    groups, locations, dim, heads = 3, 8, 16, 2
+    block = DividedSpatialSpectralBlock(dim, heads, groups, locations)
+    before = DividedBlockBeforeSplitQKV(dim, heads, groups, locations)
+    # Same parameter names, so checkpoints written before the change load strictly.
+    before.load_state_dict(block.state_dict(), strict=True)
+    assert isinstance(block.attn_spectral, SplitQKVAttention)
+    assert isinstance(block.spatial.attn, SplitQKVAttention)
+
+    x = torch.randn(2, groups * locations, dim)
+    weight = torch.randn(2, groups * locations, dim)  # a loss that weighs every output differently
+    results = []
+    for model in (block, before):
+        inp = x.clone().requires_grad_()
+        out = model(inp)
+        (out * weight).sum().backward()
+        grads = {name: p.grad for name, p in model.named_parameters()}
+        results.append((out.detach(), inp.grad, grads))
+    (out, grad_in, grads), (out_ref, grad_in_ref, grads_ref) = results
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_in, grad_in_ref, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == grads_ref.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -1,0 +1,100 @@
+"""The fused edge pre-activation and the target-sorted edges leave the EGNN's function unchanged.
+
+`reference_layer` is the layer's math as it was before the fusion (two `index_select` gathers, a sum and an
+in-place distance term, PyG's edge order): outputs and gradients must equal it on random graphs, and the
+parameter names and shapes stay those older checkpoints were saved with.
+"""
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from egnn_com.model import EGNNCentreOfMass, EGNNLayer, edges_by_target, inverse_in_degree
+
+
+def reference_layer(layer: EGNNLayer, h, pos, edge_index):
+    """The layer before the fusion, on its own parameters, edges in the order given."""
+    src, dst = edge_index
+    rel = pos.index_select(0, dst) - pos.index_select(0, src)
+    dist2 = (rel * rel).sum(-1, keepdim=True)
+    pre = layer.edge_dst(h).index_select(0, dst) + layer.edge_src(h).index_select(0, src)
+    pre = pre.addcmul_(dist2, layer.edge_dist)
+    m = layer.edge_mlp(pre)
+    shift = rel / (dist2.sqrt() + 1.0) * layer.coord_mlp(m)
+    inv_degree = inverse_in_degree(dst, h.shape[0])
+    m_mean = pos.new_zeros(h.shape[0], m.shape[1]).index_add_(0, dst, m) * inv_degree
+    pos_step = pos.new_zeros(pos.shape).index_add_(0, dst, shift) * inv_degree
+    return h + layer.node_mlp(torch.cat([h, m_mean], dim=-1)), pos + pos_step
+
+
+def random_batch(seed: int, graphs: int = 3, features: int = 5) -> Batch:
+    """Random graphs, edges in random order, some nodes without incoming edges."""
+    gen = torch.Generator().manual_seed(seed)
+    data = []
+    for _ in range(graphs):
+        n = int(torch.randint(4, 12, (1,), generator=gen))
+        edges = torch.randint(0, n, (2, 4 * n), generator=gen)
+        data.append(
+            Data(
+                x=torch.randn(n, features, generator=gen),
+                pos=3 * torch.randn(n, 3, generator=gen),
+                mass=1 + 10 * torch.rand(n, generator=gen),
+                edge_index=edges[:, edges[0] != edges[1]],
+            )
+        )
+    return Batch.from_data_list(data)
+
+
+def grads(params) -> list:
+    return [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_layer_outputs_and_gradients_equal_the_unfused_layer(seed):
+    torch.manual_seed(seed)
+    batch, layer = random_batch(seed), EGNNLayer(16)
+    h0 = torch.randn(batch.num_nodes, 16)
+    results = []
+    for forward in (
+        lambda h, pos: layer(h, pos, batch.edge_index),
+        lambda h, pos: reference_layer(layer, h, pos, batch.edge_index),
+    ):
+        layer.zero_grad(set_to_none=True)
+        h, pos = h0.clone().requires_grad_(), batch.pos.clone().requires_grad_()
+        h_out, pos_out = forward(h, pos)
+        (h_out.sin().sum() + (pos_out**2).sum()).backward()  # every output element carries gradient
+        results.append([h_out, pos_out, h.grad, pos.grad, *grads(layer.parameters())])
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_model_equals_the_unfused_model_and_keeps_its_state_dict():
+    torch.manual_seed(0)
+    batch = random_batch(3)
+    model = EGNNCentreOfMass(5, hidden_dim=16, num_layers=3)
+    reference = EGNNCentreOfMass(5, hidden_dim=16, num_layers=3)
+    # parameter names and shapes unchanged: a checkpoint of the same architecture loads strictly
+    reference.load_state_dict(model.state_dict(), strict=True)
+
+    def unfused(batch):
+        x = torch.cat([batch.x, batch.mass.log().unsqueeze(-1)], dim=-1)
+        h, pos = reference.embed(x), batch.pos
+        for layer in reference.layers:
+            h, pos = reference_layer(layer, h, pos, batch.edge_index)  # PyG's edge order, unsorted targets
+        logits = reference.weight_head(h).squeeze(-1) + batch.mass.log()
+        w = torch.cat([logits[batch.batch == g].softmax(0) for g in range(batch.num_graphs)])
+        return torch.stack([(w * pos.T)[:, batch.batch == g].sum(-1) for g in range(batch.num_graphs)])
+
+    out, expected = model(batch), unfused(batch)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_edges_by_target_is_a_stable_reordering_of_the_same_edges():
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [2, 0, 2, 1, 0, 2]])
+    ordered = edges_by_target(edge_index)
+    assert ordered.tolist() == [[1, 4, 3, 0, 2, 5], [0, 0, 1, 2, 2, 2]]
+    assert torch.equal(edges_by_target(ordered), ordered)  # already sorted: unchanged
