@@ -150,6 +150,10 @@ def test_a_killed_mlflow_server_neither_stalls_the_run_nor_loses_history(
     from common.demo import DemoConfig, train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # (it would win over the server's URI)
+    # The call the tracker abandons when the server dies goes on retrying in its thread after the test, and
+    # urllib3's backoff jitter would draw from Python's global `random` meanwhile: later tests in this
+    # process that check exact RNG resume would see those draws. Same retries, no jitter.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
     url, server = mlflow_server
     cfg = DemoConfig(output_dir=str(tmp_path / "alone"), epochs=6, patience=100)
     marker = KillServerAt(20)
