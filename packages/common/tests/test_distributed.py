@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 
@@ -10,6 +8,7 @@ import pytest
 
 from common import distributed as d
 from common.errors import ConfigError
+from common.testing import run_process_group
 
 # What each of the two ranks runs: join the gloo group from the env, average rank-specific values.
 WORKER = """
@@ -32,39 +31,8 @@ d.cleanup_distributed()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_average_their_values():
-    port, world = _free_port(), 2
-    procs = []
-    for rank in range(world):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER],
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        )
-    outputs = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        outputs.append(out.strip().splitlines())
+    outputs = run_process_group(WORKER, timeout=120)
     results = [json.loads(lines[-1]) for lines in outputs]
     for rank, r in enumerate(results):
         assert (r["rank"], r["world"], r["main"]) == (rank, 2, rank == 0)

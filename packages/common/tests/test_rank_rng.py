@@ -5,16 +5,12 @@ group); on another number of processes the ranks re-seed from the checkpoint by 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 
 from common import loop as loop_module
 from common.seeding import capture_rng_state, restore_rng_state, seed_everything, split_rank_streams
-from common.testing import assert_trees_equal
+from common.testing import assert_trees_equal, run_process_group
 
 # Each rank trains common's regression task with input dropout drawn from numpy's global RNG, its gradients
 # averaged over the group: a full run, a run stopped at step 3 (mid-epoch, checkpoint written), its resume.
@@ -80,34 +76,8 @@ d.cleanup_distributed()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_draw_apart_and_a_stopped_run_resumes_every_rank_exactly(tmp_path):
-    port, world = _free_port(), 2
-    procs = []
-    for rank in range(world):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        cmd = [sys.executable, "-c", WORKER, str(tmp_path)]
-        procs.append(
-            subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        )
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = [json.loads(lines[-1]) for lines in run_process_group(WORKER, str(tmp_path))]
     for r in results:
         assert r["step"] == 3 and r["rng_ranks"] == 2  # rank 0's step file holds both processes' states
         assert len(r["draws_full"]) == 8  # 2 epochs x 4 micro-batches of this rank's shard

@@ -27,6 +27,7 @@ from mlx.utils import tree_flatten
 from common.checkpoint import load_checkpoint
 from common.config import save_config
 from common.testing import assert_trees_equal, history_series
+from dtgcnn.testing import TINY_TEXT
 from dtgcnn.trainer import train
 
 LAUNCH = Path(sys.executable).parent / "mlx.launch"
@@ -175,25 +176,15 @@ def test_distributed_without_the_launcher_is_refused_with_the_command(tiny_data,
 # group per step against 1 process x 2 micro-batches of 1 group: 3 steps an epoch. No dropout (see the module
 # docstring). SGD, not Adam: the biases that a normalisation follows get gradients of float-noise size, which
 # Adam scales up to full learning-rate steps in whichever direction the noise points.
-TEXT = dict(
-    hidden_dims=[32, 16],
-    num_gcn_layers=2,
-    output_dim=16,
-    batch_size=8,
-    optimizer="sgd",
-    learning_rate=0.05,
-    num_epochs=2,
-    warmup_epochs=0,
-    graph_bank_size=32,
-    graph_k_neighbors=4,
-    dynamic_graph_update_freq=1,
-    log_interval=1,
-    plot_every=0,
-    tsne_plot=False,
-    dropout_rate=0.0,
-    train_split=0.75,
-    seed=3,
-)
+TEXT = {
+    **TINY_TEXT,
+    "batch_size": 8,
+    "optimizer": "sgd",
+    "learning_rate": 0.05,
+    "dynamic_graph_update_freq": 1,
+    "dropout_rate": 0.0,
+    "train_split": 0.75,
+}
 
 
 def test_text_mode_on_two_processes_trains_like_one_process_with_the_same_global_batch(text_corpus, tmp_path):

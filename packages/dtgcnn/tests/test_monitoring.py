@@ -15,25 +15,18 @@ from common.errors import ConfigError, NonFiniteError
 from common.testing import history_series
 from dtgcnn.config import DTGCNNConfig
 from dtgcnn.monitoring import DebugCallback, MetricsTracker
+from dtgcnn.testing import TINY_TEXT
 from dtgcnn.text_trainer import fit_triplets
 
-TINY = dict(
-    hidden_dims=[16],
-    num_gcn_layers=1,
-    output_dim=8,
-    batch_size=16,
-    samples_per_label=4,
-    learning_rate=0.003,
-    num_epochs=2,
-    warmup_epochs=0,
-    graph_bank_size=16,
-    graph_k_neighbors=4,
-    log_interval=1,
-    plot_every=0,
-    tsne_plot=False,
-    train_split=0.75,
-    seed=3,
-)
+TINY = {
+    **TINY_TEXT,
+    "hidden_dims": [16],
+    "num_gcn_layers": 1,
+    "output_dim": 8,
+    "samples_per_label": 4,
+    "graph_bank_size": 16,
+    "train_split": 0.75,
+}
 
 
 def _same(series, expected):

@@ -18,24 +18,10 @@ from common.checkpoint import load_checkpoint
 from common.config import load_config
 from common.testing import assert_trees_equal, history_series
 from dtgcnn.config import DTGCNNConfig
+from dtgcnn.testing import TINY_TEXT
 from dtgcnn.text_trainer import fit_triplets, load_text_model
 
-TINY = dict(
-    hidden_dims=[32, 16],
-    num_gcn_layers=2,
-    output_dim=16,
-    batch_size=16,
-    learning_rate=0.003,
-    num_epochs=1,
-    warmup_epochs=0,
-    graph_bank_size=32,
-    graph_k_neighbors=4,
-    dynamic_graph_update_freq=1,
-    log_interval=1,
-    plot_every=0,
-    tsne_plot=False,
-    seed=3,
-)
+TINY = {**TINY_TEXT, "num_epochs": 1, "dynamic_graph_update_freq": 1}
 
 
 def flat_parameters(model) -> dict[str, np.ndarray]:

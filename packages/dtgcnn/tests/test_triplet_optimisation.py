@@ -16,22 +16,7 @@ from common.schedules import build_schedule
 from common.testing import history_series
 from dtgcnn.config import DTGCNNConfig, triplet_config_source
 from dtgcnn.losses import AdaptiveMarginScheduler, FocalTripletLoss, adaptive_margin, triplet_loss
-
-TINY = dict(
-    hidden_dims=[32, 16],
-    num_gcn_layers=2,
-    output_dim=16,
-    batch_size=16,
-    learning_rate=0.003,
-    num_epochs=2,
-    warmup_epochs=0,
-    graph_bank_size=32,
-    graph_k_neighbors=4,
-    log_interval=1,
-    plot_every=0,
-    tsne_plot=False,
-    seed=3,
-)
+from dtgcnn.testing import TINY_TEXT as TINY
 
 
 def focal_by_hand(losses, gamma):

@@ -99,10 +99,6 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(ddp_run
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("EGNN_COM_LONG_TESTS"),
-    reason="two more torchrun starts (about 2 minutes on the 2-core test machine); set EGNN_COM_LONG_TESTS=1",
-)
 def test_sigkilled_two_process_run_resumes_under_torchrun_bit_identical(ddp_run, tmp_path):
     data, reference, _ = ddp_run
     run_dir, stamp = tmp_path / "killed", tmp_path / "killed_at"

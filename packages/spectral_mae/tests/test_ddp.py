@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import numpy as np
@@ -75,10 +74,6 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("SPECTRAL_MAE_LONG_TESTS"),
-    reason="two more torchrun starts (about 2 minutes on the 2-core test machine); set SPECTRAL_MAE_LONG_TESTS=1",
-)
 def test_a_sigkilled_two_process_run_resumes_under_torchrun_bit_identical(
     override_factory, tmp_path, ddp_dir
 ):

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import signal as signal_module
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,45 @@ def torchrun(
     return subprocess.run(
         [*command, "-m", module, *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_process_group(script: str, *args: str, world: int = 2, timeout: float = 180) -> list[list[str]]:
+    """Run `python -c script args...` as ranks 0..world-1 of one torch.distributed group (the environment
+    torchrun would set, a free rendezvous port, one OpenMP thread each) without a launcher in between, so
+    each rank's stdout comes back apart. Asserts every rank exited 0; returns each rank's stdout lines."""
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, *args],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
+    outputs = []
+    for rank, p in enumerate(procs):
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, f"rank {rank} exited {p.returncode}:\n{err[-4000:]}"
+        outputs.append(out.strip().splitlines())
+    return outputs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_trees_equal(a: Any, b: Any, path: str = "state", *, skip: tuple[str, ...] = ()) -> None:

@@ -426,11 +426,12 @@ def _finish(cfg, run: RunFolder, trackers: Trackers, saver: ModelCheckpoint, log
         )
         meta_path = run.path("best_model.json")
         meta_path.write_text(json.dumps(metadata, indent=2))
-        trackers.log_artifact(weights, "best_model/best_model_weights.ckpt")
         trackers.log_artifact(meta_path, "best_model/best_model.json")
-        if trackers.stores_models:  # the same weights as an MLflow model: mlflow.pytorch.load_model
+        if trackers.stores_models:  # the weights as an MLflow model (mlflow.pytorch.load_model), stored once
             model, _ = load_from_checkpoint(weights)
             trackers.log_model(save_torch_model(model, run.path("model")))
+        else:
+            trackers.log_artifact(weights, "best_model/best_model_weights.ckpt")
         logger.info(
             "best model: %s (%s = %.4g at epoch %d)",
             best_path,
