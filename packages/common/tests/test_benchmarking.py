@@ -5,6 +5,7 @@ import pytest
 
 from common.benchmarking import (
     Comparison,
+    ScalingRun,
     Timing,
     count_flops,
     growth_table,
@@ -101,3 +102,13 @@ def test_growth_table_shows_each_point_as_a_multiple_of_the_first():
         ["32", "2", "2.100", "2.10", "190", "1.90"],
         ["64", "4", "4.000", "4.00", "400", "4.00"],
     ]
+
+
+def test_a_scaling_run_pairs_its_rows_by_key_and_rates_the_efficiency():
+    run = ScalingRun(nproc=2, cores=2, threads=1, launcher="torchrun --nproc_per_node=2")
+    run.one = {"rows": [{"tile": 256, "per_s": 4.0}, {"tile": 512, "per_s": 1.0}]}
+    run.many = {"rows": [{"tile": 512, "per_s": 1.5}, {"tile": 256, "per_s": 8.0}]}  # rank 0's own order
+    pairs = run.pairs(lambda r: r["tile"])
+    assert [(one["tile"], many["tile"]) for one, many in pairs] == [(256, 256), (512, 512)]
+    rows = [run.compare(f"tile {one['tile']}", one["per_s"], many["per_s"]) for one, many in pairs]
+    assert [r["scaling_efficiency"] for r in rows] == [1.0, 0.75]  # 8 / (2 x 4), 1.5 / (2 x 1)

@@ -11,6 +11,10 @@ N processes under `torchrun --standalone --nproc_per_node N` (DistributedDataPar
 trains under torchrun), both with cores // N threads per process and the same batch per process; it reports
 global tiles/s for both and the scaling efficiency (`cabruca.scaling`).
 
+`--peer` (on by default) also trains the peer, the FPN a user would otherwise train (`cabruca.peers`), side
+by side with cabruca's model at each tile size, steps interleaved, and prints tiles/s, FLOPs per tile and
+share of the matmul peak of both and their ratio.
+
 This module holds the command line only and stays light (torch is imported when the command runs, so
 `--help` answers at once); the measurements are `cabruca.benchmark`.
 """
@@ -61,6 +65,31 @@ from common.cli import console_script, run_cli
 )
 @click.option("--compile", "compile_", is_flag=True, help="With --nproc: torch.compile the model first.")
 @click.option("--launched-part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
+@click.option(
+    "--peer/--no-peer",
+    "peer",
+    default=True,
+    show_default=True,
+    help="Also train the peer FPN side by side with cabruca's model at each tile size, interleaved "
+    "(see cabruca.peers).",
+)
+@click.option(
+    "--peer-steps", default=10, show_default=True, help="At least this many interleaved step pairs."
+)
+@click.option("--peer-seconds", default=20.0, show_default=True, help="... and this many seconds of steps.")
+@click.option(
+    "--cpu-time",
+    is_flag=True,
+    help="Time the side-by-side steps (and the peak their shares are of) by this process's CPU time, "
+    "steadier than wall time on a machine other jobs load (needs --threads 1).",
+)
+@click.option(
+    "--scaling",
+    is_flag=True,
+    help="Measure the scaling table instead: time per epoch and peak memory as the tiles per epoch, the batch "
+    "and the FPN width double (3 points each), from a small base (tiles of 128 px, batch 2; the first of "
+    "--tile-sizes and --batch-size change it).",
+)
 @click.argument("overrides", nargs=-1)
 def main(
     config_source,
@@ -76,14 +105,25 @@ def main(
     precision,
     compile_,
     launched_part,
+    peer,
+    peer_steps,
+    peer_seconds,
+    cpu_time,
+    scaling,
     overrides,
 ):
     """Benchmark cabruca's model: speed, FLOPs, memory, matmul-peak share, trainer overhead."""
+    if scaling:
+        _scaling_table(config_source, device, threads, json_out, overrides)
+        return
     if launched_part or nproc > 0:
         measured = (config_source, tile_sizes, batch_size, steps, warmup, device, overrides)
         _scale_out(measured, precision, compile_, threads, json_out, nproc)
         return
+    if cpu_time and threads != 1:
+        raise click.UsageError("--cpu-time needs --threads 1: a process's CPU time adds up all its threads'")
     from .benchmark import run_benchmark
+    from .peers.side_by_side import PeerRun
 
     run_benchmark(
         config_source,
@@ -96,6 +136,7 @@ def main(
         overhead_tile,
         json_out,
         overrides,
+        peer=PeerRun(peer_steps, peer_seconds, cpu_time) if peer else None,
     )
 
 
@@ -117,6 +158,33 @@ def _scale_out(measured: tuple, precision: str, compile_: bool, threads, json_ou
     figures = bench_scaling(nproc, args)
     if json_out:
         Path(json_out).write_text(json.dumps({"scaling": figures}, indent=2))
+        click.echo(f"wrote {json_out}")
+
+
+def _scaling_table(config_source: str, device: str, threads, json_out, overrides: tuple[str, ...]) -> None:
+    """`--scaling`: the base is the table's own small one, with the tile size and batch the user typed."""
+    from common.cli import typed_options
+
+    from . import bench_growth
+    from . import config as config_mod
+
+    backbone = config_mod.load(config_mod.resolve_source(config_source), overrides=overrides).model.backbone
+    base = dict(bench_growth.BASE)
+    typed = typed_options(click.get_current_context(), {"tile_sizes": "tile", "batch_size": "batch_size"})
+    if "tile" in typed:
+        first = str(typed["tile"]).split(",")[0].strip()
+        if not first.isdigit():
+            raise click.BadParameter(
+                f"{typed['tile']!r}: expected tile sizes in pixels", param_hint="--tile-sizes"
+            )
+        base["tile"] = int(first)
+    if "batch_size" in typed:  # the same batches per epoch as the default base
+        base["tiles"] = base["tiles"] // base["batch_size"] * typed["batch_size"]
+        base["batch_size"] = typed["batch_size"]
+    tables = bench_growth.growth(base, 3, config_source, overrides, threads, device)
+    click.echo(bench_growth.report(tables, base, backbone))
+    if json_out:
+        Path(json_out).write_text(json.dumps({"scaling_table": tables, "base": base}, indent=2))
         click.echo(f"wrote {json_out}")
 
 

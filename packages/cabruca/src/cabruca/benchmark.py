@@ -32,6 +32,7 @@ from .engine import CabrucaTask
 from .losses import MultiTaskLoss
 from .model import build_model
 from .optim import build_lr_schedule
+from .peers.side_by_side import PeerRun, check_tiles, compare_with_peer, peer_name, peer_table
 from .synthetic import generate
 
 
@@ -188,12 +189,18 @@ def run_benchmark(
     overhead_tile: int,
     json_out: str | None,
     overrides: tuple[str, ...],
+    *,
+    peer: PeerRun | None = None,
 ) -> dict:
-    """Every figure `python -m cabruca.bench` prints, measured in one run; written to `json_out` if given."""
+    """Every figure `python -m cabruca.bench` prints, measured in one run; written to `json_out` if given.
+
+    `peer`: also train the peer FPN side by side with cabruca's model at each tile size (None: not)."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch_device(device)
     sizes = [int(s) for s in tile_sizes.split(",") if s.strip()]
+    if peer:
+        check_tiles(sizes)
     cfg = config_mod.load(config_mod.resolve_source(config_source), overrides=overrides)
     click.echo(
         f"device: {describe_device(dev)}; model {cfg.model.backbone} fpn {cfg.model.fpn_channels} "
@@ -202,6 +209,17 @@ def run_benchmark(
     peak = torch_matmul_peak_gflops(dev)
     click.echo(f"float32 matmul peak (best 2048^2 matmul, same run): {peak:.1f} GFLOP/s")
     results = {"device": describe_device(dev), "matmul_peak_gflops": peak, "tiles": [], "overhead": None}
+    if peer:  # shares of a peak timed by the same clock as the side-by-side steps
+        peer_peak = torch_matmul_peak_gflops(dev, clock=peer.clock) if peer.cpu_time else peak
+        if peer.cpu_time:
+            click.echo(
+                f"float32 matmul peak by process CPU time (for the side by side): {peer_peak:.1f} GFLOP/s"
+            )
+        results["peer"] = {
+            "model": peer_name(cfg.model.backbone),
+            "matmul_peak_gflops": peer_peak,
+            "tiles": [],
+        }
     with tempfile.TemporaryDirectory() as tmp:
         for tile in sizes:
             data = generate(Path(tmp) / f"scenes_{tile}", num_train=1, num_val=1, image_size=tile, seed=0)
@@ -223,6 +241,14 @@ def run_benchmark(
                 f"(train step), {r['train_gflops_achieved']:.1f} GFLOP/s = "
                 f"{100 * r['share_of_matmul_peak']:.0f}% of matmul peak; peak memory: {mem}"
             )
+            if peer:
+                side = config_mod.load(config_mod.resolve_source(config_source), overrides=overrides)
+                batch = _batch(data, side, tile, batch_size, dev)
+                results["peer"]["tiles"].append(
+                    compare_with_peer(side, batch, device=dev, peak=peer_peak, run=peer, warmup=warmup)
+                )
+        if peer:
+            click.echo(peer_table(results["peer"]["tiles"], cfg.model.backbone))
         # Many cheap steps: the loop's bookkeeping per step is what is measured, against step-time noise.
         o_steps = max(3 * steps, 15)
         scenes = -(-(o_steps + warmup) * batch_size // 4)  # 2x2 tiles per scene

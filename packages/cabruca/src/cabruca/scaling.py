@@ -103,10 +103,9 @@ def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
         launcher="torchrun",
         json_flag="--json-out",
     )
-    many = {r["tile"]: r for r in run.many["rows"]}
     rows = []
-    for one in run.one["rows"]:
-        row = run.compare(f"tile {one['tile']}", one["tiles_per_s"], many[one["tile"]]["tiles_per_s"])
+    for one, many in run.pairs(lambda r: r["tile"]):
+        row = run.compare(f"tile {one['tile']}", one["tiles_per_s"], many["tiles_per_s"])
         row |= {
             k: one[k] for k in ("tile", "batch_per_process", "precision", "compiled", "train_gflop_per_tile")
         }

@@ -346,6 +346,12 @@ class ScalingRun:
             f"process in both ({self.cores} cores // {self.nproc} processes), the same batch per process"
         )
 
+    def pairs(self, key: Callable[[dict], Any], rows: str = "rows") -> list[tuple[dict, dict]]:
+        """The rows under `rows` of both measurements, matched by `key`: (alone, as N processes), in the
+        order of the single-process rows."""
+        many = {key(r): r for r in self.many[rows]}
+        return [(one, many[key(one)]) for one in self.one[rows]]
+
     def compare(self, label: str, one_per_s: float, many_per_s: float) -> dict:
         """One row: global samples/s alone and with N processes, and the scaling efficiency."""
         return {

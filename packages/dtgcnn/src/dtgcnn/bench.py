@@ -197,6 +197,13 @@ def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
     "(cores // N threads each), with the scaling efficiency. 0 = the single-process benchmark.",
 )
 @click.option("--launched-part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
+@click.option(
+    "--scaling",
+    is_flag=True,
+    help="Measure the scaling table instead: time per epoch and peak memory as the meshes per epoch, the "
+    "batch and the model width double (3 points each, 2 with --quick), from a small base (batch 8, 256 "
+    "points; --batch-size, --num-points and --k change it).",
+)
 def main(
     mode,
     batch_size,
@@ -215,7 +222,11 @@ def main(
     child,
     nproc,
     launched_part,
+    scaling,
 ):
+    if scaling:
+        _scaling_table(mode, quick, jit, json_output)
+        return
     if quick:
         steps, warmup, peer_steps, peer_seconds, compare_reference = 2, 1, 2, 0.0, False
     step_args = [f"--batch-size={batch_size}", f"--num-points={num_points}", f"--k={k}"]
@@ -310,6 +321,24 @@ def main(
     if json_output:
         with open(json_output, "w") as fh:
             json.dump(f, fh, indent=2)
+
+
+def _scaling_table(mode: str, quick: bool, jit: bool, json_output: str | None) -> None:
+    """`--scaling`: the base is the table's own small one, with the step sizes the user typed."""
+    from common.cli import typed_options
+    from dtgcnn import bench_growth
+
+    if mode != "meshes":
+        raise click.UsageError("--scaling measures the mesh training step; leave out --mode triplets")
+    typed = typed_options(click.get_current_context(), {k: k for k in ("batch_size", "num_points", "k")})
+    base = {**bench_growth.BASE, **typed, "epochs": 1 if quick else bench_growth.BASE["epochs"], "jit": jit}
+    if "batch_size" in typed:  # the same batches per epoch as the default base
+        base["meshes"] = bench_growth.BASE["meshes"] // bench_growth.BASE["batch_size"] * typed["batch_size"]
+    tables = bench_growth.growth(base, points=2 if quick else 3)
+    click.echo(bench_growth.report(tables, base))
+    if json_output:
+        with open(json_output, "w") as fh:
+            json.dump({"scaling_table": tables, "base": base}, fh, indent=2)
 
 
 cli = console_script(main)  # the installed command

@@ -244,10 +244,8 @@ def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
         launcher="torchrun",
         json_flag="--json",
     )
-    many = {(r["size"], r["model"]): r for r in run.many["rows"]}
     rows = []
-    for one in run.one["rows"]:
-        other = many[(one["size"], one["model"])]
+    for one, other in run.pairs(lambda r: (r["size"], r["model"])):
         row = run.compare(f"{one['size']} {one['model']}", one["graphs_per_s"], other["graphs_per_s"])
         # the same graphs per epoch in both runs: the N processes share each epoch, they do not repeat it
         row |= {"size": one["size"], "model": one["model"], "graphs_per_epoch_1": one["graphs_per_epoch"]}

@@ -80,10 +80,40 @@ __getattr__ = forward_to("spectral_mae.benchmark", __name__)
     "(cores // N threads each), with the scaling efficiency. 0 = the single-process benchmark.",
 )
 @click.option("--launched-part", is_flag=True, hidden=True, help="One process of the --nproc measurement.")
-def main(**options):
+@click.option(
+    "--scaling",
+    is_flag=True,
+    help="Measure the scaling table instead: time per epoch and peak memory as the images per epoch, the "
+    "batch and the depth double (3 points each, 2 with --quick), mae_tiny at 100x100 from a small base "
+    "(--batch-size and --img-size change it).",
+)
+def main(scaling, **options):
+    if scaling:
+        return _scaling_table(options)
     from spectral_mae.benchmark import run
 
     return run(**options)
+
+
+def _scaling_table(options: dict) -> None:
+    """`--scaling`: the base is the table's own small one, with the batch and image size the user typed."""
+    import json
+    from pathlib import Path
+
+    from common.cli import typed_options
+    from spectral_mae import bench_growth
+
+    base = dict(bench_growth.BASE)
+    typed = typed_options(click.get_current_context(), {"batch_size": "batch_size", "img_size": "img_size"})
+    if "batch_size" in typed:  # the same batches per epoch as the default base
+        base["images"] = base["images"] // base["batch_size"] * typed["batch_size"]
+    base |= typed | {"epochs": 1 if options["quick"] else base["epochs"]}
+    tables = bench_growth.growth(
+        base, points=2 if options["quick"] else 3, threads=options["threads"], device=options["device"]
+    )
+    click.echo(bench_growth.report(tables, base))
+    if options["json_path"]:
+        Path(options["json_path"]).write_text(json.dumps({"scaling_table": tables, "base": base}, indent=2))
 
 
 cli = console_script(main)  # the installed command

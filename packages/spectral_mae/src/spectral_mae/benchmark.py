@@ -342,10 +342,8 @@ def bench_scaling(nproc: int, measurement_args: list[str]) -> dict:
         launcher="torchrun",
         json_flag="--json",
     )
-    many = {r["model"]: r for r in run.many["results"]}
     rows = []
-    for one in run.one["results"]:
-        other = many[one["model"]]
+    for one, other in run.pairs(lambda r: r["model"], rows="results"):
         row = run.compare(one["model"], one["samples_per_s"], other["samples_per_s"])
         # the work of one step: `batch_size` samples per process, every process's counted
         row |= {"model": one["model"], "batch_per_process": one["batch_size"]}
