@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from dtgcnn.neighbour_max import max_over_neighbours
 from dtgcnn.streams import batch_parallel
 
 
@@ -77,24 +78,11 @@ def gather_neighbours(values: mx.array, idx: mx.array) -> mx.array:
     return values.reshape(b * n, c)[flat].reshape(b, n, k, c)
 
 
-def gather_winners(values: mx.array, idx: mx.array, choice: mx.array) -> mx.array:
-    """values [B,N,C] at neighbour idx[b,i,choice[b,i,c]] per channel -> [B,N,C] (choice [B,N,C] in 0..k-1)."""
-    b, n, c = values.shape
-    neighbour = mx.stop_gradient(mx.take_along_axis(idx, choice, axis=2))  # [B,N,C]: each channel's winner
-    flat = (neighbour + (mx.arange(b) * n)[:, None, None]) * c + mx.arange(
-        c
-    )  # [B,N,C] into values.reshape(-1)
-    return values.reshape(-1)[flat]
-
-
 def neighbour_max(values: mx.array, scores: mx.array, k: int) -> mx.array:
     """max over the k neighbours j of i of values[j]: values [B,N,C], scores [B,N,N] (`knn_scores`) -> [B,N,C].
 
-    The max is taken on the gathered [B,N,k,C] values outside autodiff, and the gradient reaches `values`
-    through a [B,N,C] gather of each channel's winner."""
-    idx = mx.stop_gradient(smallest_k(scores, k))  # [B,N,k]
-    winner = mx.argmax(mx.stop_gradient(gather_neighbours(values, idx)), axis=2)  # [B,N,C] in 0..k-1
-    return gather_winners(values, idx, winner)  # [B,N,C]
+    The gradient reaches `values` only at each channel's winning neighbour (`dtgcnn.neighbour_max`)."""
+    return max_over_neighbours(values, smallest_k(scores, k))
 
 
 class EdgeConv(nn.Module):
@@ -103,9 +91,9 @@ class EdgeConv(nn.Module):
     The edge function is DGCNN's linear layer on [x_j - x_i ; x_i], aggregated by max over the k neighbours,
     then normalised and activated per point. Two exact savings over computing it edge by edge:
     1. the linear layer runs per point: W [x_j - x_i ; x_i] = W1 x_j + (W2 - W1) x_i (module docstring);
-    2. the max over j of (W1 x_j + c_i) is (max over j of W1 x_j) + c_i, so the gathered [B,N,k,C] tensor is
-       only reduced to the winning neighbour per channel, outside autodiff; the gradient then flows through
-       a [B,N,C] gather of the winners, not through a dense [B,N,k,C] tensor (the memory-bound part on CPU).
+    2. the max over j of (W1 x_j + c_i) is (max over j of W1 x_j) + c_i, so only the per-point W1 x_j are
+       gathered and maxed, and the gradient flows back to each channel's winning neighbour alone, never
+       through a dense [B,N,k,C] tensor (the memory-bound part on CPU).
     `naive()` computes the same layer edge by edge; it is the oracle in the tests.
     """
 
@@ -123,7 +111,7 @@ class EdgeConv(nn.Module):
         per_centre = x @ (w2 - w1).T  # [B,N,C_out]: (W2 - W1) x_i
         scores = knn_scores(x if graph_features is None else graph_features)  # [B,N,N]
         # The score matmul above runs on the whole batch (a fast BLAS threads it itself); the k-NN selection,
-        # gathers and argmax (single-threaded MLX ops) run on one CPU stream per batch slice, concurrently.
+        # gathers and running max (single-threaded MLX ops) run on one CPU stream per batch slice, concurrently.
         pooled = batch_parallel(neighbour_max, per_neighbour, scores, k=self.k) + per_centre  # [B,N,C_out]
         return nn.leaky_relu(self.norm(pooled), negative_slope=0.2)
 

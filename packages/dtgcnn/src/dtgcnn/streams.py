@@ -1,6 +1,6 @@
 """Run per-sample MLX work on several CPU streams at once, one slice of the batch each.
 
-Why: MLX runs each CPU op on one thread. The k-NN selection, neighbour gathers, argmax and their
+Why: MLX runs each CPU op on one thread. The k-NN selection, neighbour gathers, running max and their
 scatter-add backward (the BLAS-independent half of a DT-GCNN step) are such ops, so one core idled while
 the other did them. Every MLX stream has its own worker thread; giving each batch slice its own stream
 lets those ops run concurrently (measured on 2 cores: 1.9x on that work). The results are the same
