@@ -1,4 +1,5 @@
-"""The fused edge pre-activation and the target-sorted edges leave the EGNN's function unchanged.
+"""The one-node layer, the fused edge pre-activation and the target-sorted edges leave the EGNN's function
+unchanged, and so does the trainer's fused optimizer.
 
 `reference_layer` is the layer's math as it was before the fusion (two `index_select` gathers, a sum and an
 in-place distance term, PyG's edge order): outputs and gradients must equal it on random graphs, and the
@@ -9,7 +10,10 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
+from egnn_com import fused_layer
+from egnn_com.config import EgnnComConfig
 from egnn_com.model import EGNNCentreOfMass, EGNNLayer, edges_by_target, inverse_in_degree
+from egnn_com.task import make_optimizer
 
 
 def reference_layer(layer: EGNNLayer, h, pos, edge_index):
@@ -49,8 +53,12 @@ def grads(params) -> list:
     return [p.grad.clone() for p in params]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_layer_outputs_and_gradients_equal_the_unfused_layer(seed):
+@pytest.mark.parametrize(
+    ("seed", "edge_chunk"), [(0, fused_layer.EDGE_CHUNK), (1, fused_layer.EDGE_CHUNK), (2, 7)]
+)
+def test_layer_outputs_and_gradients_equal_the_unfused_layer(seed, edge_chunk, monkeypatch):
+    """Also with the backward's edge chain in several chunks (7 edges each) instead of one."""
+    monkeypatch.setattr(fused_layer, "EDGE_CHUNK", edge_chunk)
     torch.manual_seed(seed)
     batch, layer = random_batch(seed), EGNNLayer(16)
     h0 = torch.randn(batch.num_nodes, 16)
@@ -98,3 +106,44 @@ def test_edges_by_target_is_a_stable_reordering_of_the_same_edges():
     ordered = edges_by_target(edge_index)
     assert ordered.tolist() == [[1, 4, 3, 0, 2, 5], [0, 0, 1, 2, 2, 2]]
     assert torch.equal(edges_by_target(ordered), ordered)  # already sorted: unchanged
+
+
+def test_float32_layer_equals_the_autograd_layer_in_float64():
+    """Float64 takes the autograd path (`EGNNLayer.edge_messages`): the one-node float32 layer agrees."""
+    torch.manual_seed(4)
+    batch, layer = random_batch(4), EGNNLayer(16)
+    torch.nn.init.normal_(layer.coord_mlp[-1].weight, std=0.3)  # coordinate steps large enough to compare
+    layer64 = EGNNLayer(16).double()
+    layer64.load_state_dict(layer.state_dict())
+    h0 = torch.randn(batch.num_nodes, 16)
+    results = []
+    for net, dtype in ((layer, torch.float32), (layer64, torch.float64)):
+        h, pos = h0.to(dtype, copy=True).requires_grad_(), batch.pos.to(dtype, copy=True).requires_grad_()
+        h_out, pos_out = net(h, pos, batch.edge_index)
+        (h_out.sin().sum() + (pos_out**2).sum()).backward()
+        results.append([h_out, pos_out, h.grad, pos.grad, *grads(net.parameters())])
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours.double(), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_trainer_optimizer_is_fused_and_steps_like_the_default_adamw():
+    """The fused AdamW the trainer builds takes the default AdamW's steps, and their states load both ways."""
+    torch.manual_seed(0)
+    batch = random_batch(5)
+    batch.y = torch.randn(batch.num_graphs, 3)
+    models = [EGNNCentreOfMass(5, hidden_dim=8, num_layers=2) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    cfg = EgnnComConfig()
+    fused = make_optimizer(cfg, models[0])
+    default = torch.optim.AdamW(models[1].parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    assert fused.defaults["fused"] and not default.defaults["fused"]
+    for _ in range(3):
+        for model, optimizer in zip(models, (fused, default), strict=True):
+            optimizer.zero_grad()
+            (model(batch) - batch.y).abs().mean().backward()
+            optimizer.step()
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    default.load_state_dict(fused.state_dict())
+    fused.load_state_dict(default.state_dict())
+    assert fused.state_dict()["state"][0]["step"] == 3

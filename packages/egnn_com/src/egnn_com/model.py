@@ -21,6 +21,7 @@ from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global
 from torch_geometric.utils import scatter, softmax
 
 from common.errors import ConfigError
+from egnn_com.fused_layer import EdgeLayout, FusedEGNNLayer, layer_parameters
 
 POOLING = {"mean": global_mean_pool, "add": global_add_pool, "max": global_max_pool}
 
@@ -90,6 +91,7 @@ class EGNNLayer(nn.Module):
     is bound by memory traffic over [E, hidden] tensors, and `propagate` returns one tensor, so messages and
     coordinate shifts had to travel concatenated ([E, hidden + 3], copied forward and sliced backward). Here
     each is summed on its own and the mean's 1 / in-degree is computed once per forward for every layer.
+    In float32 training the layer runs as one autograd node (`egnn_com.fused_layer`, the same function).
     """
 
     def __init__(self, hidden_dim: int):
@@ -110,12 +112,14 @@ class EGNNLayer(nn.Module):
             nn.Linear(2 * hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)
         )
 
-    def forward(
-        self, h: Tensor, pos: Tensor, edge_index: Tensor, inv_degree: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        src, dst = edge_index  # [E] each
-        if inv_degree is None:
-            inv_degree = inverse_in_degree(dst, h.shape[0])
+    def forward(self, h: Tensor, pos: Tensor, edges: Tensor | EdgeLayout) -> tuple[Tensor, Tensor]:
+        """(h [N, hidden], pos [N, 3]) moved along `edges`: edge_index [2, E] or the model's `EdgeLayout`."""
+        fused = _fused_path_applies(h, pos)
+        if not isinstance(edges, EdgeLayout):
+            edges = EdgeLayout.of(edges, inverse_in_degree(edges[1], h.shape[0]), sparse_sums=fused)
+        if fused:
+            return FusedEGNNLayer.apply(h, pos, edges, *layer_parameters(self))
+        src, dst, inv_degree = edges.src, edges.dst, edges.inv_degree
         m, shift = self.edge_messages(h, pos, src, dst)  # [E, hidden], [E, 3]
         # summed in the coordinates' float32 also under autocast (a no-op cast in float32 training)
         m_mean = pos.new_zeros(h.shape[0], m.shape[1]).index_add_(0, dst, m.to(pos.dtype)) * inv_degree
@@ -184,6 +188,18 @@ def edges_by_target(edge_index: Tensor) -> Tensor:
     return edge_index.index_select(1, torch.sort(edge_index[1], stable=True).indices)
 
 
+def _fused_path_applies(h: Tensor, pos: Tensor) -> bool:
+    """The one-node layer (`egnn_com.fused_layer`) runs float32 eager training on CPU and CUDA (its sparse
+    sums); autocast's lower-precision matrix products, torch.compile (which fuses the plain layer itself)
+    and other devices take the autograd path."""
+    return (
+        h.device.type in ("cpu", "cuda")
+        and h.dtype == pos.dtype == torch.float32
+        and not torch.is_autocast_enabled(h.device.type)
+        and not torch.compiler.is_compiling()
+    )
+
+
 def inverse_in_degree(dst: Tensor, num_nodes: int) -> Tensor:
     """1 / (edges into each node) [N, 1], 0 for a node without edges (its mean message is then 0)."""
     degree = torch.zeros(num_nodes, device=dst.device)  # float32
@@ -209,9 +225,12 @@ class EGNNCentreOfMass(nn.Module):
         x = torch.cat([batch.x, mass_feature(batch)], dim=-1) if self.use_mass else batch.x  # [N, F (+1)]
         h, pos = self.embed(x), batch.pos  # [N, hidden], [N, 3]
         edge_index = edges_by_target(batch.edge_index)  # the same edges, the same for every layer
-        inv_degree = inverse_in_degree(edge_index[1], h.shape[0])  # [N, 1], the same for every layer
+        # its structure (1 / in-degree, sparse sums by target and source) built once, shared by the layers
+        edges = EdgeLayout.of(
+            edge_index, inverse_in_degree(edge_index[1], h.shape[0]), _fused_path_applies(h, pos)
+        )
         for layer in self.layers:
-            h, pos = layer(h, pos, edge_index, inv_degree)
+            h, pos = layer(h, pos, edges)
         # Weights are invariant and sum to 1 within each graph, so the output is an affine (convex)
         # combination of equivariant points: rotation and translation pass through exactly.
         logits = self.weight_head(h).squeeze(-1).float()  # [N] s_i

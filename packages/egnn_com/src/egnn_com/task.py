@@ -32,12 +32,18 @@ log = logging.getLogger("trainyard")
 
 
 def make_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or Adam (both with weight decay) over the model's parameters, at cfg.optim.lr."""
+    """AdamW or Adam (both with weight decay) over the model's parameters, at cfg.optim.lr.
+
+    Fused where torch has the kernel (CPU and CUDA): one kernel updates every parameter, where the default
+    takes some ten tensor ops per parameter, a fixed cost that was a tenth of a small-graph step. The state
+    dict is the same either way, so checkpoints of either load into the other."""
     kinds = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
     if cfg.optim.optimizer not in kinds:
         raise ConfigError(f"optim.optimizer must be 'adamw' or 'adam', got {cfg.optim.optimizer!r}.")
+    params = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return kinds[cfg.optim.optimizer](
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused or None
     )
 
 

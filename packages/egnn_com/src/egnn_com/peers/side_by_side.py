@@ -1,9 +1,11 @@
 """egnn_com's EGNN and the peer EGNN trained side by side: the same batches, interleaved steps, one process.
 
-Both models take a training step (forward, MAE loss, backward, AdamW step) on the same pre-built batches,
-alternately, so each pair of steps runs under the same machine load; their speed ratio is the median over
-pairs. The data path is left out of both (the batches are built before timing): the peer has no loader of
-its own, and egnn_com's own loader is measured by the training rows of `egnn_com.bench`.
+Both models take a training step (forward, MAE loss, backward, AdamW step at lr 1e-3, weight decay 1e-5:
+egnn_com's optimizer as its trainer builds it, the peer's as torch's defaults build it) on the same
+pre-built batches, alternately, so each pair of steps runs under the same machine load; their speed ratio
+is the median over pairs. The data path is left out of both (the batches are built before timing): the
+peer has no loader of its own, and egnn_com's own loader is measured by the training rows of
+`egnn_com.bench`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from common.benchmarking import Timing, count_flops, time_interleaved, torch_sync
+from egnn_com.config import EgnnComConfig
 from egnn_com.metrics import mae_loss
 from egnn_com.model import EGNNCentreOfMass
 from egnn_com.peers.egnn_clean import PeerCentreOfMass
+from egnn_com.task import make_optimizer
 
 PEER = "vgsatorras/egnn egnn_clean.py EGNN"
 
@@ -70,10 +74,11 @@ def compare_with_peer(
         "egnn_com": EGNNCentreOfMass(features, hidden_dim, num_layers).to(device),
         "peer": PeerCentreOfMass(features, hidden_dim, num_layers).to(device),
     }
-    steps = [
-        training_step(m, torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-5), batches)
-        for m in models.values()
+    optimizers = [  # egnn_com's as its trainer builds it (defaults: AdamW, lr 1e-3, weight decay 1e-5)
+        make_optimizer(EgnnComConfig(), models["egnn_com"]),
+        torch.optim.AdamW(models["peer"].parameters(), lr=1e-3, weight_decay=1e-5),
     ]
+    steps = [training_step(m, opt, batches) for m, opt in zip(models.values(), optimizers, strict=True)]
     comparison = time_interleaved(
         *steps,
         min_steps=min_steps,
