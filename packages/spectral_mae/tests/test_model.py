@@ -83,6 +83,41 @@ def test_encoder_sees_only_visible_tokens():
     assert latent.shape == (2, 8, 32)
 
 
+def encoder_before_direct_gather(model, imgs, mask_ratio, noise):
+    """forward_encoder as it was before patchify_tokens: the whole cube patchified, then the kept tokens
+    gathered from that copy."""
+    kept, mask, ids_restore, ids_keep = model.random_masking(model.patchify(imgs), mask_ratio, noise)
+    pos = model.pos_embed().expand(imgs.shape[0], -1, -1)
+    x = model.patch_embed(kept) + pos.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+    for block in model.blocks:
+        x = block(x)
+    return model.norm(x), mask, ids_restore
+
+
+def test_encoder_gathers_from_the_cube_exactly_as_patchify_then_gather():
+    torch.manual_seed(3)
+    model = small_model(in_chans=15, patch_size=(5, 3))  # 5 groups of 3 bands, 4 x 4 locations: L = 80
+    imgs, noise = torch.randn(2, 15, 20, 20), torch.rand(2, 80)
+    ids = torch.randint(0, 80, (2, 7))  # any indices, repeats included
+    assert torch.equal(model.patchify_tokens(imgs, ids), model.patchify(imgs)[torch.arange(2)[:, None], ids])
+
+    results = []
+    for encoder in (model.forward_encoder, lambda *a: encoder_before_direct_gather(model, *a)):
+        cube = imgs.clone().requires_grad_()  # gradients reach the cube through either gather
+        latent, mask, ids_restore = encoder(cube, 0.75, noise)
+        (latent * torch.linspace(-1, 1, latent.numel()).view_as(latent)).sum().backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}  # the encoder's
+        results.append((latent.detach(), mask, ids_restore, cube.grad, grads))
+        model.zero_grad(set_to_none=True)
+    (latent, mask, ids_restore, grad, grads), (latent_ref, mask_ref, restore_ref, grad_ref, grads_ref) = (
+        results
+    )
+    assert torch.equal(latent, latent_ref) and torch.equal(mask, mask_ref)
+    assert torch.equal(ids_restore, restore_ref) and torch.equal(grad, grad_ref)
+    assert grads.keys() == grads_ref.keys() and "patch_embed.weight" in grads
+    assert all(torch.equal(grads[name], grads_ref[name]) for name in grads)
+
+
 @pytest.mark.parametrize("decoder_attention", DECODER_ATTENTION)
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_variant_parameter_count_matches_table_order_of_magnitude(name, decoder_attention):

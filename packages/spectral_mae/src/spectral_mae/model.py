@@ -167,31 +167,56 @@ class MaskedAutoencoderSpectral(nn.Module):
         """(B, L) token mask -> (B, C, H, W) voxel mask (1 = hidden)."""
         return self.unpatchify(mask.unsqueeze(-1).expand(-1, -1, self.patch_dim))
 
-    def random_masking(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
-        """Keep a random (1 - mask_ratio) of the tokens, by sorting per-sample noise (MAE's argsort trick).
+    def masking_indices(
+        self, b: int, length: int, mask_ratio: float, noise: torch.Tensor | None, device: torch.device
+    ):
+        """Which of `length` tokens to keep, by sorting per-sample noise (MAE's argsort trick).
 
-        x: (B, L, D). noise: (B, L) in [0, 1) or None (drawn from torch's RNG).
-        Returns x_kept (B, K, D), mask (B, L) with 0 = kept / 1 = hidden, ids_restore (B, L) and
-        ids_keep (B, K), K = int(L * (1 - mask_ratio)).
+        noise: (B, L) in [0, 1) or None (drawn from torch's RNG); the smallest `keep` are kept.
+        Returns mask (B, L) with 0 = kept / 1 = hidden, ids_restore (B, L) and ids_keep (B, K),
+        K = int(L * (1 - mask_ratio)).
         """
-        b, length, dim = x.shape
         keep = int(length * (1 - mask_ratio))
         if noise is None:
-            noise = torch.rand(b, length, device=x.device)
+            noise = torch.rand(b, length, device=device)
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest `keep` are kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)
-        ids_keep = ids_shuffle[:, :keep]
-        x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
-        mask = torch.ones(b, length, device=x.device)
+        mask = torch.ones(b, length, device=device)
         mask[:, :keep] = 0
         mask = torch.gather(mask, 1, ids_restore)  # back to token order
+        return mask, ids_restore, ids_shuffle[:, :keep]
+
+    def random_masking(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        """Keep a random (1 - mask_ratio) of the tokens x (B, L, D), chosen by masking_indices.
+
+        Returns x_kept (B, K, D), mask (B, L) with 0 = kept / 1 = hidden, ids_restore (B, L), ids_keep (B, K).
+        """
+        b, length, dim = x.shape
+        mask, ids_restore, ids_keep = self.masking_indices(b, length, mask_ratio, noise, x.device)
+        x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
         return x_kept, mask, ids_restore, ids_keep
+
+    def patchify_tokens(self, imgs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W), token indices (B, K) -> (B, K, t*p*p): the rows `ids` of patchify(imgs).
+
+        Indexes the cube through a patch-grid view, so the encoder copies only its visible ~20% of the voxels,
+        once, instead of rearranging the whole cube into tokens and then gathering from that copy.
+        """
+        b, n = imgs.shape[0], self.grid
+        grid = imgs.reshape(b, self.groups, self.t, n, self.p, n, self.p).permute(0, 1, 3, 5, 2, 4, 6)
+        group, site = ids.div(n * n, rounding_mode="floor"), ids.remainder(n * n)  # (B, K) each
+        sample = torch.arange(b, device=ids.device).unsqueeze(1)  # (B, 1)
+        tokens = grid[sample, group, site.div(n, rounding_mode="floor"), site.remainder(n)]  # (B, K, t, p, p)
+        return tokens.reshape(b, ids.shape[1], self.patch_dim)
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
         """imgs (B, C, H, W) -> latent (B, K, D), mask (B, L), ids_restore (B, L)."""
-        patches = self.patchify(imgs)  # (B, L, t*p*p)
-        kept, mask, ids_restore, ids_keep = self.random_masking(patches, mask_ratio, noise)  # (B, K, t*p*p)
-        pos = self.pos_embed().expand(imgs.shape[0], -1, -1)  # (B, L, D)
+        b = imgs.shape[0]
+        mask, ids_restore, ids_keep = self.masking_indices(
+            b, self.num_patches, mask_ratio, noise, imgs.device
+        )
+        kept = self.patchify_tokens(imgs, ids_keep)  # (B, K, t*p*p)
+        pos = self.pos_embed().expand(b, -1, -1)  # (B, L, D)
         pos = torch.gather(pos, 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))  # (B, K, D)
         x = self.patch_embed(kept) + pos  # (B, K, D)
         for block in self.blocks:
