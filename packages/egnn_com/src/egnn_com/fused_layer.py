@@ -37,30 +37,42 @@ silu_backward_into = torch.ops.aten.silu_backward.grad_input
 class EdgeLayout(NamedTuple):
     """A batch's edge structure, built once per forward and shared by every layer (none of it is learned).
 
-    The model sorts the edges by target first (`edges_by_target` in `egnn_com.model`); `bag_rows` [E, 3]
-    are each edge's rows (target, N + source, 2N) in the layer's stacked table [W_i h + b; W_j h; w_d], for
-    `embedding_bag`.
+    The model sorts the edges by target first (`edges_by_target` in `egnn_com.model`).
     """
 
     src: Tensor  # [E] source node j of each edge
     dst: Tensor  # [E] target node i
     inv_degree: Tensor  # [N, 1] 1 / in-degree, 0 where a node has no incoming edge
-    bag_rows: Tensor  # [E, 3]
-    bag_ones: Tensor  # [E, 2] the two node terms' weights in the bag (the third is d2)
-    # [N, E] sparse CSR: (into_dst @ x)_i sums x over the edges into node i, into_src over those out of j;
-    # the one-node layer's only (None for the autograd path: torch.compile does not trace sparse tensors)
+    # The rest is the one-node layer's only (None for the autograd path, which builds its bags per layer,
+    # and whose torch.compile does not trace sparse tensors):
+    bag_rows: Tensor | None  # [E, 3]
+    bag_ones: Tensor | None  # [E, 2] the two node terms' weights in the bag (the third is d2)
+    # [N, E] sparse CSR: (into_dst @ x)_i sums x over the edges into node i, into_src over those out of j
     into_dst: Tensor | None
     into_src: Tensor | None
 
     @classmethod
-    def of(cls, edge_index: Tensor, inv_degree: Tensor, sparse_sums: bool) -> EdgeLayout:
+    def of(cls, edge_index: Tensor, inv_degree: Tensor, fused: bool) -> EdgeLayout:
         src, dst = edge_index
-        n = inv_degree.shape[0]
-        rows = torch.stack([dst, src + n, torch.full_like(dst, 2 * n)], dim=1)
-        ones = torch.ones(dst.shape[0], 2, dtype=inv_degree.dtype, device=dst.device)
-        into_dst = incidence(dst, n, inv_degree.dtype) if sparse_sums else None
-        into_src = incidence(src, n, inv_degree.dtype) if sparse_sums else None
-        return cls(src, dst, inv_degree, rows, ones, into_dst, into_src)
+        if not fused:
+            return cls(src, dst, inv_degree, None, None, None, None)
+        n, dtype = inv_degree.shape[0], inv_degree.dtype
+        ones = torch.ones(dst.shape[0], 2, dtype=dtype, device=dst.device)
+        return cls(
+            src,
+            dst,
+            inv_degree,
+            bag_rows(dst, src, n),
+            ones,
+            incidence(dst, n, dtype),
+            incidence(src, n, dtype),
+        )
+
+
+def bag_rows(dst: Tensor, src: Tensor, num_nodes: int) -> Tensor:
+    """[E, 3]: each edge's rows (target, N + source, 2N) in the stacked table [W_i h + b; W_j h; w_d], the
+    bag `embedding_bag` sums into the edge's first pre-activation."""
+    return torch.stack([dst, src + num_nodes, torch.full_like(dst, 2 * num_nodes)], dim=1)
 
 
 def incidence(index: Tensor, num_nodes: int, dtype: torch.dtype) -> Tensor:

@@ -21,7 +21,7 @@ from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global
 from torch_geometric.utils import scatter, softmax
 
 from common.errors import ConfigError
-from egnn_com.fused_layer import EdgeLayout, FusedEGNNLayer, layer_parameters
+from egnn_com.fused_layer import EdgeLayout, FusedEGNNLayer, bag_rows, layer_parameters
 
 POOLING = {"mean": global_mean_pool, "add": global_add_pool, "max": global_max_pool}
 
@@ -116,7 +116,7 @@ class EGNNLayer(nn.Module):
         """(h [N, hidden], pos [N, 3]) moved along `edges`: edge_index [2, E] or the model's `EdgeLayout`."""
         fused = _fused_path_applies(h, pos)
         if not isinstance(edges, EdgeLayout):
-            edges = EdgeLayout.of(edges, inverse_in_degree(edges[1], h.shape[0]), sparse_sums=fused)
+            edges = EdgeLayout.of(edges, inverse_in_degree(edges[1], h.shape[0]), fused=fused)
         if fused:
             return FusedEGNNLayer.apply(h, pos, edges, *layer_parameters(self))
         src, dst, inv_degree = edges.src, edges.dst, edges.inv_degree
@@ -154,7 +154,7 @@ class EdgePreactivation(torch.autograd.Function):
     def forward(ctx, a: Tensor, b: Tensor, w: Tensor, d2: Tensor, dst: Tensor, src: Tensor) -> Tensor:
         num_nodes = a.shape[0]
         table = torch.cat([a, b, w.to(a.dtype).unsqueeze(0)])  # [2N + 1, hidden]
-        rows = torch.stack([dst, src + num_nodes, torch.full_like(dst, 2 * num_nodes)], dim=1)  # [E, 3]
+        rows = bag_rows(dst, src, num_nodes)  # [E, 3]
         ones = torch.ones_like(d2, dtype=a.dtype)
         weights = torch.cat([ones, ones, d2.to(a.dtype)], dim=1)  # [E, 3]
         ctx.save_for_backward(w, d2, dst, src)
