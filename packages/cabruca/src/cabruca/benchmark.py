@@ -31,7 +31,7 @@ from .data import CabrucaTiles, collate, load_split
 from .engine import CabrucaTask
 from .losses import MultiTaskLoss
 from .model import build_model
-from .optim import build_lr_schedule
+from .optim import backward_and_step, build_lr_schedule
 from .peers.side_by_side import PeerRun, check_tiles, compare_with_peer, peer_name, peer_table
 from .synthetic import generate
 
@@ -53,20 +53,17 @@ def bench_tile(cfg, data_dir: Path, tile: int, batch_size: int, device, steps: i
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
     loss_fn = MultiTaskLoss(cfg.loss)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    backward_and_step_ = backward_and_step(model, cfg, device)
     batch = _batch(data_dir, cfg, tile, batch_size, device)
     x = batch["image"]
 
     def train_step():
-        loss = loss_fn(model(x), batch)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        backward_and_step_(loss_fn(model(x), batch)["loss"])
 
     with FlopCounterMode(display=False) as fc:
         loss_fn(model(x), batch)["loss"].backward()
     train_flops = fc.get_total_flops()
-    opt.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
     with torch.no_grad(), FlopCounterMode(display=False) as fc_fwd:
         model(x)
     step_s = _median_time(train_step, device, steps, warmup)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from common.errors import ConfigError
 from common.schedules import Schedule, ScheduleConfig, build_schedule
+from common.torch_support import OptimizerStepper, parse_precision
 
 from .config import CabrucaConfig
 
@@ -41,6 +44,25 @@ def build_optimizer(model, cfg: CabrucaConfig) -> tuple[torch.optim.Optimizer, l
     else:
         opt = torch.optim.AdamW(groups, lr=oc.lr, weight_decay=oc.weight_decay)
     return opt, names
+
+
+def backward_and_step(
+    model, cfg: CabrucaConfig, device, precision: str = "32"
+) -> Callable[[torch.Tensor], None]:
+    """`step(loss)`: the backward pass and optimizer step exactly as the trainer takes them (the config's
+    optimizer and parameter groups, loss scaling, the non-finite guard, gradient clipping, zeroed grads),
+    for the benches, which time cabruca's training step without the loop around it."""
+    stepper = OptimizerStepper(
+        build_optimizer(model, cfg)[0],
+        precision=parse_precision(precision, device),
+        clip_grad_norm=cfg.training.gradient_clip,
+    )
+
+    def step(loss: torch.Tensor) -> None:
+        stepper.backward(loss)
+        stepper.step()
+
+    return step
 
 
 def build_lr_schedule(

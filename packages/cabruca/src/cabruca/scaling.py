@@ -1,6 +1,6 @@
 """`python -m cabruca.bench --nproc N`: training tiles/s in one process and as N processes under torchrun.
 
-Both sides time the same training step (model, multi-task loss, AdamW) on the same batch per process; the N
+Both sides time the same training step (model, multi-task loss, the trainer's optimizer step) on the same batch per process; the N
 processes wrap the model in DistributedDataParallel as `cabruca.training` does, so every backward
 all-reduces the gradients. Global tiles/s counts every process's tiles; the scaling efficiency is
 (N-process tiles/s) / (N x 1-process tiles/s). `--precision` (autocast, e.g. bf16-mixed) and `--compile`
@@ -25,6 +25,7 @@ from . import config as config_mod
 from .benchmark import _batch
 from .losses import MultiTaskLoss
 from .model import build_model
+from .optim import backward_and_step
 from .synthetic import generate
 
 
@@ -52,16 +53,14 @@ def time_training_step(
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     loss_fn = MultiTaskLoss(cfg.loss)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    backward_and_step_ = backward_and_step(model, cfg, device, precision)
     batch = _batch(data_dir, cfg, tile, batch_size, device)
     forward = net
 
     def train_step() -> None:
         with autocast():
             loss = loss_fn(forward(batch["image"]), batch)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        backward_and_step_(loss)
 
     with FlopCounterMode(display=False) as counter:  # one eager step, counted (an untimed warm-up step too)
         train_step()

@@ -2,8 +2,9 @@
 
 Both take a training step on the same pre-built batch, alternately (cabruca, peer, cabruca, peer, ...), so
 each pair of steps runs under the same machine load; their speed ratio is the median over pairs of (peer
-time / cabruca time). cabruca's step is the bench's (five heads, the multi-task loss, AdamW); the peer's is
-the recipe its users train semantic segmentation with (Dice loss over cabruca's semantic classes, Adam).
+time / cabruca time). cabruca's step is the trainer's (five heads, the multi-task loss, the config's
+optimizer with its gradient clipping); the peer's is the recipe its users train semantic segmentation with
+(Dice loss over cabruca's semantic classes, Adam).
 The data path is left out of both: the batch is built before timing.
 """
 
@@ -21,6 +22,7 @@ from common.errors import ConfigError
 from ..box_labels import IGNORE
 from ..losses import MultiTaskLoss
 from ..model import build_model
+from ..optim import backward_and_step
 from .smp_fpn import FPN, OUTPUT_STRIDE, PEER, PEER_LR, dice_loss
 
 
@@ -60,13 +62,22 @@ def peer_loss(model) -> Callable[[dict], torch.Tensor]:
     return lambda batch: dice_loss(model(batch["peer_image"]), batch["semantic"], ignore_index=IGNORE)
 
 
-def training_step(loss: Callable[[dict], torch.Tensor], optimizer, batch: dict) -> Callable[[], None]:
-    def step() -> None:
-        loss(batch).backward()
+def adam_step(model) -> Callable[[torch.Tensor], None]:
+    """The peer's optimizer step as its users write it: backward, Adam, zero the gradients."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=PEER_LR)
+
+    def step(loss: torch.Tensor) -> None:
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def training_step(
+    loss: Callable[[dict], torch.Tensor], backward_and_step: Callable[[torch.Tensor], None], batch: dict
+) -> Callable[[], None]:
+    return lambda: backward_and_step(loss(batch))
 
 
 def compare_with_peer(
@@ -87,16 +98,16 @@ def compare_with_peer(
     peer = FPN(cfg.model.backbone, cfg.model.num_semantic_classes).to(device).train()
     batch = {**batch, "peer_image": (image - ours.mean) / ours.std}  # ImageNet statistics, as cabruca's
     losses = {"cabruca": cabruca_loss(ours, MultiTaskLoss(cfg.loss)), "peer": peer_loss(peer)}
-    optimizers = {
-        "cabruca": torch.optim.AdamW(ours.parameters(), lr=1e-4),  # as the bench's training rows
-        "peer": torch.optim.Adam(peer.parameters(), lr=PEER_LR),
-    }
+    steps = {
+        "cabruca": backward_and_step(ours, cfg, device),
+        "peer": adam_step(peer),
+    }  # cabruca's: the trainer's
     flops = {}
     for (name, loss), model in zip(losses.items(), (ours, peer), strict=True):
         flops[name] = count_flops(lambda loss=loss: loss(batch).backward())
         model.zero_grad(set_to_none=True)
     comparison = time_interleaved(
-        *(training_step(losses[n], optimizers[n], batch) for n in ("cabruca", "peer")),
+        *(training_step(losses[n], steps[n], batch) for n in ("cabruca", "peer")),
         warmup=warmup,
         min_steps=run.min_steps,
         min_seconds=run.min_seconds,
