@@ -6,13 +6,16 @@ in-place distance term, PyG's edge order): outputs and gradients must equal it o
 parameter names and shapes stay those older checkpoints were saved with.
 """
 
+import copy
+
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
 from egnn_com import fused_layer
 from egnn_com.config import EgnnComConfig
-from egnn_com.model import EGNNCentreOfMass, EGNNLayer, edges_by_target, inverse_in_degree
+from egnn_com.edges import EdgeLayout, edges_by_target, inverse_in_degree, stable_order
+from egnn_com.model import EGNNCentreOfMass, EGNNLayer
 from egnn_com.task import make_optimizer
 
 
@@ -76,20 +79,23 @@ def test_layer_outputs_and_gradients_equal_the_unfused_layer(seed, edge_chunk, m
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_model_equals_the_unfused_model_and_keeps_its_state_dict():
+@pytest.mark.parametrize("use_mass", [True, False])
+def test_model_equals_the_unfused_model_and_keeps_its_state_dict(use_mass):
+    """The one-node layers and the one-node readout (weight head, per-graph softmax, weighted centre)."""
     torch.manual_seed(0)
     batch = random_batch(3)
-    model = EGNNCentreOfMass(5, hidden_dim=16, num_layers=3)
-    reference = EGNNCentreOfMass(5, hidden_dim=16, num_layers=3)
+    model = EGNNCentreOfMass(5, hidden_dim=16, num_layers=3, use_mass=use_mass)
+    reference = EGNNCentreOfMass(5, hidden_dim=16, num_layers=3, use_mass=use_mass)
     # parameter names and shapes unchanged: a checkpoint of the same architecture loads strictly
     reference.load_state_dict(model.state_dict(), strict=True)
 
     def unfused(batch):
-        x = torch.cat([batch.x, batch.mass.log().unsqueeze(-1)], dim=-1)
+        log_mass = batch.mass.log() if use_mass else torch.zeros(batch.num_nodes)
+        x = torch.cat([batch.x, log_mass.unsqueeze(-1)], dim=-1) if use_mass else batch.x
         h, pos = reference.embed(x), batch.pos
         for layer in reference.layers:
             h, pos = reference_layer(layer, h, pos, batch.edge_index)  # PyG's edge order, unsorted targets
-        logits = reference.weight_head(h).squeeze(-1) + batch.mass.log()
+        logits = reference.weight_head(h).squeeze(-1) + log_mass
         w = torch.cat([logits[batch.batch == g].softmax(0) for g in range(batch.num_graphs)])
         return torch.stack([(w * pos.T)[:, batch.batch == g].sum(-1) for g in range(batch.num_graphs)])
 
@@ -106,6 +112,31 @@ def test_edges_by_target_is_a_stable_reordering_of_the_same_edges():
     ordered = edges_by_target(edge_index)
     assert ordered.tolist() == [[1, 4, 3, 0, 2, 5], [0, 0, 1, 2, 2, 2]]
     assert torch.equal(edges_by_target(ordered), ordered)  # already sorted: unchanged
+    layout = EdgeLayout.of(edge_index, 6, fused=True)  # the one-node layer's layout: the same order
+    assert torch.stack([layout.src, layout.dst]).tolist() == ordered.tolist()
+
+
+@pytest.mark.parametrize("bound", [50, 2**15, 2**20])
+def test_stable_order_sorts_like_torch_stable_sort(bound):
+    """NumPy's radix sort for keys below 2^15, torch's sort above: both the stable order."""
+    keys = torch.randint(0, min(bound, 40), (500,), generator=torch.Generator().manual_seed(bound))
+    assert torch.equal(stable_order(keys, bound), torch.sort(keys, stable=True).indices)
+
+
+def test_incidence_matrices_sum_edge_rows_into_their_nodes():
+    """into_dst sums over the edges into each node, into_both's rows 2i and 2i + 1 over those into and out
+    of node i (node 5 has no edge at all)."""
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 1, 0], [2, 0, 2, 1, 0, 2, 1]])
+    layout = EdgeLayout.of(edge_index, 6, fused=True)
+    rows = torch.randn(7, 4, dtype=torch.float32)
+    into = torch.zeros(6, 4).index_add_(0, layout.dst, rows)
+    out_of = torch.zeros(6, 4).index_add_(0, layout.src, rows)
+    torch.testing.assert_close(torch.sparse.mm(layout.into_dst, rows), into)
+    both = torch.sparse.mm(layout.into_both, rows).view(6, 2, 4)
+    torch.testing.assert_close(both[:, 0], into)
+    torch.testing.assert_close(both[:, 1], out_of)
+    # 1 / in-degree; 1 for a node without incoming edges, whose sum is 0
+    torch.testing.assert_close(layout.inv_degree.squeeze(-1), torch.tensor([1 / 2, 1 / 2, 1 / 3, 1, 1, 1]))
 
 
 def test_float32_layer_equals_the_autograd_layer_in_float64():
@@ -124,6 +155,56 @@ def test_float32_layer_equals_the_autograd_layer_in_float64():
         results.append([h_out, pos_out, h.grad, pos.grad, *grads(net.parameters())])
     for ours, reference in zip(*results, strict=True):
         torch.testing.assert_close(ours.double(), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adam"])
+def test_lean_optimizer_steps_like_torch_fused_one_and_shares_its_state_dict(kind):
+    """The trainer's optimizer takes torch's fused steps to the bit, also after loading a state dict either way
+    and when a parameter has no gradient (torch's own step then); a plain torch optimizer continues from its
+    state dict with the same step counts."""
+    torch.manual_seed(0)
+    batch = random_batch(6)
+    batch.y = torch.randn(batch.num_graphs, 3)
+    models = [EGNNCentreOfMass(5, hidden_dim=8, num_layers=2) for _ in range(3)]
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())
+    cfg = EgnnComConfig()
+    cfg.optim.optimizer = kind
+    torch_kind = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[kind]
+    lean = make_optimizer(cfg, models[0])
+    fused = torch_kind(
+        models[1].parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True
+    )
+    assert isinstance(lean, torch_kind) and type(lean) is not torch_kind
+
+    def steps(optimizers, count, frozen=None):
+        for _ in range(count):
+            for model, optimizer in zip(models, optimizers, strict=False):
+                optimizer.zero_grad()
+                (model(batch) - batch.y).abs().mean().backward()
+                if frozen is not None:
+                    dict(model.named_parameters())[frozen].grad = None
+                optimizer.step()
+
+    steps([lean, fused], 3)
+    assert lean.__dict__.get("_lean_step_counts")  # the short way was taken after the first step
+    steps([lean, fused], 1, frozen="embed.bias")  # a parameter without gradient: torch's step
+    steps([lean, fused], 2)
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert [float(s["step"]) for s in lean.state_dict()["state"].values()] == [
+        float(s["step"]) for s in fused.state_dict()["state"].values()
+    ]
+    # a torch optimizer continues from the lean one's state dict (each parameter's own count, once a step)
+    plain = torch_kind(models[2].parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    models[2].load_state_dict(models[0].state_dict())
+    plain.load_state_dict(copy.deepcopy(lean.state_dict()))
+    lean.load_state_dict(copy.deepcopy(fused.state_dict()))
+    steps([lean, fused, plain], 2)
+    for p, q, r in zip(*(m.parameters() for m in models), strict=True):
+        assert torch.equal(p, q)
+        torch.testing.assert_close(r, p, rtol=1e-5, atol=1e-6)
+    assert float(plain.state_dict()["state"][0]["step"]) == float(lean.state_dict()["state"][0]["step"]) == 8
 
 
 def test_trainer_optimizer_is_fused_and_steps_like_the_default_adamw():

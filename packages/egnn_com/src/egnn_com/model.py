@@ -21,7 +21,9 @@ from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global
 from torch_geometric.utils import scatter, softmax
 
 from common.errors import ConfigError
-from egnn_com.fused_layer import EdgeLayout, FusedEGNNLayer, bag_rows, layer_parameters
+from egnn_com.edges import EdgeLayout, bag_rows
+from egnn_com.fused_layer import FusedEGNNLayer, layer_parameters
+from egnn_com.readout import WeightedCentre, head_parameters
 
 POOLING = {"mean": global_mean_pool, "add": global_add_pool, "max": global_max_pool}
 
@@ -116,7 +118,7 @@ class EGNNLayer(nn.Module):
         """(h [N, hidden], pos [N, 3]) moved along `edges`: edge_index [2, E] or the model's `EdgeLayout`."""
         fused = _fused_path_applies(h, pos)
         if not isinstance(edges, EdgeLayout):
-            edges = EdgeLayout.of(edges, inverse_in_degree(edges[1], h.shape[0]), fused=fused)
+            edges = EdgeLayout.of(edges, h.shape[0], fused=fused)
         if fused:
             return FusedEGNNLayer.apply(h, pos, edges, *layer_parameters(self))
         src, dst, inv_degree = edges.src, edges.dst, edges.inv_degree
@@ -153,7 +155,9 @@ class EdgePreactivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, w: Tensor, d2: Tensor, dst: Tensor, src: Tensor) -> Tensor:
         num_nodes = a.shape[0]
-        table = torch.cat([a, b, w.to(a.dtype).unsqueeze(0)])  # [2N + 1, hidden]
+        table = a.new_empty(2 * num_nodes + 1, a.shape[1])  # [a_0; b_0; a_1; b_1; ...; w] (see bag_rows)
+        pairs = table[: 2 * num_nodes].view(num_nodes, 2, a.shape[1])
+        pairs[:, 0], pairs[:, 1], table[-1] = a, b, w
         rows = bag_rows(dst, src, num_nodes)  # [E, 3]
         ones = torch.ones_like(d2, dtype=a.dtype)
         weights = torch.cat([ones, ones, d2.to(a.dtype)], dim=1)  # [E, 3]
@@ -176,18 +180,6 @@ class EdgePreactivation(torch.autograd.Function):
         return grad_a, grad_b, grad_w, grad_d2, None, None
 
 
-def edges_by_target(edge_index: Tensor) -> Tensor:
-    """The edges reordered by target node [2, E]: the layer's function does not depend on edge order.
-
-    Each layer sums [E, hidden] tensors by target twice (the messages forward, the target-side gather's
-    gradient backward) and by source once; `index_add_` into rows in order writes memory in order and runs
-    about twice as fast as into scattered rows, and PyG batches come sorted by source instead.
-    """
-    # always sorted, never tested first: a test would be a data-dependent branch (a sync on a GPU, a graph
-    # break under torch.compile), and a stable sort of E indices costs little beside one layer
-    return edge_index.index_select(1, torch.sort(edge_index[1], stable=True).indices)
-
-
 def _fused_path_applies(h: Tensor, pos: Tensor) -> bool:
     """The one-node layer (`egnn_com.fused_layer`) runs float32 eager training on CPU and CUDA (its sparse
     sums); autocast's lower-precision matrix products, torch.compile (which fuses the plain layer itself)
@@ -198,13 +190,6 @@ def _fused_path_applies(h: Tensor, pos: Tensor) -> bool:
         and not torch.is_autocast_enabled(h.device.type)
         and not torch.compiler.is_compiling()
     )
-
-
-def inverse_in_degree(dst: Tensor, num_nodes: int) -> Tensor:
-    """1 / (edges into each node) [N, 1], 0 for a node without edges (its mean message is then 0)."""
-    degree = torch.zeros(num_nodes, device=dst.device)  # float32
-    degree.index_add_(0, dst, torch.ones_like(dst, dtype=degree.dtype))
-    return (1.0 / degree.clamp(min=1.0)).unsqueeze(-1)
 
 
 class EGNNCentreOfMass(nn.Module):
@@ -222,20 +207,24 @@ class EGNNCentreOfMass(nn.Module):
 
     def forward(self, batch) -> Tensor:
         graph, num_graphs = _graph_index(batch)
-        x = torch.cat([batch.x, mass_feature(batch)], dim=-1) if self.use_mass else batch.x  # [N, F (+1)]
+        # log(mass) [N]: one more node feature, and the readout's weights' prior (see the module's docstring)
+        log_mass = torch.log(batch.mass.float()) if self.use_mass else None
+        x = torch.cat([batch.x, log_mass.unsqueeze(-1).to(batch.x.dtype)], -1) if self.use_mass else batch.x
         h, pos = self.embed(x), batch.pos  # [N, hidden], [N, 3]
-        edge_index = edges_by_target(batch.edge_index)  # the same edges, the same for every layer
-        # its structure (1 / in-degree, sparse sums by target and source) built once, shared by the layers
-        edges = EdgeLayout.of(
-            edge_index, inverse_in_degree(edge_index[1], h.shape[0]), _fused_path_applies(h, pos)
-        )
+        fused = _fused_path_applies(h, pos)
+        # the edges sorted by target and their structure (1 / in-degree, sparse sums by target and source),
+        # built once and shared by the layers
+        edges = EdgeLayout.of(batch.edge_index, h.shape[0], fused)
         for layer in self.layers:
             h, pos = layer(h, pos, edges)
         # Weights are invariant and sum to 1 within each graph, so the output is an affine (convex)
         # combination of equivariant points: rotation and translation pass through exactly.
+        if fused:  # the same as below, as one autograd node
+            head = head_parameters(self.weight_head)
+            return WeightedCentre.apply(h, pos, log_mass, graph, num_graphs, *head)
         logits = self.weight_head(h).squeeze(-1).float()  # [N] s_i
-        if self.use_mass:
-            logits = logits + torch.log(batch.mass.float())  # softmax -> m_i exp(s_i) / sum_j m_j exp(s_j)
+        if log_mass is not None:
+            logits = logits + log_mass  # softmax -> m_i exp(s_i) / sum_j m_j exp(s_j)
         w = softmax(logits, graph, num_nodes=h.shape[0])  # [N]
         return scatter(
             w.unsqueeze(-1).to(pos.dtype) * pos, graph, dim=0, dim_size=num_graphs, reduce="sum"
