@@ -70,6 +70,7 @@ def _raw(**changes):
         ({"x": torch.zeros(5)}, "'x' has shape (5,)"),
         ({"edge_index": torch.tensor([[0, 1], [1, 9]])}, "refers to node 9"),
         ({"edge_index": torch.zeros(3, 4, dtype=torch.long)}, "expected [2, E]"),
+        ({"edge_index": torch.tensor([[0, 1, 3], [1, 0, 3]])}, "1 self-loop(s) (node 3 -> 3 first)"),
         ({"pos": torch.full((5, 3), float("nan"))}, "'pos' contains NaN or inf"),
         ({"y": torch.tensor([1.0, float("inf"), 0.0])}, "'y' contains NaN or inf"),
         ({"y": torch.zeros(2)}, "'y' has shape (2,)"),

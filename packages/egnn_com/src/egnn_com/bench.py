@@ -105,6 +105,7 @@ def bench_training(
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(cfg.model, graphs[0].num_node_features).to(device)
     world, rank = get_world_size(), get_rank()
+    edge_layout = cfg.model.name == "egnn"  # as egnn_com.pipeline: only the EGNN reads the edge structure
     train_loader = make_loader(
         graphs,
         batch_size=batch_size,
@@ -115,9 +116,16 @@ def bench_training(
         device=device,
         rank=rank,
         world_size=world,
+        edge_layout=edge_layout,
     )
     val_loader = make_loader(
-        graphs[:1], batch_size=batch_size, train=False, seed=0, rank=rank, world_size=world
+        graphs[:1],
+        batch_size=batch_size,
+        train=False,
+        seed=0,
+        rank=rank,
+        world_size=world,
+        edge_layout=edge_layout,
     )
     net, ddp = model, None
     if world > 1:  # as egnn_com.pipeline wraps it: the loop's optimizer steps all-reduce the gradients

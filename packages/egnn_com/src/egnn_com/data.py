@@ -91,6 +91,13 @@ def validate_graph(raw: dict[str, torch.Tensor], path: Path, *, require_target: 
         raise bad(
             f"'edge_index' refers to node {int(edge_index.max())} (or a negative one); nodes are 0..{n - 1}"
         )
+    loops = (edge_index[0] == edge_index[1]).nonzero().flatten()
+    if loops.numel():  # a zero-length edge: the coordinate update's distance has no gradient there (NaN)
+        node = int(edge_index[0, loops[0]])
+        raise bad(
+            f"'edge_index' has {loops.numel()} self-loop(s) (node {node} -> {node} first); EGNN messages run "
+            "between distinct atoms: remove them, e.g. torch_geometric.utils.remove_self_loops"
+        )
     for name in ("x", "pos", "mass") + ((TARGET_KEY,) if TARGET_KEY in raw else ()):
         t = raw[name]
         if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.bool)):
@@ -249,6 +256,7 @@ def make_loader(
     max_batches: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    edge_layout: bool = True,
 ) -> TorchDataLoader:
     """A DataLoader of PyG Batches whose `batch_sampler` is a `common.sampler.ResumableSampler`.
 
@@ -266,6 +274,9 @@ def make_loader(
     `num_workers` > 0 loads in the background, `num_workers x prefetch_factor` batches ahead: in one thread
     (`worker_type="thread"`, packable graphs, see ThreadPrefetchLoader) or in that many persistent worker
     processes (`"process"`, or graphs PyG must collate generically).
+
+    `edge_layout`: packed batches built in the loader thread or the main process carry the EGNN's edge
+    structure, so its forward does not build it (`egnn_com.packed.attach_layout`); False for the gcn.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
@@ -310,7 +321,7 @@ def make_loader(
         return DataLoader(graphs, **settings)  # graphs with other attributes: PyG's general collate
     # Same batches as PyG's loader (same sampler, same Batch contents), but collated from tensors packed
     # once up front instead of per-batch Batch.from_data_list; see egnn_com.packed.
-    packed = PackedGraphs(graphs)
+    packed = PackedGraphs(graphs, edge_layout=edge_layout)
     if in_thread:
         return ThreadPrefetchLoader(
             packed, collate_fn=packed.collate, prefetch_batches=workers * prefetch_factor, **settings

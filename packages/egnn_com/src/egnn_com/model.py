@@ -23,6 +23,7 @@ from torch_geometric.utils import scatter, softmax
 from common.errors import ConfigError
 from egnn_com.edges import EdgeLayout, bag_rows
 from egnn_com.fused_layer import FusedEGNNLayer, layer_parameters
+from egnn_com.packed import prebuilt_layout
 from egnn_com.readout import WeightedCentre, head_parameters
 
 POOLING = {"mean": global_mean_pool, "add": global_add_pool, "max": global_max_pool}
@@ -213,8 +214,10 @@ class EGNNCentreOfMass(nn.Module):
         h, pos = self.embed(x), batch.pos  # [N, hidden], [N, 3]
         fused = _fused_path_applies(h, pos)
         # the edges sorted by target and their structure (1 / in-degree, sparse sums by target and source),
-        # built once and shared by the layers
-        edges = EdgeLayout.of(batch.edge_index, h.shape[0], fused)
+        # built once and shared by the layers; the one-node layer's comes built with a packed batch
+        edges = prebuilt_layout(batch, h.shape[0]) if fused else None
+        if edges is None:
+            edges = EdgeLayout.of(batch.edge_index, h.shape[0], fused)
         for layer in self.layers:
             h, pos = layer(h, pos, edges)
         # Weights are invariant and sum to 1 within each graph, so the output is an affine (convex)

@@ -6,13 +6,19 @@ edge indices shifted by each graph's node offset, `batch`/`ptr` vectors, `y` sta
 per-graph offsets that are prepared once: one gather per tensor, vectorised over the batch.
 `PackedGraphs.collate(indices)` equals `Batch.from_data_list([graphs[i] for i in indices])` exactly (tested),
 including the slice/increment bookkeeping that `Batch.get_example`/`to_data_list` use.
+
+The batch also carries the EGNN's edge structure (`egnn_com.edges.EdgeLayout`: the edges sorted by target,
+1 / in-degree, the sparse incidence matrices), which depends on nothing but the batch's edges, so a loader
+thread builds it ahead of the step instead of the model at the start of every forward (`prebuilt_layout`).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from torch_geometric.data import Batch, Data
+
+from egnn_com.edges import EdgeLayout
 
 NODE_KEYS = ("x", "pos", "mass")  # concatenated along dim 0, one row per node
 PACKABLE = {"x", "pos", "edge_index", "mass", "y"}
@@ -40,12 +46,16 @@ def _segments(ptr: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 class PackedGraphs(Dataset):
-    """A dataset of graph indices; `collate` turns a list of indices into the PyG `Batch` of those graphs."""
+    """A dataset of graph indices; `collate` turns a list of indices into the PyG `Batch` of those graphs.
 
-    def __init__(self, graphs: list[Data]):
+    `edge_layout`: the batches carry the EGNN's edge structure (`attach_layout`); off for a model that reads
+    none (the gcn), which would pay some 0.9 ms per small batch for nothing."""
+
+    def __init__(self, graphs: list[Data], *, edge_layout: bool = True):
         if not can_pack(graphs):
             raise ValueError("graphs must all hold x, pos, edge_index, mass (and y [1, 3] on all or none)")
         self.has_y = "y" in graphs[0]
+        self.edge_layout = edge_layout
         self.nodes = {k: torch.cat([g[k] for g in graphs]) for k in NODE_KEYS}  # [N_total, ...]
         self.edge_index = torch.cat(
             [g.edge_index for g in graphs], dim=1
@@ -84,4 +94,30 @@ class PackedGraphs(Dataset):
         if self.has_y:
             batch._slice_dict["y"] = torch.arange(b + 1)
             batch._inc_dict["y"] = zeros
+        if self.edge_layout and get_worker_info() is None:  # a loader thread or the main process
+            attach_layout(batch)
         return batch
+
+
+def attach_layout(batch: Batch) -> None:
+    """Build the one-node EGNN layer's edge structure with the batch and keep it there beside the edges it was
+    built from; `prebuilt_layout` hands it to the model.
+
+    A name with a leading underscore lives beside PyG's `_slice_dict`, outside the batch's keys: PyG neither
+    collates, slices (`to_data_list`) nor moves (`Batch.to`) it, and the keys stay those of PyG's collate.
+    Not in worker processes (`collate` skips it there): torch's multiprocessing can rebuild sparse CSR
+    tensors, but the layout's 11 tensors would each cross through shared memory, and handing a tensor over
+    costs more than building it (see `egnn_com.data`)."""
+    batch._edge_layout = (batch.edge_index, EdgeLayout.of(batch.edge_index, batch.x.shape[0], fused=True))
+
+
+def prebuilt_layout(batch, num_nodes: int) -> EdgeLayout | None:
+    """The layout `attach_layout` built with `batch`, if it still describes the batch's edges: the same
+    `edge_index` tensor (moving the batch to another device or replacing its edges gives a new one) and
+    `num_nodes` nodes; None otherwise (a batch from PyG's collate or a worker process, a `Data`)."""
+    built = getattr(batch, "_edge_layout", None)
+    if built is None:
+        return None
+    edge_index, layout = built
+    same = edge_index is batch.edge_index and layout.inv_degree.shape[0] == num_nodes
+    return layout if same else None

@@ -270,6 +270,7 @@ def _run_training(cfg, *, resume_state, resume_path, import_seconds, callbacks) 
             "max_batches": cfg.train.fast_dev_run or None,
             "rank": rank,
             "world_size": world,
+            "edge_layout": cfg.model.name == "egnn",  # the EGNN's edge structure, built with each batch
         }
         train_loader = make_loader(train_graphs, train=True, **kw)
         val_loader = make_loader(val_graphs, train=False, **kw)
