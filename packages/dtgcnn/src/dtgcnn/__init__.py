@@ -1,18 +1,18 @@
 """dtgcnn: Dynamic-Topology GCN (MLX) for 3D-mesh identity embeddings and text triplet embeddings. See README.md.
 
 Importing the package first puts a fast CBLAS under MLX on Linux (see `dtgcnn.blas`) and makes glibc
-recycle MLX's large CPU buffers instead of page-faulting fresh ones (see `dtgcnn.allocator`): both must run
+recycle MLX's large CPU buffers instead of page-faulting fresh ones (see `common.allocator`): both must run
 before anything imports `mlx.core`, so keep this module free of mlx imports. The text mode's Python names
 (`DTGCNN`, `Trainer`, `TripletDataset`, ...) are loaded on first use (`__getattr__`). `dtgcnn.DTGCNN` is the
 text model (`dtgcnn.text_model.TextDTGCNN`); the mesh model stays `dtgcnn.model.DTGCNN`.
 """
 
-from dtgcnn.allocator import tune_malloc
+from common.allocator import tune_malloc
 from dtgcnn.blas import use_fast_blas
 
 __version__ = "0.1.0"
 
-MALLOC = tune_malloc()
+MALLOC = tune_malloc("DTGCNN_MALLOC_TUNING")  # dtgcnn's own opt-out name, as before
 BLAS = use_fast_blas()
 
 # guide name -> (module, attribute), imported when first asked for

@@ -14,6 +14,7 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.allocator import tune_malloc
 from common.benchmarking import (
     count_flops,
     measure_scaling,
@@ -262,6 +263,7 @@ def run(
         return
     if threads:
         torch.set_num_threads(threads)
+    malloc = tune_malloc()  # as the trainer runs: large buffers recycled from the heap (both models alike)
     dev = torch_device(device)
     if launched_part:
         measure_this_process(
@@ -269,7 +271,7 @@ def run(
         )
         return
     torch.manual_seed(0)
-    click.echo(f"device: {describe_device(dev)}, torch threads: {torch.get_num_threads()}")
+    click.echo(f"device: {describe_device(dev)}, torch threads: {torch.get_num_threads()}; {malloc}")
     peak = torch_matmul_peak_gflops(dev, repeats=8)
     results = []
     if yardstick:

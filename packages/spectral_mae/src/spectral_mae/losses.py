@@ -37,9 +37,14 @@ def spectral_angle(a: torch.Tensor, b: torch.Tensor, eps: float = NORM_EPS) -> t
 PARTS = ("mse", "sam", "variance", "range_penalty")
 
 
-# The three reductions below are the loss's hottest passes over (B, L, t*p*p) tokens; each is written the
-# way that is fastest on CPU among equal formulations (torch's own var_mean / std, square().mean() and a
-# product followed by a strided sum were 2.5-6x slower over 3125-value tokens).
+# The reductions below are the loss's hottest passes over (B, L, t*p*p) tokens; each is written the way that
+# is fastest on CPU among equal formulations (torch's own var_mean / std, square().mean() and a product
+# followed by a strided sum were 2.5-6x slower over 3125-value tokens).
+
+# Tokens per slice in _token_stats and _gradient: 128 tokens of 3125 values are 1.6 MB, so a slice stays in
+# cache for all its reductions and its temporary differences reuse one small allocation, where whole-batch
+# passes write 60 MB tensors to fresh memory and read them back.
+TOKENS_PER_SLICE = 128
 
 
 def _var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,12 +60,75 @@ def _mean_square(x: torch.Tensor) -> torch.Tensor:
 
 
 def _band_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, G, S, t, P) x 2 -> (B, G, S, P): sum over each token's t bands of a * b, one band at a time, so no
-    full-size product is written and no sum runs along the strided band axis."""
-    out = a[:, :, :, 0] * b[:, :, :, 0]
-    for band in range(1, a.shape[3]):
-        out.addcmul_(a[:, :, :, band], b[:, :, :, band])
+    """(N, t, P) x 2 -> (N, P): sum over each token's t bands of a * b, one band at a time, so no full-size
+    product is written and no sum runs along the strided band axis."""
+    out = a[:, 0] * b[:, 0]
+    for band in range(1, a.shape[1]):
+        out.addcmul_(a[:, band], b[:, band])
     return out
+
+
+def _token_stats(
+    pred: torch.Tensor, target: torch.Tensor, bands: int
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Per token of pred, target (..., V), V = bands * P, in one pass over both in slices of tokens:
+    - per token (...,): sum of squared errors, pred's variance and mean, target's variance;
+    - per token and pixel (..., P): sums over the token's bands of pred * target, pred ** 2, target ** 2.
+
+    Each token is reduced on its own, so slicing changes no result; it keeps each slice in cache for its
+    seven reductions and the temporary differences (pred - target, pred - mean, target - mean) small.
+    """
+    dim = pred.shape[-1]
+    pixels = dim // bands
+    pred_rows, target_rows = pred.reshape(-1, dim), target.reshape(-1, dim)  # (N, V) views
+    per_token = pred.new_empty(4, pred_rows.shape[0])  # sse, var_p, mean_p, var_t
+    per_pixel = pred.new_empty(3, pred_rows.shape[0], pixels)  # pred.target, pred.pred, target.target
+    for start in range(0, pred_rows.shape[0], TOKENS_PER_SLICE):
+        rows = slice(start, start + TOKENS_PER_SLICE)
+        p, t = pred_rows[rows], target_rows[rows]  # (n, V)
+        token, pixel = per_token[:, rows], per_pixel[:, rows]
+        token[0] = torch.linalg.vector_norm(p - t, dim=-1).square()
+        token[1], token[2] = _var_mean(p)
+        token[3] = _var_mean(t)[0]
+        p, t = p.view(-1, bands, pixels), t.view(-1, bands, pixels)  # (n, t, P)
+        pixel[0], pixel[1], pixel[2] = _band_dot(p, t), _band_dot(p, p), _band_dot(t, t)
+    lead = pred.shape[:-1]
+    return (
+        tuple(row.view(lead) for row in per_token),
+        tuple(row.view(*lead, pixels) for row in per_pixel),
+    )
+
+
+def _gradient(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    bands: int,
+    coef_pred: torch.Tensor,
+    coef_target: torch.Tensor,
+    offset: torch.Tensor,
+    excess: torch.Tensor | None = None,
+    coef_excess: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """coef_pred * pred - coef_target * target - offset (+ coef_excess * excess), the loss's gradient, for
+    pred, target, excess (..., V), V = bands * P; coefficients per token and pixel (..., 1, P), offset and
+    coef_excess per token. Written slice by slice of tokens, so each product after the first adds to a
+    slice still in cache; every value is the same as whole-tensor addcmuls."""
+    dim = pred.shape[-1]
+    pixels = dim // bands
+    pred_rows, target_rows = pred.reshape(-1, bands, pixels), target.reshape(-1, bands, pixels)  # (N, t, P)
+    coef_pred, coef_target = coef_pred.reshape(-1, 1, pixels), coef_target.reshape(-1, 1, pixels)
+    neg_offset = -offset.reshape(-1, 1, 1)
+    if excess is not None:
+        excess, coef_excess = excess.reshape(-1, dim), coef_excess.reshape(-1, 1)
+    grad = torch.empty_like(pred_rows)
+    for start in range(0, grad.shape[0], TOKENS_PER_SLICE):
+        rows = slice(start, start + TOKENS_PER_SLICE)
+        out = grad[rows]
+        torch.addcmul(neg_offset[rows], pred_rows[rows], coef_pred[rows], out=out)
+        out.addcmul_(target_rows[rows], coef_target[rows], value=-1)
+        if excess is not None:
+            out.view(-1, dim).addcmul_(excess[rows], coef_excess[rows])
+    return grad.view_as(pred)
 
 
 class MAESpectralLoss(nn.Module):
@@ -133,14 +201,11 @@ class _FusedSpectralLoss(torch.autograd.Function):
             g, t = groups, bands
             s, pixels = length // g, dim // t
             hidden = mask.sum()
-            pv, tv = pred.view(b, g, s, t, pixels), target.view(b, g, s, t, pixels)  # (B, G, S, t, P)
-
-            sse = torch.linalg.vector_norm(pred - target, dim=-1).square()  # (B, L)
+            (sse, var_p, mean_p, var_t), sums = _token_stats(pred, target, t)  # (B, L) each, (B, L, P) each
             mse = (sse * mask).sum() / (dim * hidden)
 
-            var_p, mean_p = _var_mean(pred)  # (B, L)
             std_p = var_p.sqrt()
-            gap = std_p - _var_mean(target)[0].sqrt()
+            gap = std_p - var_t.sqrt()
             variance = (gap.abs() * mask).sum() / hidden
 
             lo = target.amin(dim=(1, 2), keepdim=True)  # (B, 1, 1): per sample, so DDP shards agree
@@ -157,9 +222,7 @@ class _FusedSpectralLoss(torch.autograd.Function):
             # Spectral angle per pixel without materialising pixel spectra: reduce each token over its t bands,
             # then pick prediction (hidden) or target (visible) per token and sum over the G groups.
             hid = mask.view(b, g, s, 1).bool()
-            pt = _band_dot(pv, tv)  # (B, G, S, P): sum over the token's bands of pred * target
-            pp = _band_dot(pv, pv)
-            tt = _band_dot(tv, tv)
+            pt, pp, tt = (x.view(b, g, s, pixels) for x in sums)  # (B, G, S, P): sums over a token's bands
             dot = torch.where(hid, pt, tt).sum(1)  # (B, S, P): <x, target> per pixel
             norm_x = torch.where(hid, pp, tt).sum(1).sqrt()  # |x|, x the mixed (reconstructed) spectrum
             norm_t = tt.sum(1).sqrt()
@@ -236,9 +299,6 @@ class _FusedSpectralLoss(torch.autograd.Function):
             )  # (B, G, S, 1, P)
             coef_target = alpha.view(b, g, s, 1, 1) - h * gamma.view(b, 1, s, 1, pixels)
             offset = (beta * mean_p).view(b, g, s, 1, 1)
-            grad = torch.addcmul(-offset, pred.view(b, g, s, t, pixels), coef_pred)  # (B, G, S, t, P)
-            grad.addcmul_(target.view(b, g, s, t, pixels), coef_target, value=-1)
-            grad = grad.view_as(pred)
-            if excess.numel():
-                grad.addcmul_(excess, ((w_range * 2 / (dim * hidden)) * mask).unsqueeze(-1))
+            range_terms = (excess, (w_range * 2 / (dim * hidden)) * mask) if excess.numel() else ()
+            grad = _gradient(pred, target, t, coef_pred, coef_target, offset, *range_terms)  # (B, L, V)
         return grad, None, None, None, None, None

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from common.allocator import tune_malloc
 from common.callbacks import (
     Callback,
     EarlyStopping,
@@ -269,6 +270,7 @@ def train(
     143 after SIGINT / SIGTERM.
     """
     check_config(cfg)
+    malloc = tune_malloc()  # the step's large token tensors recycled from the heap, not page-faulted anew
     timer = PhaseTimer(logger)
     h, g = cfg.hparams, cfg.general
     main_process, world = is_main_process(), get_world_size()
@@ -323,8 +325,9 @@ def train(
             save_config(cfg, run.path("config.yaml"))
             trackers.log_params(config_to_dict(cfg))
         logger.info(
-            "device: %s, precision %s, %d process(es); model %s: %d parameters, %d tokens per sample",
+            "device: %s (%s), precision %s, %d process(es); model %s: %d parameters, %d tokens per sample",
             describe_device(device),
+            malloc,
             task.precision.name,
             world,
             cfg.model.name,
