@@ -21,6 +21,7 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.allocator import tune_malloc
 from common.benchmarking import Comparison, Timing, median_seconds, torch_matmul_peak_gflops
 from common.callbacks import Callback
 from common.devices import describe_device, peak_memory_mb, torch_device
@@ -194,6 +195,7 @@ def run_benchmark(
     `peer`: also train the peer FPN side by side with cabruca's model at each tile size (None: not)."""
     if threads:
         torch.set_num_threads(threads)
+    malloc = tune_malloc()  # as the trainer runs: large buffers recycled from the heap (every side alike)
     dev = torch_device(device)
     sizes = [int(s) for s in tile_sizes.split(",") if s.strip()]
     if peer:
@@ -201,7 +203,8 @@ def run_benchmark(
     cfg = config_mod.load(config_mod.resolve_source(config_source), overrides=overrides)
     click.echo(
         f"device: {describe_device(dev)}; model {cfg.model.backbone} fpn {cfg.model.fpn_channels} "
-        f"heads {cfg.model.head_channels}; batch {batch_size}; medians of {steps} steps after {warmup}"
+        f"heads {cfg.model.head_channels}; batch {batch_size}; medians of {steps} steps after {warmup}; "
+        f"{malloc}"
     )
     peak = torch_matmul_peak_gflops(dev)
     click.echo(f"float32 matmul peak (best 2048^2 matmul, same run): {peak:.1f} GFLOP/s")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from common.allocator import tune_malloc
 from common.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
@@ -255,7 +256,8 @@ def _train(cfg, task, run, note, device, mode, why, resume, state, callbacks, lo
         )
     if note:
         log.warning("%s", note)
-    log.info("run folder %s; device %s", run.root, describe_device(device))
+    # the step's large activations recycled from the heap instead of page-faulted anew every step
+    log.info("run folder %s; device %s; %s", run.root, describe_device(device), tune_malloc())
     if world > 1:
         log.info(
             "data parallel over %d processes: global batch %d = data.batch_size %d x %d processes x %d "
