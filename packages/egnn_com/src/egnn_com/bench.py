@@ -26,6 +26,7 @@ from pathlib import Path
 
 import click
 
+from common.allocator import tune_malloc
 from common.benchmarking import measure_scaling, torch_matmul_peak_gflops, torch_sync
 from common.cli import console_script, run_cli
 from egnn_com.cliopts import option
@@ -384,6 +385,7 @@ def main(
 
         if threads > 0:
             torch.set_num_threads(threads)
+        tune_malloc()
         training_rows_of_this_process(models, sizes, graphs, device, json_out, **training)
         return
     if nproc > 0:
@@ -403,11 +405,12 @@ def main(
     import_s = time.perf_counter() - start
     if threads > 0:
         torch.set_num_threads(threads)
+    malloc = tune_malloc()  # as the trainer runs: large buffers recycled from the heap (the peer's too)
     dev = torch_device(device)
     peak = torch_matmul_peak_gflops(dev, n=4096 if dev.type == "cuda" else 2048, repeats=8)
     click.echo(
         f"device: {describe_device(dev)}; float32 matmul peak {peak:.1f} GFLOP/s; "
-        f"library import {import_s:.2f}s"
+        f"library import {import_s:.2f}s; {malloc}"
     )
     startup = bench_startup(startup_graphs, num_workers)
     click.echo(

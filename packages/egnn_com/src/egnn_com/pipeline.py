@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from common.allocator import tune_malloc
 from common.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -238,7 +239,8 @@ def _run_training(cfg, *, resume_state, resume_path, import_seconds, callbacks) 
         timer.logger = log
         if run:
             save_config(cfg, run.path("config.yaml"))
-    log.info("device %s, precision %s", describe_device(device), precision.name)
+    # the step's large [E, hidden] tensors recycled from the heap instead of page-faulted anew every step
+    log.info("device %s, precision %s; %s", describe_device(device), precision.name, tune_malloc())
     if world > 1:
         log.info(
             "data-parallel: %d processes; global batch %d graphs (%d per process x %d processes x %d "
