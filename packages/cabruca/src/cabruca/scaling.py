@@ -1,9 +1,9 @@
 """`python -m cabruca.bench --nproc N`: training tiles/s in one process and as N processes under torchrun.
 
-Both sides time the same training step (model, multi-task loss, the trainer's optimizer step) on the same batch per process; the N
-processes wrap the model in DistributedDataParallel as `cabruca.training` does, so every backward
-all-reduces the gradients. Global tiles/s counts every process's tiles; the scaling efficiency is
-(N-process tiles/s) / (N x 1-process tiles/s). `--precision` (autocast, e.g. bf16-mixed) and `--compile`
+Both sides time the same training step (model, multi-task loss, the trainer's optimizer step) on the same
+batch per process; the N processes wrap the model in DistributedDataParallel as `cabruca.training` does, so
+every backward all-reduces the gradients. Global tiles/s counts every process's tiles; the scaling
+efficiency is (N-process tiles/s) / (N x 1-process tiles/s). `--precision` (autocast, e.g. bf16-mixed) and `--compile`
 (torch.compile of the model) apply to both sides. Each row also carries the training FLOPs per tile (counted
 eagerly over one step), so a caller can put the tiles/s against a device's peak; the matmul peak itself is
 left out here (the single-process benchmark times it).

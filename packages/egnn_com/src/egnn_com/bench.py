@@ -380,12 +380,12 @@ def main(
         precision=precision,
         compile_=compile_,
     )
+    malloc = tune_malloc()  # as the trainer runs: large buffers recycled from the heap (the peer's too)
     if launched_part:
         import torch
 
         if threads > 0:
             torch.set_num_threads(threads)
-        tune_malloc()
         training_rows_of_this_process(models, sizes, graphs, device, json_out, **training)
         return
     if nproc > 0:
@@ -405,7 +405,6 @@ def main(
     import_s = time.perf_counter() - start
     if threads > 0:
         torch.set_num_threads(threads)
-    malloc = tune_malloc()  # as the trainer runs: large buffers recycled from the heap (the peer's too)
     dev = torch_device(device)
     peak = torch_matmul_peak_gflops(dev, n=4096 if dev.type == "cuda" else 2048, repeats=8)
     click.echo(

@@ -1,4 +1,5 @@
-"""A batch's edge structure for the EGNN layers, built once per forward and shared by every layer.
+"""A batch's edge structure for the EGNN layers, built once per batch (by the packed loader, or else at the
+start of the forward) and shared by every layer.
 
 None of it is learned: the edges reordered by target, 1 / in-degree for the means, and for the one-node
 float32 layer (`egnn_com.fused_layer`) the rows `embedding_bag` sums into each edge's first pre-activation
@@ -82,7 +83,7 @@ def stable_order(keys: Tensor, bound: int) -> Tensor:
 
     On CPU with keys below 2^15, NumPy's stable argsort of int16 keys, which is a radix sort: about 6 times
     faster than torch's comparison sort on a small batch's 4,000 edges (0.06 against 0.4 ms), and the
-    one-node layer's structure sorts twice per forward."""
+    one-node layer's structure sorts twice per batch."""
     if keys.device.type == "cpu" and bound <= np.iinfo(np.int16).max:
         return torch.from_numpy(np.argsort(keys.numpy().astype(np.int16), kind="stable"))
     return torch.sort(keys, stable=True).indices

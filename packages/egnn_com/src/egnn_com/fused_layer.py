@@ -16,7 +16,8 @@ message gradient into the gathered mean-message gradient in the same matrix prod
 gradient where they need none (the first layer), and runs the edge chain in chunks of `EDGE_CHUNK` edges,
 so that on large graphs each [chunk, H] gradient is read back from cache, not memory. Sums over edges into
 nodes (the means forward, the gathers' gradients backward) are products with the batch's sparse incidence
-matrices, built once per forward (`egnn_com.edges.EdgeLayout`). Same function: tested against the autograd layer to 1e-5.
+matrices, built once per batch (`egnn_com.edges.EdgeLayout`). Same function: tested against the autograd
+layer to 1e-5.
 
 Float32 only, and not under autocast or torch.compile (the backward's matrix products take the saved
 tensors as they are, and the compiler fuses the plain layer itself); `EGNNLayer` picks the path.

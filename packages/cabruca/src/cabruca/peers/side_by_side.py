@@ -98,10 +98,7 @@ def compare_with_peer(
     peer = FPN(cfg.model.backbone, cfg.model.num_semantic_classes).to(device).train()
     batch = {**batch, "peer_image": (image - ours.mean) / ours.std}  # ImageNet statistics, as cabruca's
     losses = {"cabruca": cabruca_loss(ours, MultiTaskLoss(cfg.loss)), "peer": peer_loss(peer)}
-    steps = {
-        "cabruca": backward_and_step(ours, cfg, device),
-        "peer": adam_step(peer),
-    }  # cabruca's: the trainer's
+    steps = {"cabruca": backward_and_step(ours, cfg, device), "peer": adam_step(peer)}  # ours: the trainer's
     flops = {}
     for (name, loss), model in zip(losses.items(), (ours, peer), strict=True):
         flops[name] = count_flops(lambda loss=loss: loss(batch).backward())
