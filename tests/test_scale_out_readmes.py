@@ -141,7 +141,7 @@ def launch(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     # torchrun without --standalone rendezvous on its default port: PET_MASTER_PORT moves it to a free one,
     # so the test does not collide with another torchrun on the machine (the command line stays as written)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PET_MASTER_PORT": str(free_port())}
-    env["MKL_NUM_THREADS"] = env["DTGCNN_CPU_STREAMS"] = "1"
+    env["MKL_NUM_THREADS"] = env["NUMBA_NUM_THREADS"] = "1"
     if command[0].endswith("mlx.launch"):  # the ring's first port (one per rank), free for this run
         command = [command[0], "--starting-port", str(free_port()), *command[1:]]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)

@@ -12,8 +12,8 @@ and why dtgcnn's loaders keep no pre-allocated batch buffers.
   the CPU each MLX op runs on one thread while its float32 matmuls go to BLAS. On Linux `import dtgcnn` puts
   Intel MKL under those matmuls; MKL takes `MKL_NUM_THREADS` (default: the physical cores), set before
   Python starts. The text model's graph is one similarity matmul against its reference bank (BLAS threads);
-  the mesh model's per-sample k-NN ops run on `DTGCNN_CPU_STREAMS` CPU streams (default one per core, at
-  most 4).
+  the mesh model's k-NN selection and neighbour max run as Numba kernels on `NUMBA_NUM_THREADS` threads
+  (default one per core).
 - Buffers: MLX arrays live in unified memory (on Apple silicon CPU and GPU share one physical memory), so
   there is no host-to-device copy for a pinned or pre-allocated buffer to hide. A batch is a gather of rows of the encoded table, made once
   into a fresh array; filling a pre-allocated one would be a second copy of the same rows.
@@ -30,7 +30,7 @@ import numpy as np
 from common.devices import describe_device, mlx_device
 from common.errors import TrainyardError
 from dtgcnn import DTGCNNConfig, TripletDataset
-from dtgcnn.streams import describe as describe_streams
+from dtgcnn.cpu_neighbours import describe as describe_cpu_kernels
 from dtgcnn.synthetic import generate_text
 from dtgcnn.trainer import setup_device
 
@@ -51,7 +51,7 @@ if dtgcnn.BLAS.fast and dtgcnn.BLAS.path and "mkl" in Path(dtgcnn.BLAS.path).nam
         f"(MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', 'unset: physical cores')}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}: idle BLAS threads sleep while MLX works)"
     )
-print("mesh model's per-sample k-NN ops:", describe_streams())
+print("mesh model's CPU kernels:", describe_cpu_kernels())
 
 # --- buffers: a batch is one gather of encoded rows; nothing to pre-allocate
 out = Path("example_outputs/hardware_setup")

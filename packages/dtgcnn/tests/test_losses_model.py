@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from common.errors import ConfigError
 from dtgcnn.losses import joint_loss, triplet_loss
 from dtgcnn.metrics import batch_metrics, retrieval_metrics
 from dtgcnn.model import DTGCNN, EdgeConv, ModelSpec, flops_per_sample, knn, smallest_k
-from dtgcnn.streams import STREAMS_ENV, stream_count
 
 # Four 1-D points (x, 0); labels 0,0,1,1. Distances: d01=1, d02=3, d03=0.5, d12=2, d13=0.5, d23=2.5.
 EMB = mx.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.5, 0.0]])
@@ -114,35 +112,6 @@ def test_edgeconv_fast_path_equals_textbook(training):
     _, slow = nn.value_and_grad(conv, lambda m, x: (m.naive(x) * target).sum())(conv, x)
     for (name, a), (_, b) in zip(tree_flatten(fast), tree_flatten(slow), strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4, err_msg=name)
-
-
-@pytest.mark.parametrize(("batch", "streams"), [(4, 3), (3, 2)])
-def test_batch_streams_give_identical_outputs_and_gradients(monkeypatch, batch, streams):
-    """The k-NN selection and neighbour max split over CPU streams (uneven slices included) return exactly
-    the single-stream layer's outputs and gradients."""
-    mx.random.seed(2)
-    conv = EdgeConv(6, 16, k=5)
-    x = mx.random.normal((batch, 40, 6))
-    target = mx.random.normal((batch, 40, 16))
-
-    def run(n):
-        monkeypatch.setenv(STREAMS_ENV, str(n))
-        assert stream_count() == n
-        out = conv(x)
-        loss, grads = nn.value_and_grad(conv, lambda m, x: (m(x) * target).sum())(conv, x)
-        mx.eval(out, loss, grads)
-        return np.array(out), [(name, np.array(g)) for name, g in tree_flatten(grads)]
-
-    (out1, grads1), (out_n, grads_n) = run(1), run(streams)
-    np.testing.assert_array_equal(out1, out_n)
-    for (name, a), (_, b) in zip(grads1, grads_n, strict=True):
-        np.testing.assert_array_equal(a, b, err_msg=name)
-
-
-def test_bad_stream_count_is_explained(monkeypatch):
-    monkeypatch.setenv(STREAMS_ENV, "two")
-    with pytest.raises(ConfigError, match="DTGCNN_CPU_STREAMS must be a whole number"):
-        stream_count()
 
 
 def test_model_outputs_and_flops():

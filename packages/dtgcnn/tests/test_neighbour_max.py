@@ -8,9 +8,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 import dtgcnn.model as model_module
+from dtgcnn.cpu_neighbours import KERNELS_ENV
 from dtgcnn.model import DTGCNN, ModelSpec, gather_neighbours, smallest_k
 from dtgcnn.neighbour_max import max_over_neighbours
-from dtgcnn.streams import STREAMS_ENV
 
 
 def argmax_then_gather(values: mx.array, idx: mx.array) -> mx.array:
@@ -47,10 +47,11 @@ def test_equals_argmax_formulation_with_ties():
     assert np.abs(grad_new).sum() > 0
 
 
-def test_model_outputs_and_gradients_equal_the_previous_formulation(monkeypatch):
-    """Seeded DT-GCNN at the blocked k-NN path (k=5 over 96 points), split over 2 CPU streams as training
-    runs it: the loss and every parameter gradient equal the argmax formulation's."""
-    monkeypatch.setenv(STREAMS_ENV, "2")
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_model_outputs_and_gradients_equal_the_previous_formulation(monkeypatch, kernels):
+    """Seeded DT-GCNN at the blocked k-NN path (k=5 over 96 points), with the CPU kernels (as training runs
+    it) and with the MLX ops: the loss and every parameter gradient equal the argmax formulation's."""
+    monkeypatch.setenv(KERNELS_ENV, kernels)
     spec = ModelSpec(
         in_channels=6,
         num_classes=3,

@@ -12,7 +12,7 @@ Yardstick sizes: k=20, 1024 points, fusion width 1024 (DGCNN's emb_dims), batch 
 
 --nproc N measures scale-out instead: the same train step once in one process and once as N processes under
 `mlx.launch -n N` (mx.distributed, the gradients averaged in the trainer's one all-reduce per step), both with
-cores // N BLAS threads and CPU streams per process and the same batch per process; it reports global
+cores // N BLAS and kernel threads per process and the same batch per process; it reports global
 samples/s for both and the scaling efficiency.
 """
 
@@ -97,11 +97,11 @@ def time_train_step(
 
 
 def measure(batch_size, num_points, k, steps, warmup, jit, built=None, peak_n: int = 2048) -> dict:
-    from dtgcnn import streams
+    from dtgcnn import cpu_neighbours
 
     out = {
         "blas": dtgcnn.BLAS.describe(),
-        "cpu": f"{dtgcnn.MALLOC}; {streams.describe()}",
+        "cpu": f"{dtgcnn.MALLOC}; {cpu_neighbours.describe()}",
         "numpy_peak_gflops": numpy_matmul_peak_gflops(n=peak_n),
         "mlx_matmul_1000_s": mlx_matmul_seconds(),
     }
@@ -113,10 +113,8 @@ def measure(batch_size, num_points, k, steps, warmup, jit, built=None, peak_n: i
 
 
 def scaling_env(threads: int) -> dict[str, str]:
-    """A process's share of the cores: its BLAS threads and the CPU streams of its per-sample ops."""
-    from dtgcnn.streams import STREAMS_ENV
-
-    return {**thread_env(threads), STREAMS_ENV: str(threads)}
+    """A process's share of the cores: its BLAS threads and the threads of EdgeConv's CPU kernels."""
+    return {**thread_env(threads), "NUMBA_NUM_THREADS": str(threads)}
 
 
 def measure_this_process(batch_size, num_points, k, steps, warmup, jit, json_output) -> None:

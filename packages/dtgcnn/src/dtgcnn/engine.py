@@ -19,10 +19,12 @@ from common import mlx_support
 from common.errors import NonFiniteError
 from common.loop import Task
 from common.precision import canonical_precision
+from dtgcnn import cpu_neighbours
 from dtgcnn.config import TrainConfig
 from dtgcnn.data import MeshSplit, eval_batches, make_batch
 from dtgcnn.losses import joint_loss
 from dtgcnn.metrics import batch_metrics, retrieval_metrics
+from dtgcnn.model import EdgeConv
 
 # compute dtype per canonical precision name (common.precision); the weights stay float32
 DTYPES = {"32": mx.float32, "bf16-mixed": mx.bfloat16, "16-mixed": mx.float16}
@@ -101,6 +103,11 @@ def compile_with_packed_aux(compile_fn, grad_fn):
     return unpacked
 
 
+def runs_cpu_kernels(model: nn.Module) -> bool:
+    """Whether the model's step calls EdgeConv's CPU kernels, which `mx.compile` cannot trace."""
+    return cpu_neighbours.enabled() and any(isinstance(m, EdgeConv) for m in model.modules())
+
+
 class Stepper:
     """The gradient side of a training step: micro-batch gradients summed into a pending total, then one
     clipped, guarded optimizer update. How many micro-batches make a step is the caller's (the training
@@ -108,6 +115,9 @@ class Stepper:
 
     The loss-and-gradient function is `mx.compile`d (jit_compile) with the model state and the MLX random
     key as explicit state, so BatchNorm statistics and dropout keys flow in and out of the compiled graph.
+    Not when the model's EdgeConvs run the CPU kernels (`dtgcnn.cpu_neighbours`): those evaluate their inputs
+    mid-step, which a compiled graph cannot, so that step runs uncompiled (and is faster than the compiled MLX
+    ops it replaces).
 
     Data parallel (`common.mlx_support.GROUP` set by `init_distributed` under mlx.launch): micro-batches
     accumulate locally; `optimizer_step` averages the pending gradient sums over the processes in ONE
@@ -127,7 +137,9 @@ class Stepper:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.debug_dir = debug_dir
         grad_fn = make_grad_fn(model, cfg, loss_fn)
-        if cfg.jit_compile:
+        if cfg.jit_compile and runs_cpu_kernels(model):
+            log.info("jit_compile: the step runs uncompiled, as EdgeConv's CPU kernels evaluate inside it")
+        elif cfg.jit_compile:
             state = [model.state, mx.random.state]
             grad_fn = compile_with_packed_aux(partial(mx.compile, inputs=state, outputs=state), grad_fn)
         self.grad_fn = grad_fn

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from dtgcnn import cpu_neighbours
 from dtgcnn.neighbour_max import max_over_neighbours
-from dtgcnn.streams import batch_parallel
 
 
 def knn(x: mx.array, k: int) -> mx.array:
@@ -81,7 +81,11 @@ def gather_neighbours(values: mx.array, idx: mx.array) -> mx.array:
 def neighbour_max(values: mx.array, scores: mx.array, k: int) -> mx.array:
     """max over the k neighbours j of i of values[j]: values [B,N,C], scores [B,N,N] (`knn_scores`) -> [B,N,C].
 
-    The gradient reaches `values` only at each channel's winning neighbour (`dtgcnn.neighbour_max`)."""
+    The gradient reaches `values` only at each channel's winning neighbour. On the CPU the selection and the
+    max run as multi-threaded kernels (`dtgcnn.cpu_neighbours`); elsewhere (and with DTGCNN_CPU_KERNELS=0)
+    as MLX ops (`smallest_k` above, `dtgcnn.neighbour_max`). Both give the same result (tested)."""
+    if cpu_neighbours.enabled():
+        return cpu_neighbours.max_over_neighbours(values, cpu_neighbours.smallest_k(scores, k))
     return max_over_neighbours(values, smallest_k(scores, k))
 
 
@@ -110,9 +114,7 @@ class EdgeConv(nn.Module):
         per_neighbour = x @ w1.T  # [B,N,C_out]: W1 x_j, once per point
         per_centre = x @ (w2 - w1).T  # [B,N,C_out]: (W2 - W1) x_i
         scores = knn_scores(x if graph_features is None else graph_features)  # [B,N,N]
-        # The score matmul above runs on the whole batch (a fast BLAS threads it itself); the k-NN selection,
-        # gathers and running max (single-threaded MLX ops) run on one CPU stream per batch slice, concurrently.
-        pooled = batch_parallel(neighbour_max, per_neighbour, scores, k=self.k) + per_centre  # [B,N,C_out]
+        pooled = neighbour_max(per_neighbour, scores, self.k) + per_centre  # [B,N,C_out]
         return nn.leaky_relu(self.norm(pooled), negative_slope=0.2)
 
     def naive(self, x: mx.array, graph_features: mx.array | None = None) -> mx.array:

@@ -1,4 +1,6 @@
-"""EdgeConv's max over the k neighbours, with the gradient routed to each channel's winning neighbour.
+"""EdgeConv's max over the k neighbours as MLX ops, with the gradient routed to each channel's winning neighbour.
+
+The GPU's form, and the CPU's with DTGCNN_CPU_KERNELS=0 (the CPU runs `dtgcnn.cpu_neighbours` by default).
 
     out[b,i,c] = max over j < k of values[b, idx[b,i,j], c]
 
@@ -16,8 +18,6 @@ so no second gather is needed.
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import mlx.core as mx
 
@@ -45,27 +45,19 @@ def _forward(values: mx.array, idx: mx.array) -> tuple[mx.array, mx.array]:
     return best, mx.take_along_axis(idx, slot.astype(idx.dtype), axis=2)  # [B,N,C] point ids
 
 
-@lru_cache
-def _neighbour_max_on(stream: mx.Stream):
-    """The custom-VJP function whose backward runs on `stream` (the forward's stream: `streams.batch_parallel`
-    gives each batch slice its own CPU stream, and a custom VJP would otherwise run on the default one)."""
+@mx.custom_function
+def _neighbour_max(values, idx):
+    return _forward(values, idx)
 
-    @mx.custom_function
-    def neighbour_max(values, idx):
-        return _forward(values, idx)
 
-    @neighbour_max.vjp
-    def neighbour_max_vjp(primals, cotangents, outputs):
-        values, idx = primals
-        winners = outputs[1]
-        with mx.stream(stream):
-            _, (grad,) = mx.vjp(lambda v: mx.take_along_axis(v, winners, axis=1), [values], [cotangents[0]])
-        return grad, mx.zeros_like(idx)
-
-    return neighbour_max
+@_neighbour_max.vjp
+def _neighbour_max_vjp(primals, cotangents, outputs):
+    values, idx = primals
+    winners = outputs[1]
+    _, (grad,) = mx.vjp(lambda v: mx.take_along_axis(v, winners, axis=1), [values], [cotangents[0]])
+    return grad, mx.zeros_like(idx)
 
 
 def max_over_neighbours(values: mx.array, idx: mx.array) -> mx.array:
     """max over j of values[b, idx[b,i,j], c]: values [B,N,C], idx [B,N,k] (not differentiated) -> [B,N,C]."""
-    fn = _neighbour_max_on(mx.default_stream(mx.default_device()))
-    return fn(values, mx.stop_gradient(idx))[0]
+    return _neighbour_max(values, mx.stop_gradient(idx))[0]
