@@ -30,7 +30,7 @@ import numpy as np
 from common.devices import describe_device, mlx_device
 from common.errors import TrainyardError
 from dtgcnn import DTGCNNConfig, TripletDataset
-from dtgcnn.cpu_neighbours import describe as describe_cpu_kernels
+from dtgcnn.cpu_kernels import describe as describe_cpu_kernels
 from dtgcnn.synthetic import generate_text
 from dtgcnn.trainer import setup_device
 

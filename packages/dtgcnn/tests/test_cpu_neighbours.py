@@ -6,9 +6,9 @@ import numba
 import numpy as np
 import pytest
 
-from dtgcnn import cpu_neighbours
+from dtgcnn import cpu_kernels, cpu_neighbours
 from dtgcnn.engine import runs_cpu_kernels
-from dtgcnn.model import DTGCNN, ModelSpec, knn_scores, smallest_k
+from dtgcnn.model import DTGCNN, ModelSpec, knn, knn_scores
 from dtgcnn.neighbour_max import max_over_neighbours
 from dtgcnn.text_model import TextDTGCNN
 
@@ -19,28 +19,28 @@ def tripled_points(n: int = 60, dims: int = 3) -> np.ndarray:
     return np.concatenate([base, base, base], axis=1)
 
 
-def test_selection_takes_the_k_nearest_in_ascending_order_first_seen_among_ties():
-    pts = tripled_points()
-    d = ((pts[:, :, None] - pts[:, None]) ** 2).sum(-1)  # [1,180,180]
-    idx = np.array(cpu_neighbours.smallest_k(mx.array(d), 5))
-    picked = np.take_along_axis(d, idx, axis=-1)
-    np.testing.assert_array_equal(picked, np.sort(d, axis=-1)[:, :, :5])  # the k nearest, ascending
-    # point i's copies (i, i+60, i+120) are all at distance 0: the first two seen win the ties
+def test_selection_takes_the_k_nearest_nearest_first_lowest_ids_among_ties():
+    pts = mx.array(tripled_points())
+    idx = np.array(cpu_neighbours.nearest(pts, 5))
+    scores = np.array(knn_scores(pts))  # [1,180,180], the ranking both selections use
+    np.testing.assert_array_equal(
+        np.take_along_axis(scores, idx, axis=-1), np.sort(scores, axis=-1)[:, :, :5]
+    )
+    # point i's copies (i, i+60, i+120) tie as its nearest: the lowest two ids are kept
     np.testing.assert_array_equal(idx[0, 7, :2], [7, 67])
     assert all(len(set(row)) == 5 for row in idx.reshape(-1, 5))
 
 
-def test_selection_matches_the_mlx_selection_on_feature_scores():
-    x = mx.random.normal((3, 200, 16), key=mx.random.key(1))
-    scores = knn_scores(x)
-    ours = np.sort(np.array(cpu_neighbours.smallest_k(scores, 20)), axis=-1)
-    mlx = np.sort(np.array(smallest_k(scores, 20)), axis=-1)
-    np.testing.assert_array_equal(ours, mlx)
+@pytest.mark.parametrize(("points", "dims"), [(200, 16), (203, 3)])  # 203: columns beyond the 8 groups
+def test_selection_matches_the_mlx_selection(points, dims):
+    x = mx.random.normal((3, points, dims), key=mx.random.key(1))
+    ours = np.sort(np.array(cpu_neighbours.nearest(x, 20)), axis=-1)
+    np.testing.assert_array_equal(ours, np.sort(np.array(knn(x, 20)), axis=-1))
 
 
 def test_selection_refuses_more_neighbours_than_points():
     with pytest.raises(ValueError, match="k=9 nearest neighbours asked among 8 points"):
-        cpu_neighbours.smallest_k(mx.zeros((1, 8, 8)), 9)
+        cpu_neighbours.nearest(mx.zeros((1, 8, 3)), 9)
 
 
 def ties_case(dtype):
@@ -86,7 +86,7 @@ def test_results_do_not_depend_on_the_thread_count():
     cotangent = mx.random.normal((4, 64, 8), key=mx.random.key(3))
 
     def run():
-        idx = cpu_neighbours.smallest_k(knn_scores(x), 6)
+        idx = cpu_neighbours.nearest(x, 6)
         (out,), (grad,) = mx.vjp(lambda v: cpu_neighbours.max_over_neighbours(v, idx), [x], [cotangent])
         return np.array(idx), np.array(out), np.array(grad)
 
@@ -104,6 +104,6 @@ def test_the_step_runs_uncompiled_only_where_the_kernels_run(monkeypatch):
     mesh = DTGCNN(ModelSpec(k=4, edge_conv_dims=(8,), fusion_dim=16, hidden_dim=8, embedding_dim=4))
     assert runs_cpu_kernels(mesh)
     assert not runs_cpu_kernels(TextDTGCNN(input_dim=8, hidden_dim=8, output_dim=4, num_gcn_layers=1))
-    monkeypatch.setenv(cpu_neighbours.KERNELS_ENV, "0")
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
     assert not runs_cpu_kernels(mesh)
-    assert "MLX ops" in cpu_neighbours.describe()
+    assert "MLX ops" in cpu_kernels.describe()

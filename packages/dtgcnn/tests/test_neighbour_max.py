@@ -8,8 +8,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 import dtgcnn.model as model_module
-from dtgcnn.cpu_neighbours import KERNELS_ENV
-from dtgcnn.model import DTGCNN, ModelSpec, gather_neighbours, smallest_k
+from dtgcnn.cpu_kernels import KERNELS_ENV
+from dtgcnn.model import DTGCNN, ModelSpec, gather_neighbours, knn_scores, smallest_k
 from dtgcnn.neighbour_max import max_over_neighbours
 
 
@@ -22,8 +22,8 @@ def argmax_then_gather(values: mx.array, idx: mx.array) -> mx.array:
     return values.reshape(-1)[flat]
 
 
-def previous_neighbour_max(values: mx.array, scores: mx.array, k: int) -> mx.array:
-    return argmax_then_gather(values, mx.stop_gradient(smallest_k(scores, k)))
+def previous_neighbour_max(values: mx.array, features: mx.array, k: int) -> mx.array:
+    return argmax_then_gather(values, mx.stop_gradient(smallest_k(knn_scores(features), k)))
 
 
 def value_and_vjp(fn, values, idx, cotangent):

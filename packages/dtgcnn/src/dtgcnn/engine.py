@@ -19,7 +19,7 @@ from common import mlx_support
 from common.errors import NonFiniteError
 from common.loop import Task
 from common.precision import canonical_precision
-from dtgcnn import cpu_neighbours
+from dtgcnn import cpu_kernels
 from dtgcnn.config import TrainConfig
 from dtgcnn.data import MeshSplit, eval_batches, make_batch
 from dtgcnn.losses import joint_loss
@@ -105,7 +105,7 @@ def compile_with_packed_aux(compile_fn, grad_fn):
 
 def runs_cpu_kernels(model: nn.Module) -> bool:
     """Whether the model's step calls EdgeConv's CPU kernels, which `mx.compile` cannot trace."""
-    return cpu_neighbours.enabled() and any(isinstance(m, EdgeConv) for m in model.modules())
+    return cpu_kernels.enabled() and any(isinstance(m, EdgeConv) for m in model.modules())
 
 
 class Stepper:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from dtgcnn import cpu_neighbours
+from dtgcnn import cpu_kernels, cpu_neighbours, cpu_norm
 from dtgcnn.neighbour_max import max_over_neighbours
 
 
@@ -78,15 +78,15 @@ def gather_neighbours(values: mx.array, idx: mx.array) -> mx.array:
     return values.reshape(b * n, c)[flat].reshape(b, n, k, c)
 
 
-def neighbour_max(values: mx.array, scores: mx.array, k: int) -> mx.array:
-    """max over the k neighbours j of i of values[j]: values [B,N,C], scores [B,N,N] (`knn_scores`) -> [B,N,C].
+def neighbour_max(values: mx.array, features: mx.array, k: int) -> mx.array:
+    """max over i's k nearest points j (in `features` [B,N,C'] space) of values[j]: values [B,N,C] -> [B,N,C].
 
     The gradient reaches `values` only at each channel's winning neighbour. On the CPU the selection and the
     max run as multi-threaded kernels (`dtgcnn.cpu_neighbours`); elsewhere (and with DTGCNN_CPU_KERNELS=0)
     as MLX ops (`smallest_k` above, `dtgcnn.neighbour_max`). Both give the same result (tested)."""
-    if cpu_neighbours.enabled():
-        return cpu_neighbours.max_over_neighbours(values, cpu_neighbours.smallest_k(scores, k))
-    return max_over_neighbours(values, smallest_k(scores, k))
+    if cpu_kernels.enabled():
+        return cpu_neighbours.max_over_neighbours(values, cpu_neighbours.nearest(features, k))
+    return max_over_neighbours(values, knn(features, k))
 
 
 class EdgeConv(nn.Module):
@@ -113,9 +113,9 @@ class EdgeConv(nn.Module):
         w1, w2 = self.edge.weight[:, :c], self.edge.weight[:, c:]  # [C_out, C_in] each
         per_neighbour = x @ w1.T  # [B,N,C_out]: W1 x_j, once per point
         per_centre = x @ (w2 - w1).T  # [B,N,C_out]: (W2 - W1) x_i
-        scores = knn_scores(x if graph_features is None else graph_features)  # [B,N,N]
-        pooled = neighbour_max(per_neighbour, scores, self.k) + per_centre  # [B,N,C_out]
-        return nn.leaky_relu(self.norm(pooled), negative_slope=0.2)
+        graph = x if graph_features is None else graph_features
+        pooled = neighbour_max(per_neighbour, graph, self.k) + per_centre  # [B,N,C_out]
+        return cpu_norm.batch_norm_leaky(self.norm, pooled, negative_slope=0.2)
 
     def naive(self, x: mx.array, graph_features: mx.array | None = None) -> mx.array:
         """The same layer edge by edge: linear on every [x_j - x_i ; x_i] (k times the FLOPs), then max."""
@@ -174,10 +174,9 @@ class DTGCNN(nn.Module):
             # later layers from their own input features: the topology changes with depth.
             h = conv(h, x[:, :, :3] if i == 0 else None)  # [B,N,C_i]
             features.append(h)
-        fused = nn.leaky_relu(
-            self.fusion_norm(self.fusion(mx.concatenate(features, axis=-1))), 0.2
-        )  # [B,N,F]
-        pooled = mx.concatenate([mx.max(fused, axis=1), mx.mean(fused, axis=1)], axis=-1)  # [B,2F]
+        fused = self.fusion(mx.concatenate(features, axis=-1))  # [B,N,F]
+        # max and mean over the points of LeakyReLU(BatchNorm(fused)), [B,2F]
+        pooled = cpu_norm.batch_norm_leaky_pool(self.fusion_norm, fused, negative_slope=0.2)
         hidden = self.drop(nn.leaky_relu(self.hidden_norm(self.hidden(pooled)), 0.2))  # [B,H]
         raw = self.to_embedding(hidden)  # [B,E]
         embedding = raw / mx.sqrt(mx.sum(raw * raw, axis=-1, keepdims=True) + 1e-12)  # [B,E], unit norm

@@ -53,7 +53,7 @@ from common.runs import RunFolder, atomic_write_text
 from common.schedules import build_schedule
 from common.seeding import seed_everything
 from common.trackers import LogFinalModel, Trackers, build_trackers
-from dtgcnn import cpu_neighbours, plotting
+from dtgcnn import cpu_kernels, plotting
 from dtgcnn.config import TrainConfig, schedule_config
 from dtgcnn.data import MeshAugmentation, MeshSplit, PKOrder, pk_sampler, prefetch
 from dtgcnn.engine import Stepper, StepperTask, evaluate_split
@@ -313,7 +313,7 @@ def train(
     run = RunFolder(Path(output_dir).resolve(), resume=resume is not None or resume_state is not None)
     timer = PhaseTimer(log)
     log.info(dtgcnn.BLAS.describe())
-    log.info("CPU: %s; %s", dtgcnn.MALLOC, cpu_neighbours.describe())
+    log.info("CPU: %s; %s", dtgcnn.MALLOC, cpu_kernels.describe())
     log.info("device: %s", setup_device(cfg))
     with timer.phase("load_data"):
         splits = load_splits(cfg, data_dir)
