@@ -16,7 +16,7 @@ import numpy as np
 from dtgcnn.cpu_kernels import as_numpy, prange_only
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True)
 def _insert(vals, ids, value, column, k):
     """Insert (value, column) into the ascending k-long buffers, dropping the last entry."""
     p = k - 1
@@ -61,21 +61,26 @@ def _nearest_rows(gram, sq, k):
             dots = gram[sample, i]
             for j in range(n):
                 row[j] = norms[j] + minus_two * dots[j]
-            minima[:] = row[:groups]
+            for g in range(groups):
+                minima[g] = row[g]
             for run in range(1, GROUPS):
                 for g in range(groups):
-                    minima[g] = min(minima[g], row[run * groups + g])
-            vals[:] = np.inf  # with fewer than k groups t stays inf: the scan then takes every point
+                    v = row[run * groups + g]
+                    minima[g] = v if v < minima[g] else minima[g]
+            for p in range(k):
+                vals[p] = np.inf  # with fewer than k groups t stays inf: the scan then takes every point
             for g in range(groups):
                 if minima[g] < vals[k - 1]:
                     _insert(vals, ids, minima[g], g, k)
             bound = vals[k - 1]
-            vals[:] = np.inf
-            ids[:] = np.arange(k)  # valid ids even for a row of NaNs, which no comparison takes
+            for p in range(k):
+                vals[p] = np.inf
+                ids[p] = p  # valid ids even for a row of NaNs, which no comparison takes
             for j in range(n):
                 if row[j] <= bound and row[j] < vals[k - 1]:
                     _insert(vals, ids, row[j], j, k)
-            out[sample, i] = ids
+            for p in range(k):
+                out[sample, i, p] = ids[p]
     return out
 
 

@@ -104,7 +104,7 @@ def compile_with_packed_aux(compile_fn, grad_fn):
 
 
 def runs_cpu_kernels(model: nn.Module) -> bool:
-    """Whether the model's step calls EdgeConv's CPU kernels, which `mx.compile` cannot trace."""
+    """Whether the model's step calls the mesh model's CPU kernels, which `mx.compile` cannot trace."""
     return cpu_kernels.enabled() and any(isinstance(m, EdgeConv) for m in model.modules())
 
 
@@ -115,9 +115,9 @@ class Stepper:
 
     The loss-and-gradient function is `mx.compile`d (jit_compile) with the model state and the MLX random
     key as explicit state, so BatchNorm statistics and dropout keys flow in and out of the compiled graph.
-    Not when the model's EdgeConvs run the CPU kernels (`dtgcnn.cpu_neighbours`): those evaluate their inputs
-    mid-step, which a compiled graph cannot, so that step runs uncompiled (and is faster than the compiled MLX
-    ops it replaces).
+    Not when the mesh model runs its CPU kernels (`dtgcnn.cpu_kernels`): those evaluate their inputs mid-step,
+    which a compiled graph cannot, so that step runs uncompiled (and is faster than the compiled MLX ops it
+    replaces).
 
     Data parallel (`common.mlx_support.GROUP` set by `init_distributed` under mlx.launch): micro-batches
     accumulate locally; `optimizer_step` averages the pending gradient sums over the processes in ONE
@@ -138,7 +138,9 @@ class Stepper:
         self.debug_dir = debug_dir
         grad_fn = make_grad_fn(model, cfg, loss_fn)
         if cfg.jit_compile and runs_cpu_kernels(model):
-            log.info("jit_compile: the step runs uncompiled, as EdgeConv's CPU kernels evaluate inside it")
+            log.info(
+                "jit_compile: the step runs uncompiled, as the mesh model's CPU kernels evaluate inside it"
+            )
         elif cfg.jit_compile:
             state = [model.state, mx.random.state]
             grad_fn = compile_with_packed_aux(partial(mx.compile, inputs=state, outputs=state), grad_fn)
