@@ -3,8 +3,8 @@
 
 MLX's forms are its slowest ops per element: `argpartition` compares through an index array, and the max
 over k neighbours gathers k [B,N,C] arrays and runs a max over them (`dtgcnn.neighbour_max`, still the
-GPU's form). Here each row keeps its k nearest in one pass over its scores, and the max reads each
-neighbour's row once, keeping the winner for the backward.
+GPU's form). Here each row bounds its k-th smallest score in a cheap first pass and keeps its k nearest
+in one scan, and the max reads each neighbour's row once, keeping the winner for the backward.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def _scatter_to_winners(cotangent, winner, samples):
 
 def nearest(features: mx.array, k: int) -> mx.array:
     """Ids [B,N,k] int32 of each point's k nearest points in feature space features [B,N,C], itself included
-    (not differentiated; the same points as `model.knn`)."""
+    (not differentiated). For float32 features the same points as `model.knn`; other dtypes are ranked in
+    float32 here."""
     b, n, _ = features.shape
     if not 0 < k <= n:
         raise ValueError(f"k={k} nearest neighbours asked among {n} points; k must be between 1 and {n}.")
@@ -152,5 +153,6 @@ def _neighbour_max_vjp(primals, cotangents, outputs):
 def max_over_neighbours(values: mx.array, idx: mx.array) -> mx.array:
     """max over j of values[b, idx[b,i,j], c]: values [B,N,C], idx [B,N,k] (not differentiated) -> [B,N,C].
 
-    The first of tied neighbours (in idx order) wins, and the gradient goes to each channel's winner only."""
+    The first of tied neighbours (in idx order) wins, and the gradient goes to each channel's winner only.
+    idx must hold point ids below N (the kernels do not check bounds): `nearest`'s output."""
     return _neighbour_max(values, mx.stop_gradient(idx))[0]
