@@ -14,7 +14,14 @@ from torch_geometric.data import Batch, Data
 
 from egnn_com import fused_layer
 from egnn_com.config import EgnnComConfig
-from egnn_com.edges import EdgeLayout, edges_by_target, inverse_in_degree, stable_order
+from egnn_com.edges import (
+    EdgeLayout,
+    bag_sums,
+    edges_by_target,
+    inverse_in_degree,
+    stable_order,
+    sum_into_rows,
+)
 from egnn_com.model import EGNNCentreOfMass, EGNNLayer
 from egnn_com.task import make_optimizer
 
@@ -121,6 +128,33 @@ def test_stable_order_sorts_like_torch_stable_sort(bound):
     """NumPy's radix sort for keys below 2^15, torch's sort above: both the stable order."""
     keys = torch.randint(0, min(bound, 40), (500,), generator=torch.Generator().manual_seed(bound))
     assert torch.equal(stable_order(keys, bound), torch.sort(keys, stable=True).indices)
+
+
+@pytest.mark.parametrize("width", [3, 64])
+def test_sums_into_rows_equal_the_sparse_product(width):
+    """The layer's sums by target and by source (on CPU bags of the CSR's rows) equal the sparse product bit
+    for bit: the same sums in the same order (node 5 has no edge, node 3 none in)."""
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 1, 0, 2], [2, 0, 2, 1, 0, 2, 1, 4]])
+    layout = EdgeLayout.of(edge_index, 6, fused=True)
+    rows = torch.randn(8, width, generator=torch.Generator().manual_seed(width))
+    for incidence in (layout.into_dst, layout.into_both):
+        assert torch.equal(sum_into_rows(incidence, rows), torch.sparse.mm(incidence, rows))
+    no_edges = EdgeLayout.of(torch.zeros(2, 0, dtype=torch.long), 3, fused=True)
+    assert torch.equal(sum_into_rows(no_edges.into_both, torch.zeros(0, width)), torch.zeros(6, width))
+
+
+def test_bag_sums_equal_embedding_bag():
+    """The kernel called straight sums what `nn.functional.embedding_bag` sums, an empty bag to 0, with
+    and without per-row weights."""
+    gen = torch.Generator().manual_seed(0)
+    table, rows = torch.randn(7, 5, generator=gen), torch.tensor([3, 0, 6, 6, 1, 2])
+    offsets, weights = torch.tensor([0, 2, 2, 5, 6]), torch.randn(6, generator=gen)
+    for w in (None, weights):
+        want = torch.nn.functional.embedding_bag(
+            rows, table, offsets, mode="sum", per_sample_weights=w, include_last_offset=True
+        )
+        assert torch.equal(bag_sums(table, rows, offsets, w), want)
+    assert torch.equal(bag_sums(table, rows, offsets)[1], torch.zeros(5))
 
 
 def test_incidence_matrices_sum_edge_rows_into_their_nodes():

@@ -30,7 +30,7 @@ class WeightedCentre(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, pos, log_mass, graph, num_graphs: int, w1, b1, w2, b2) -> Tensor:
-        u = torch.addmm(b1, h, w1.t())  # [N, H]
+        u = torch.mm(h, w1.t()).add_(b1)  # [N, H] (the bias added after the product: see the one-node layer)
         su = nn.functional.silu(u)
         logits = torch.addmm(b2, su, w2.t()).squeeze(-1)  # [N]
         if log_mass is not None:  # softmax -> m_i exp(s_i) / sum_j m_j exp(s_j)
