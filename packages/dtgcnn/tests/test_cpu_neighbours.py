@@ -1,6 +1,8 @@
 """EdgeConv's CPU kernels (`dtgcnn.cpu_neighbours`) against the MLX ops they replace on the CPU: the same
 neighbours, the same maxima and the same gradients, ties included; and the step that runs them uncompiled."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import mlx.core as mx
 import numba
 import numpy as np
@@ -107,3 +109,17 @@ def test_the_step_runs_uncompiled_only_where_the_kernels_run(monkeypatch):
     monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
     assert not runs_cpu_kernels(mesh)
     assert "MLX ops" in cpu_kernels.describe()
+
+
+def test_launches_leave_openmp_alone_and_take_turns_across_threads():
+    """Numba's work-queue layer runs the kernels (its OpenMP layer resets at every launch the OpenMP thread
+    count that torch and MKL in the same process follow), and two Python threads launching at once take
+    turns (the work queue would abort the process)."""
+    x = np.random.default_rng(5).standard_normal((2, 64, 8)).astype(np.float32)
+    gram, sq = np.einsum("bic,bjc->bij", x, x), np.einsum("bic,bic->bi", x, x)
+    expected = cpu_neighbours._nearest_rows(gram, sq, 6)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: cpu_neighbours._nearest_rows(gram, sq, 6), range(8)))
+    assert numba.threading_layer() == "workqueue"
+    for ids in results:
+        np.testing.assert_array_equal(ids, expected)

@@ -11,17 +11,28 @@ without a copy, and their results come back as MLX arrays. So a step that uses t
 compiles them on first use (several seconds) and caches the machine code beside the modules
 (`cache=True`), so later processes load them in under a second. Threads: Numba's, one per core,
 `NUMBA_NUM_THREADS=N` to change. `DTGCNN_CPU_KERNELS=0` runs the MLX forms instead (the GPU always does).
+
+Threading layer: Numba's own work queue, not its OpenMP layer (unless NUMBA_THREADING_LAYER says otherwise).
+The OpenMP layer sets the process's OpenMP thread count at every launch, and torch and MKL in the same
+process follow it: a `torch.set_num_threads(1)` became 2 after one dtgcnn step, which broke another
+package's bit-exact resume in a shared test process. The work queue aborts the process if two Python
+threads launch at once, so `parallel_kernel` launches one kernel at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 
 import mlx.core as mx
 import numba as nb
 import numpy as np
 
 KERNELS_ENV = "DTGCNN_CPU_KERNELS"
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    nb.config.THREADING_LAYER = "workqueue"
+_LAUNCH = threading.Lock()
 
 
 def enabled() -> bool:
@@ -36,6 +47,19 @@ def describe() -> str:
             f"{nb.get_num_threads()} threads"
         )
     return "k-NN selection, neighbour max and BatchNorm + LeakyReLU as MLX ops"
+
+
+def parallel_kernel(fn):
+    """`fn` compiled by Numba with its `prange` loops on every core (`prange_only`), cached on disk, and
+    launched one at a time in the process (see the threading layer above)."""
+    compiled = nb.njit(parallel=prange_only(), cache=True)(fn)
+
+    @functools.wraps(fn)
+    def launch(*args):
+        with _LAUNCH:
+            return compiled(*args)
+
+    return launch
 
 
 def prange_only() -> dict[str, bool]:

@@ -13,7 +13,7 @@ import mlx.core as mx
 import numba as nb
 import numpy as np
 
-from dtgcnn.cpu_kernels import as_numpy, prange_only
+from dtgcnn.cpu_kernels import as_numpy, parallel_kernel
 
 
 @nb.njit(cache=True)
@@ -32,7 +32,7 @@ ROWS_PER_TASK = 64  # rows one thread takes at a time (its buffers are allocated
 GROUPS = 8  # columns per group in the selection's first pass
 
 
-@nb.njit(parallel=prange_only(), cache=True)
+@parallel_kernel
 def _nearest_rows(gram, sq, k):
     """gram [B,N,N] = x x^T, sq [B,N] = |x|^2 -> [B,N,k] int32 ids of each point's k nearest points
     (itself included), nearest first; among points tied with the k-th, the lowest ids are kept.
@@ -84,7 +84,7 @@ def _nearest_rows(gram, sq, k):
     return out
 
 
-@nb.njit(parallel=prange_only(), cache=True)
+@parallel_kernel
 def _max_rows(values, neighbours):
     """values [R,C], neighbours [R,k] row ids -> (max over each row's neighbours [R,C], winning row id [R,C])."""
     rows, c = values.shape
@@ -106,7 +106,7 @@ def _max_rows(values, neighbours):
     return best, winner
 
 
-@nb.njit(parallel=prange_only(), cache=True)
+@parallel_kernel
 def _scatter_to_winners(cotangent, winner, samples):
     """cotangent [R,C] added at its winning rows -> [R,C]; a sample's rows only reach its own rows, so the
     samples run in parallel without races."""

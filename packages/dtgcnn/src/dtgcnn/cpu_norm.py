@@ -26,7 +26,7 @@ import mlx.nn as nn
 import numba as nb
 import numpy as np
 
-from dtgcnn.cpu_kernels import as_numpy, enabled, prange_only
+from dtgcnn.cpu_kernels import as_numpy, enabled, parallel_kernel
 
 # A row block's float32 slice: large enough to amortise each block's partial sums, small enough to give
 # the threads many blocks (a [16384,1024] input has 256 of 64 rows).
@@ -38,7 +38,7 @@ def block_rows(rows: int, channels: int) -> int:
     return max(1, min(rows, BLOCK_BYTES // (4 * channels)))
 
 
-@nb.njit(parallel=prange_only(), cache=True)
+@parallel_kernel
 def _block_moments(x, rows_per_block):
     """x [R,C] -> per block (row count [K], mean [K,C], sum of squared deviations [K,C]), all float64, in
     one pass: sums of x minus the block's first row and of their squares. Shifted by a value of the data
@@ -84,7 +84,7 @@ def _combine_moments(counts, means, squares):
     return mean, square
 
 
-@nb.njit(parallel=prange_only(), cache=True)
+@parallel_kernel
 def _normalise_leaky(x, mean, rstd, gamma, beta, slope):
     """max(slope * z, z) with z = gamma * (x - mean) * rstd + beta, all float32, one pass over x [R,C]."""
     rows, c = x.shape
@@ -102,7 +102,7 @@ def _through_slope(g, z, slope):
     return slope * g if slope * z > z else g
 
 
-@nb.njit(parallel=prange_only(), cache=True)
+@parallel_kernel
 def _normalise_leaky_pool(x, mean, rstd, gamma, beta, slope, samples):
     """x [B*N,C] (sample-major rows) -> per sample and channel over its N rows of the activation
     (max [B,C], how many rows reach it [B,C] float32, sum [B,C] float64), the activation never stored."""
@@ -128,7 +128,7 @@ def _normalise_leaky_pool(x, mean, rstd, gamma, beta, slope, samples):
     return best, ties, totals
 
 
-@nb.njit(parallel=prange_only(), cache=True)
+@parallel_kernel
 def _backward_pass(
     x, mean, rstd, gamma, beta, slope, cotangent, pooled, rows_per_block, dy_mean, dy_xhat_mean
 ):
