@@ -8,7 +8,9 @@ import numba
 import numpy as np
 import pytest
 
+from common.errors import ConfigError
 from dtgcnn import cpu_kernels, cpu_neighbours
+from dtgcnn.config import TrainConfig
 from dtgcnn.engine import runs_cpu_kernels
 from dtgcnn.model import DTGCNN, ModelSpec, knn, knn_scores
 from dtgcnn.neighbour_max import max_over_neighbours
@@ -43,6 +45,9 @@ def test_selection_matches_the_mlx_selection(points, dims):
 def test_selection_refuses_more_neighbours_than_points():
     with pytest.raises(ValueError, match="k=9 nearest neighbours asked among 8 points"):
         cpu_neighbours.nearest(mx.zeros((1, 8, 3)), 9)
+    # a training config says so before any data is read
+    with pytest.raises(ConfigError, match="k=300 neighbours per point, but a mesh has num_vertices=256"):
+        TrainConfig(k=300, num_vertices=256)
 
 
 def ties_case(dtype):

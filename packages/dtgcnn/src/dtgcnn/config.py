@@ -97,6 +97,11 @@ class TrainConfig:
             "embedding_dim",
         )
         require_at_least(self, 0, "warmup_epochs", "dropout", "min_lr")
+        if self.k > self.num_vertices:  # each point's k nearest come from its own mesh (itself included)
+            raise ConfigError(
+                f"k={self.k} neighbours per point, but a mesh has num_vertices={self.num_vertices} points; "
+                f"set k to at most {self.num_vertices}."
+            )
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}.")
         self.precision = canonical_precision(self.precision)
