@@ -1,4 +1,5 @@
-"""EdgeConv's max over the k neighbours as MLX ops, with the gradient routed to each channel's winning neighbour.
+"""EdgeConv's max over the k neighbours as MLX ops, with the gradient routed to each channel's winning
+neighbour.
 
 The GPU's form, and the CPU's with DTGCNN_CPU_KERNELS=0 (the CPU runs `dtgcnn.cpu_neighbours` by default).
 
